@@ -1,0 +1,267 @@
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::{CertFiles, Error, SpiffeId};
+
+/// What a certificate says about itself, read with x509-parser.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertMetadata {
+    /// Serial number, lowercase hex with `:` separators.
+    pub serial: String,
+    /// Subject distinguished name in RFC 4514 form.
+    pub subject: String,
+    /// Issuer distinguished name in RFC 4514 form.
+    pub issuer: String,
+    /// DNS subject alternative names.
+    pub dns_sans: Vec<String>,
+    /// IP address subject alternative names.
+    pub ip_sans: Vec<String>,
+    /// URI subject alternative names.
+    pub uri_sans: Vec<String>,
+    /// The SPIFFE ID, when a URI SAN holds a worker SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// SHA-256 fingerprint of the DER encoding, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Whether BasicConstraints says CA:true.
+    pub is_ca: bool,
+}
+
+impl CertMetadata {
+    /// Reads the metadata of one DER certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self, Error> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| Error::parse("certificate", e))?;
+        let mut dns_sans = Vec::new();
+        let mut ip_sans = Vec::new();
+        let mut uri_sans = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
+                    GeneralName::URI(u) => uri_sans.push((*u).to_owned()),
+                    GeneralName::IPAddress(bytes) => ip_sans.push(ip_to_string(bytes)),
+                    _ => {}
+                }
+            }
+        }
+        let spiffe_id = uri_sans
+            .iter()
+            .find(|u| SpiffeId::parse(u).is_ok())
+            .cloned();
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        Ok(Self {
+            serial: cert.raw_serial_as_string(),
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            dns_sans,
+            ip_sans,
+            uri_sans,
+            spiffe_id,
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            fingerprint_sha256: fingerprint_sha256(der),
+            is_ca,
+        })
+    }
+
+    /// Seconds until `not_after`, negative once expired.
+    pub fn seconds_remaining(&self, now: OffsetDateTime) -> i64 {
+        (self.not_after - now).whole_seconds()
+    }
+
+    /// Seconds remaining from the current system time.
+    pub fn seconds_remaining_now(&self) -> i64 {
+        self.seconds_remaining(OffsetDateTime::now_utc())
+    }
+
+    /// Total lifetime, `not_after - not_before`.
+    pub fn lifetime(&self) -> time::Duration {
+        self.not_after - self.not_before
+    }
+
+    /// The parsed SPIFFE ID, if the certificate carries one.
+    pub fn spiffe(&self) -> Option<SpiffeId> {
+        self.spiffe_id
+            .as_deref()
+            .and_then(|s| SpiffeId::parse(s).ok())
+    }
+}
+
+fn ip_to_string(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default()).to_string(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
+        _ => hex::encode(bytes),
+    }
+}
+
+/// SHA-256 of a DER encoding, lowercase hex without separators.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// Parses every `CERTIFICATE` block of a PEM text; an input without one is an error.
+pub fn parse_pem_certs(
+    what: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::parse(what, e))?;
+    if certs.is_empty() {
+        return Err(Error::parse(what, "no PEM CERTIFICATE block found"));
+    }
+    Ok(certs)
+}
+
+/// A worker's certificate chain, private key and trusted CA certificates.
+///
+/// `Debug` never prints the key.
+#[derive(Clone)]
+pub struct CertificateBundle {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    ca: Vec<CertificateDer<'static>>,
+    metadata: CertMetadata,
+}
+
+impl fmt::Debug for CertificateBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateBundle")
+            .field("metadata", &self.metadata)
+            .field("chain_len", &self.chain.len())
+            .field("ca_len", &self.ca.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CertificateBundle {
+    /// Builds a bundle from PEM texts: leaf first (then any intermediates), key, CA roots.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Self, Error> {
+        let chain = parse_pem_certs("certificate", cert_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::parse("private key", e))?;
+        let ca = parse_pem_certs("CA certificate", ca_pem)?;
+        let metadata = CertMetadata::from_der(&chain[0])?;
+        Ok(Self {
+            chain,
+            key: Arc::new(key),
+            ca,
+            metadata,
+        })
+    }
+
+    /// Loads `client.crt`, `client.key` and `ca.crt` from a cert directory, finishing or
+    /// discarding any interrupted write first (see [`crate::BundleWriter`]).
+    pub fn load(files: &CertFiles) -> Result<Self, Error> {
+        files.recover()?;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("reading", p, e));
+        Self::from_pem(&read(&files.cert)?, &read(&files.key)?, &read(&files.ca)?)
+    }
+
+    /// Checks the bundle: the key matches the leaf, the leaf is inside its validity window
+    /// at `now`, and the chain verifies to one of the CA certificates for both client and
+    /// server authentication.
+    pub fn validate(&self, now: SystemTime) -> Result<(), Error> {
+        let now_dt = OffsetDateTime::from(now);
+        if now_dt > self.metadata.not_after {
+            return Err(Error::OutsideValidity(format!(
+                "expired at {}",
+                rfc3339(self.metadata.not_after)
+            )));
+        }
+        if now_dt < self.metadata.not_before {
+            return Err(Error::OutsideValidity(format!(
+                "not valid before {}",
+                rfc3339(self.metadata.not_before)
+            )));
+        }
+        self.certified_key()?;
+        let anchors = self
+            .ca
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::InvalidBundle(format!("CA certificate unusable as trust anchor: {e:?}"))
+            })?;
+        let leaf = webpki::EndEntityCert::try_from(&self.chain[0])
+            .map_err(|e| Error::InvalidBundle(format!("leaf certificate: {e:?}")))?;
+        let time = UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        for usage in [
+            webpki::KeyUsage::client_auth(),
+            webpki::KeyUsage::server_auth(),
+        ] {
+            leaf.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &self.chain[1..],
+                time,
+                usage,
+                None,
+                None,
+            )
+            .map_err(|e| Error::InvalidBundle(format!("chain does not verify to the CA: {e:?}")))?;
+        }
+        Ok(())
+    }
+
+    /// The chain and key as a rustls [`CertifiedKey`]; fails if the key does not match.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let ck = CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider)
+            .map_err(|e| {
+                Error::InvalidBundle(format!("private key does not match certificate: {e}"))
+            })?;
+        Ok(Arc::new(ck))
+    }
+
+    /// Leaf first, then intermediates.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The trusted CA certificates.
+    pub fn ca(&self) -> &[CertificateDer<'static>] {
+        &self.ca
+    }
+
+    /// The private key (DER). Handle with care.
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// Metadata of the leaf certificate.
+    pub fn metadata(&self) -> &CertMetadata {
+        &self.metadata
+    }
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
