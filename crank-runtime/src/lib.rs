@@ -1,1 +1,68 @@
-//! placeholder
+//! # crank-runtime
+//!
+//! The services around crank-security's core: the CA service, the worker runtime and
+//! its mTLS client, and the `crank` CLI.
+//!
+//! ```text
+//!  crank ca init ──► CA dir (root.key 0600, root.crt, server.crt, token.key, ca.db)
+//!  crank token create ──► join token (JWT: worker id, caps, CA fingerprint, 15 min, once)
+//!
+//!  worker: WorkerApplication::run()
+//!     ├─ valid certs in CERT_DIR? reuse
+//!     └─ else key + CSR ──HTTPS (CA pinned by token)──► crank ca serve
+//!                                                        ├─ token, policy, sign
+//!                                                        └─ ledger commit, then answer
+//!     serve axum over rustls, client certificate required, PeerIdentity to handlers
+//! ```
+//!
+//! A worker in three lines:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use crank_runtime::WorkerApplication;
+//!
+//! fn main() -> anyhow::Result<()> {
+//!     WorkerApplication::new("hello-world")
+//!         .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
+//!         .routes(Router::new().route("/", get(|| async { "hello" })))
+//!         .run()
+//! }
+//! ```
+
+pub mod ca;
+pub mod cli;
+pub mod demo;
+mod error;
+pub mod logging;
+mod server;
+pub mod tls;
+pub mod worker;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use server::ServerHandle;
+pub use tls::PeerIdentity;
+pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
+pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};
+pub use worker::ca_client::CaClient;
+pub use worker::mtls::MtlsClient;
+
+/// Errors of the worker runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Configuration is not acceptable.
+    #[error("{0}")]
+    Config(String),
+    /// No usable certificate and no way to get one.
+    #[error("no usable certificate: {0}")]
+    NoCertificate(String),
+    /// Bootstrap failed.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// A core error (files, keys, bundle).
+    #[error(transparent)]
+    Core(#[from] crank_security_core::Error),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}

@@ -26,6 +26,8 @@ pub struct RenewRequest {
     /// The worker id proven by the requester's current certificate. Providers that talk
     /// to a remote CA prove it with the TLS client certificate instead.
     pub worker_id: String,
+    /// Serial of the current certificate that authenticates the renewal (hex, `:`).
+    pub current_serial: String,
     /// Correlation id of the operation.
     pub correlation_id: CorrelationId,
 }

@@ -1,0 +1,503 @@
+//! The local CA: verifies a CSR and its credential, asks policy, signs with rcgen, and
+//! records the certificate durably before handing it out.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crank_policy::PolicyGuard;
+use crank_security_core::{
+    CertMetadata, CertificateEvent, CertificateProvider, CorrelationId, EventKind, EventSink,
+    IssuanceInput, IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest,
+    SpiffeId, TrustDomain, WorkerId, fingerprint_sha256,
+};
+use rcgen::{
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
+use x509_parser::public_key::PublicKey;
+
+use super::files::CaDir;
+use super::store::{CaStore, CertificateRecord, StoreError, TokenUse};
+use super::token::TokenAuthority;
+
+/// Clock-skew allowance: not-before is set this far in the past.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+/// Largest CSR accepted (DER bytes).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// A random positive serial of 127 bits (RFC 5280 allows up to 20 octets).
+pub fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive and without a leading zero octet, so the DER INTEGER is exactly 16 octets.
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// What the CA read from a CSR: the verified public key and what it asks for.
+#[derive(Debug)]
+pub struct ParsedCsr {
+    spki: rcgen::SubjectPublicKeyInfo,
+    /// Key type name (`ecdsa-p256`, `rsa-2048`, ...).
+    pub key_type: String,
+    /// Requested DNS SANs.
+    pub dns: Vec<String>,
+    /// Requested IP SANs.
+    pub ips: Vec<IpAddr>,
+    /// Whether the CSR asked for CA:true (never granted; logged).
+    pub asked_for_ca: bool,
+}
+
+/// Parses a PEM CSR and verifies its self-signature. Everything else in the CSR
+/// (subject, key usages, EKUs, basic constraints, other extensions) is ignored: the CA
+/// sets those fields itself.
+pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |m: String| ProviderError::BadRequest(m);
+    if pem.len() > 4 * MAX_CSR_BYTES {
+        return Err(bad(format!(
+            "CSR is larger than {} bytes",
+            4 * MAX_CSR_BYTES
+        )));
+    }
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| bad(format!("csr is not a PEM CERTIFICATE REQUEST: {e}")))?;
+    let (rest, csr) = X509CertificationRequest::from_der(der.as_ref())
+        .map_err(|e| bad(format!("csr is not a valid PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("csr has trailing bytes after the request".into()));
+    }
+    csr.verify_signature().map_err(|e| {
+        bad(format!(
+            "csr signature does not verify with its own public key: {e}"
+        ))
+    })?;
+    let info = &csr.certification_request_info;
+    let key_type = key_type_name(&info.subject_pki).map_err(bad)?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+        .map_err(|e| bad(format!("unsupported public key in csr: {e}")))?;
+    let (mut dns, mut ips, mut asked_for_ca) = (Vec::new(), Vec::new(), false);
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            match ext {
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                            GeneralName::IPAddress(b) => {
+                                ips.push(ip_from_bytes(b).ok_or_else(|| {
+                                    bad("csr has a malformed IP address SAN".into())
+                                })?)
+                            }
+                            other => {
+                                return Err(bad(format!(
+                                    "csr asks for a SAN of an unsupported kind ({other}); only DNS names and IP addresses may be requested"
+                                )));
+                            }
+                        }
+                    }
+                }
+                ParsedExtension::BasicConstraints(bc) => asked_for_ca |= bc.ca,
+                _ => {}
+            }
+        }
+    }
+    dns.sort();
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    Ok(ParsedCsr {
+        spki,
+        key_type,
+        dns,
+        ips,
+        asked_for_ca,
+    })
+}
+
+fn key_type_name(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<String, String> {
+    let oid = spki.algorithm.algorithm.to_id_string();
+    match (oid.as_str(), spki.parsed()) {
+        ("1.3.101.112", _) => Ok("ed25519".into()),
+        ("1.2.840.10045.2.1", Ok(PublicKey::EC(ec))) => Ok(format!("ecdsa-p{}", ec.key_size())),
+        ("1.2.840.113549.1.1.1", Ok(PublicKey::RSA(rsa))) => Ok(format!("rsa-{}", rsa.key_size())),
+        _ => Err(format!(
+            "csr public key algorithm {oid} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA)"
+        )),
+    }
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+/// Settings of a [`LocalCa`].
+#[derive(Debug, Clone)]
+pub struct LocalCaConfig {
+    /// Deployment environment passed to policy (default `development`).
+    pub environment: String,
+    /// Name of this replica, recorded in the ledger (default: host name and pid).
+    pub replica: String,
+}
+
+impl Default for LocalCaConfig {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Self {
+            environment: "development".into(),
+            replica: format!("{host}:{}", std::process::id()),
+        }
+    }
+}
+
+/// The in-process CA behind `crank ca serve`.
+pub struct LocalCa {
+    trust_domain: TrustDomain,
+    config: LocalCaConfig,
+    issuer: Issuer<'static, KeyPair>,
+    root_der: CertificateDer<'static>,
+    root_pem: String,
+    tokens: TokenAuthority,
+    policy: PolicyGuard,
+    store: Arc<dyn CaStore>,
+    events: Arc<dyn EventSink>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("trust_domain", &self.trust_domain)
+            .field("replica", &self.config.replica)
+            .field("policy", &self.policy.engine_name())
+            .field("root_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl LocalCa {
+    /// Loads the CA from its directory.
+    pub fn load(
+        dir: &CaDir,
+        config: LocalCaConfig,
+        policy: PolicyGuard,
+        store: Arc<dyn CaStore>,
+        events: Arc<dyn EventSink>,
+    ) -> anyhow::Result<Self> {
+        let trust_domain = dir.trust_domain()?;
+        let root_der = dir.root_der()?;
+        let root_key = CaDir::read_key(&dir.root_key())?;
+        let issuer = Issuer::from_ca_cert_der(&root_der, root_key)?;
+        let root_pem = std::fs::read_to_string(dir.root_cert())?;
+        let tokens = TokenAuthority::new(
+            &CaDir::read_key(&dir.token_key())?,
+            trust_domain.clone(),
+            fingerprint_sha256(&root_der),
+        )?;
+        Ok(Self {
+            trust_domain,
+            config,
+            issuer,
+            root_der,
+            root_pem,
+            tokens,
+            policy,
+            store,
+            events,
+        })
+    }
+
+    /// The token authority (for `crank token create` and tests).
+    pub fn tokens(&self) -> &TokenAuthority {
+        &self.tokens
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The root certificate.
+    pub fn root(&self) -> &CertificateDer<'static> {
+        &self.root_der
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CaStore> {
+        &self.store
+    }
+
+    fn fail(
+        &self,
+        kind: EventKind,
+        cid: &CorrelationId,
+        worker: Option<&str>,
+        phase: &str,
+        err: ProviderError,
+    ) -> ProviderError {
+        let mut ev = CertificateEvent::new(kind, cid)
+            .error(phase, &err)
+            .detail("component", "ca");
+        if let Some(w) = worker {
+            ev = ev.worker(w);
+        }
+        self.events.emit(&ev);
+        err
+    }
+
+    async fn check_token(&self, token: &str) -> Result<JoinTokenClaims, ProviderError> {
+        let claims = self
+            .tokens
+            .verify(token)
+            .map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        match self.store.token_used(&claims.jti).await {
+            Ok(true) => Err(ProviderError::Unauthorized(format!(
+                "join token {} was already used; a join token is single use, create a new one with `crank token create`",
+                claims.jti
+            ))),
+            Ok(false) => Ok(claims),
+            Err(e) => Err(ProviderError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Decides, signs and records. `token` is consumed in the same durable write.
+    async fn sign_and_record(
+        &self,
+        worker: &WorkerId,
+        capabilities: Vec<String>,
+        csr: ParsedCsr,
+        token: Option<TokenUse>,
+        kind: &str,
+        cid: &CorrelationId,
+    ) -> Result<IssuedCertificate, ProviderError> {
+        let input = IssuanceInput {
+            worker_id: worker.to_string(),
+            capabilities: capabilities.clone(),
+            requested_dns_sans: csr.dns.clone(),
+            requested_ip_sans: csr.ips.clone(),
+            key_type: csr.key_type.clone(),
+            environment: self.config.environment.clone(),
+            trust_domain: self.trust_domain.to_string(),
+            renewal: kind == "renew",
+        };
+        let policy_failed = |d: crank_policy::Denied| {
+            let kind = if d.engine_failure {
+                EventKind::CertValidationFailed
+            } else {
+                EventKind::CsrFailed
+            };
+            self.fail(
+                kind,
+                cid,
+                Some(worker.as_str()),
+                "policy",
+                ProviderError::PolicyDenied(d.reason),
+            )
+        };
+        self.policy.may_issue(&input).map_err(policy_failed)?;
+        let validity = self
+            .policy
+            .validity(worker.as_str(), &self.config.environment)
+            .map_err(policy_failed)?;
+        if csr.asked_for_ca {
+            tracing::warn!(worker_id = %worker, correlation_id = %cid, "CSR asked for CA:true; issuing a non-CA leaf");
+        }
+
+        let spiffe = SpiffeId::new(self.trust_domain.clone(), worker.clone());
+        let now = OffsetDateTime::now_utc();
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, worker.as_str());
+        dn.push(DnType::OrganizationName, self.trust_domain.as_str());
+        params.distinguished_name = dn;
+        params.serial_number = Some(random_serial());
+        params.not_before = now - BACKDATE;
+        params.not_after = now + validity;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let uri = spiffe.to_string();
+        let mut sans = vec![SanType::URI(uri.as_str().try_into().map_err(|_| {
+            ProviderError::Other("SPIFFE ID is not an IA5 string".into())
+        })?)];
+        for d in &csr.dns {
+            sans.push(SanType::DnsName(d.as_str().try_into().map_err(|_| {
+                ProviderError::BadRequest(format!("DNS SAN {d:?} is not an IA5 string"))
+            })?));
+        }
+        sans.extend(csr.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
+        let cert = params.signed_by(&csr.spki, &self.issuer).map_err(|e| {
+            self.fail(
+                EventKind::CsrFailed,
+                cid,
+                Some(worker.as_str()),
+                "sign",
+                ProviderError::Other(format!("signing failed: {e}")),
+            )
+        })?;
+        let meta =
+            CertMetadata::from_der(cert.der()).map_err(|e| ProviderError::Other(e.to_string()))?;
+
+        let mut all_sans = vec![uri.clone()];
+        all_sans.extend(csr.dns.iter().cloned());
+        all_sans.extend(csr.ips.iter().map(ToString::to_string));
+        let record = CertificateRecord {
+            serial: meta.serial.clone(),
+            worker_id: worker.to_string(),
+            spiffe_id: uri.clone(),
+            sans: all_sans,
+            capabilities,
+            not_before: rfc3339(meta.not_before),
+            not_after: rfc3339(meta.not_after),
+            fingerprint: meta.fingerprint_sha256.clone(),
+            issued_by: self.config.replica.clone(),
+            kind: kind.into(),
+            correlation_id: cid.to_string(),
+            issued_at: super::store::now_rfc3339(),
+            status: "valid".into(),
+        };
+        self.store.record_issuance(token, record).await.map_err(|e| {
+            let err = match e {
+                StoreError::TokenUsed(jti) => ProviderError::Unauthorized(format!("join token {jti} was already used; create a new one with `crank token create`")),
+                StoreError::DuplicateSerial(s) => ProviderError::Unavailable(format!("serial collision on {s}; retry")),
+                StoreError::Database(m) => ProviderError::Unavailable(format!("the CA could not record the certificate: {m}")),
+            };
+            self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "ledger", err)
+        })?;
+        self.events.emit(
+            &CertificateEvent::new(EventKind::CertIssued, cid)
+                .worker(worker)
+                .cert(&meta)
+                .detail("component", "ca")
+                .detail("kind", kind)
+                .detail("spiffe_id", uri.clone()),
+        );
+        Ok(IssuedCertificate {
+            certificate_chain: cert.pem(),
+            ca_bundle: self.root_pem.clone(),
+            serial: meta.serial,
+            spiffe_id: uri,
+            not_after: rfc3339(meta.not_after),
+        })
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl CertificateProvider for LocalCa {
+    async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
+        let cid = &req.correlation_id;
+        let claims = self.check_token(&req.token).await.map_err(|e| {
+            let kind = EventKind::CsrFailed;
+            self.fail(kind, cid, None, "token", e)
+        })?;
+        let worker = WorkerId::new(claims.sub.clone())
+            .map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let csr = parse_csr(&req.csr_pem)
+            .map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "csr", e))?;
+        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+            .map(rfc3339)
+            .unwrap_or_default();
+        let token = TokenUse {
+            jti: claims.jti,
+            worker_id: worker.to_string(),
+            expires_at,
+        };
+        self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid)
+            .await
+    }
+
+    /// Renewal: the authenticating certificate must be in the ledger, valid, and belong
+    /// to the worker; its capabilities carry over (never taken from the request).
+    async fn renew(&self, req: RenewRequest) -> Result<IssuedCertificate, ProviderError> {
+        let cid = &req.correlation_id;
+        let worker = req.worker_id.as_str();
+        let unauthorized = |m: String| {
+            self.fail(
+                EventKind::CsrFailed,
+                cid,
+                Some(worker),
+                "auth",
+                ProviderError::Unauthorized(m),
+            )
+        };
+        let record = match self.store.certificate(&req.current_serial).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(unauthorized(format!(
+                    "client certificate {} is not in this CA's ledger",
+                    req.current_serial
+                )));
+            }
+            Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
+        };
+        if record.worker_id != worker {
+            return Err(unauthorized(format!(
+                "client certificate {} belongs to another worker",
+                req.current_serial
+            )));
+        }
+        if record.status != "valid" {
+            return Err(unauthorized(format!(
+                "client certificate {} is {} and cannot renew",
+                req.current_serial, record.status
+            )));
+        }
+        let worker_id =
+            WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let csr = parse_csr(&req.csr_pem)
+            .map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
+        self.sign_and_record(&worker_id, record.capabilities, csr, None, "renew", cid)
+            .await
+    }
+
+    async fn trust_bundle(&self) -> Result<String, ProviderError> {
+        Ok(self.root_pem.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_positive_and_16_octets() {
+        for _ in 0..100 {
+            let s = random_serial();
+            let b = s.to_bytes();
+            assert_eq!(b.len(), 16);
+            assert!(b[0] & 0x80 == 0 && b[0] != 0);
+        }
+    }
+
+    #[test]
+    fn csr_garbage_is_a_clear_bad_request() {
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
+            let e = parse_csr(bad).unwrap_err();
+            assert!(matches!(e, ProviderError::BadRequest(_)), "{bad:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The certificate authority: files, store, tokens, signing and the HTTPS service.
+
+pub mod authority;
+pub mod files;
+pub mod server;
+pub mod store;
+pub mod token;

@@ -1,0 +1,186 @@
+//! The CA's HTTPS API (axum over rustls).
+//!
+//! | method | path | authorisation | |
+//! |---|---|---|---|
+//! | GET  | `/health` | none (TLS) | `{"status":"healthy"}` |
+//! | GET  | `/v1/trust-bundle` | none (TLS) | root certificate(s), PEM |
+//! | POST | `/v1/certificates` | join token in the body | `{"csr": PEM, "token": JWT}` |
+//! | POST | `/v1/certificates/renew` | current client certificate (mTLS) | `{"csr": PEM}` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use crank_security_core::{
+    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate,
+    RenewRequest, parse_pem_certs,
+};
+use serde::{Deserialize, Serialize};
+use tower_http::timeout::TimeoutLayer;
+
+use super::authority::LocalCa;
+use super::files::CaDir;
+use crate::tls::{Credentials, PeerIdentity, optional_mtls_server_config};
+use crate::{ApiError, ServerHandle};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest time a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default listen address of `crank ca serve`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
+
+/// Body of `POST /v1/certificates`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssueBody {
+    /// PEM CSR.
+    pub csr: String,
+    /// Join token.
+    pub token: String,
+}
+
+/// Body of `POST /v1/certificates/renew`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewBody {
+    /// PEM CSR for the new key.
+    pub csr: String,
+}
+
+/// The CA API router.
+pub fn router(ca: Arc<LocalCa>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/trust-bundle", get(trust_bundle))
+        .route("/v1/certificates", post(issue))
+        .route("/v1/certificates/renew", post(renew))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(ca)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+}
+
+/// Starts the CA service on `listener` with the TLS certificate from `dir`.
+pub fn spawn(
+    dir: &CaDir,
+    listener: tokio::net::TcpListener,
+    ca: Arc<LocalCa>,
+) -> anyhow::Result<ServerHandle> {
+    let chain = std::fs::read(dir.server_cert())?;
+    let key = std::fs::read(dir.server_key())?;
+    let root = std::fs::read(dir.root_cert())?;
+    let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
+    let creds = Credentials::new(bundle.certified_key()?);
+    let roots = parse_pem_certs("root certificate", &root)?;
+    let config = optional_mtls_server_config(&roots, creds)?;
+    Ok(ServerHandle::spawn(listener, config, router(ca))?)
+}
+
+/// Binds `listen` and starts the CA service.
+pub async fn bind_and_spawn(
+    dir: &CaDir,
+    listen: SocketAddr,
+    ca: Arc<LocalCa>,
+) -> anyhow::Result<ServerHandle> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    spawn(dir, listener, ca)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "healthy"}))
+}
+
+async fn trust_bundle(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiError> {
+    let pem = ca.trust_bundle().await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem))
+}
+
+fn correlation(headers: &HeaderMap) -> CorrelationId {
+    headers
+        .get(CorrelationId::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(CorrelationId::new, CorrelationId::from_peer)
+}
+
+fn json_error(e: JsonRejection) -> ApiError {
+    let mut err = ApiError::bad_request(
+        "invalid_body",
+        format!("request body is not the expected JSON: {}", e.body_text()),
+    );
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        err.status = StatusCode::PAYLOAD_TOO_LARGE;
+        err.code = "body_too_large";
+        err.message = format!("request body is larger than {MAX_BODY_BYTES} bytes");
+    } else if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        err.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        err.code = "unsupported_media_type";
+        err.message = "send the body as JSON with Content-Type: application/json".into();
+    }
+    err
+}
+
+type Issued = (
+    [(header::HeaderName, HeaderValue); 1],
+    Json<IssuedCertificate>,
+);
+
+fn issued(cid: &CorrelationId, cert: IssuedCertificate) -> Issued {
+    let v =
+        HeaderValue::from_str(cid.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    (
+        [(header::HeaderName::from_static(CorrelationId::HEADER), v)],
+        Json(cert),
+    )
+}
+
+async fn issue(
+    State(ca): State<Arc<LocalCa>>,
+    headers: HeaderMap,
+    body: Result<Json<IssueBody>, JsonRejection>,
+) -> Result<Issued, ApiError> {
+    let Json(body) = body.map_err(json_error)?;
+    let cid = correlation(&headers);
+    tracing::debug!(correlation_id = %cid, "issuance request");
+    let cert = ca
+        .issue(IssueRequest {
+            csr_pem: body.csr,
+            token: body.token,
+            correlation_id: cid.clone(),
+        })
+        .await?;
+    Ok(issued(&cid, cert))
+}
+
+async fn renew(
+    State(ca): State<Arc<LocalCa>>,
+    peer: PeerIdentity,
+    headers: HeaderMap,
+    body: Result<Json<RenewBody>, JsonRejection>,
+) -> Result<Issued, ApiError> {
+    let Json(body) = body.map_err(json_error)?;
+    let cid = correlation(&headers);
+    if &peer.spiffe_id.trust_domain != ca.trust_domain() {
+        return Err(ApiError::unauthorized(
+            "foreign_trust_domain",
+            "client certificate is from another trust domain",
+        ));
+    }
+    let req = RenewRequest {
+        csr_pem: body.csr,
+        worker_id: peer.worker_id().to_owned(),
+        current_serial: peer.serial.clone(),
+        correlation_id: cid.clone(),
+    };
+    let cert = ca.renew(req).await?;
+    Ok(issued(&cid, cert))
+}

@@ -1,0 +1,163 @@
+//! Join tokens: ES256 JWTs signed by the CA's token key.
+
+use std::time::Duration;
+
+use crank_security_core::{JoinTokenClaims, TrustDomain, WorkerId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rcgen::KeyPair;
+
+/// The `aud` of every join token.
+pub const TOKEN_AUDIENCE: &str = "crank-join";
+/// Default token lifetime: 15 minutes.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// Longest token lifetime accepted at creation: 7 days.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Signs and verifies join tokens.
+pub struct TokenAuthority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    trust_domain: TrustDomain,
+    root_fingerprint: String,
+}
+
+impl std::fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Past its `exp`.
+    #[error("join token has expired; create a new one with `crank token create`")]
+    Expired,
+    /// Bad signature, wrong audience or issuer, or not a JWT.
+    #[error("join token is invalid: {0}")]
+    Invalid(String),
+    /// Issued for another CA or trust domain.
+    #[error("join token was issued for another CA ({0})")]
+    ForeignCa(String),
+}
+
+impl TokenAuthority {
+    /// A token authority using `key` (P-256) for the CA with this trust domain and root.
+    pub fn new(
+        key: &KeyPair,
+        trust_domain: TrustDomain,
+        root_fingerprint: String,
+    ) -> anyhow::Result<Self> {
+        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?;
+        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&[TOKEN_AUDIENCE]);
+        validation.set_issuer(&[issuer(&trust_domain)]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.leeway = 0;
+        Ok(Self {
+            encoding,
+            decoding,
+            validation,
+            trust_domain,
+            root_fingerprint,
+        })
+    }
+
+    /// A new single-use token for `worker_id`.
+    pub fn create(
+        &self,
+        worker_id: &WorkerId,
+        ttl: Duration,
+        capabilities: Vec<String>,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            ttl <= MAX_TOKEN_TTL,
+            "token TTL {ttl:?} is longer than the maximum of 7 days"
+        );
+        anyhow::ensure!(!ttl.is_zero(), "token TTL must be positive");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = JoinTokenClaims {
+            iss: issuer(&self.trust_domain),
+            aud: TOKEN_AUDIENCE.into(),
+            sub: worker_id.to_string(),
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            iat: now,
+            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            caps: capabilities,
+            ca_fp: self.root_fingerprint.clone(),
+            td: self.trust_domain.to_string(),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Verifies signature, audience, issuer, expiry and CA binding.
+    pub fn verify(&self, token: &str) -> Result<JoinTokenClaims, TokenError> {
+        let data =
+            jsonwebtoken::decode::<JoinTokenClaims>(token.trim(), &self.decoding, &self.validation)
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                        TokenError::ForeignCa("issuer does not match this CA's trust domain".into())
+                    }
+                    _ => TokenError::Invalid(e.to_string()),
+                })?;
+        let c = data.claims;
+        if c.ca_fp != self.root_fingerprint || c.td != self.trust_domain.as_str() {
+            return Err(TokenError::ForeignCa(
+                "root fingerprint or trust domain does not match".into(),
+            ));
+        }
+        WorkerId::new(c.sub.clone()).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        Ok(c)
+    }
+}
+
+fn issuer(td: &TrustDomain) -> String {
+    format!("crank-ca:{td}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> TokenAuthority {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        TokenAuthority::new(&key, TrustDomain::default(), "ab".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let a = authority();
+        let w = WorkerId::new("w1").unwrap();
+        let t = a
+            .create(&w, Duration::from_secs(60), vec!["san:x.example".into()])
+            .unwrap();
+        let c = a.verify(&t).unwrap();
+        assert_eq!(c.sub, "w1");
+        assert_eq!(c.caps, vec!["san:x.example".to_owned()]);
+        // Change the subject in the payload: the signature no longer matches.
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        use base64::Engine;
+        let eng = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = String::from_utf8(eng.decode(&parts[1]).unwrap())
+            .unwrap()
+            .replace("\"w1\"", "\"w2\"");
+        parts[1] = eng.encode(payload);
+        assert!(matches!(
+            a.verify(&parts.join(".")),
+            Err(TokenError::Invalid(_))
+        ));
+        // Another CA's token.
+        assert!(authority().verify(&t).is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! The `crank` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use crank_security_core::{
+    CertMetadata, EventSinks, KeyType, SecurityConfig, TrustDomain, WorkerId, parse_pem_certs,
+};
+
+use crate::ca::authority::{LocalCa, LocalCaConfig};
+use crate::ca::files::{CaDir, InitOptions, init_ca};
+use crate::ca::store::SqliteStore;
+use crate::ca::token::{DEFAULT_TOKEN_TTL, TokenAuthority};
+use crate::worker::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
+
+/// crank-security: certificate authority, join tokens and worker certificates.
+#[derive(Debug, Parser)]
+#[command(name = "crank", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Create join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Bootstrap and inspect worker certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
+    Demo(DemoArgs),
+}
+
+/// `crank ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root key and certificate, the CA service's TLS certificate and the token key.
+    Init {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = TrustDomain::DEFAULT)]
+        trust_domain: String,
+        /// Extra DNS name or IP for the CA service certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve the CA over HTTPS.
+    Serve {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = crate::ca::server::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Deployment environment given to policy.
+        #[arg(long, env = "CRANK_ENVIRONMENT", default_value = "development")]
+        environment: String,
+    },
+}
+
+/// `crank token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new single-use join token on stdout.
+    Create {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The worker the token is for.
+        #[arg(long)]
+        worker_id: String,
+        /// Lifetime, e.g. `15m`, `1h` (at most 7 days).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Capability granted to the worker (repeatable), e.g. `san:api.example.internal`.
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+    },
+}
+
+/// `crank cert ...`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Get a first certificate for a worker with a join token.
+    Init(CertInitArgs),
+    /// Show a certificate's metadata.
+    Inspect {
+        /// PEM certificate file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `crank cert init`
+#[derive(Debug, Args)]
+pub struct CertInitArgs {
+    /// The worker id (must match the token).
+    #[arg(long)]
+    pub worker_id: String,
+    /// The join token.
+    #[arg(long, env = "CRANK_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// CA URL(s), comma-separated (default: CA_SERVICE_URL).
+    #[arg(long)]
+    pub ca_url: Option<String>,
+    /// Where to write the files (default: CERT_DIR rules).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// SAN to ask for (repeatable; default: worker id, localhost, 127.0.0.1, ::1).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Key type.
+    #[arg(long, default_value = "ecdsa-p256")]
+    pub key_type: KeyType,
+    /// Attempts while the CA is unavailable.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: usize,
+}
+
+/// `crank demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's CA and certificates.
+    #[arg(long, default_value = "crank-demo")]
+    pub dir: PathBuf,
+    /// Where the CA listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub ca_listen: SocketAddr,
+    /// The hello-world worker's port.
+    #[arg(long, env = "HELLO_WORLD_HTTPS_PORT", default_value_t = 8500)]
+    pub port: u16,
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Ca(CaCommand::Init {
+                dir,
+                trust_domain,
+                sans,
+                force,
+            }) => {
+                let dir = CaDir::new(dir);
+                init_ca(
+                    &dir,
+                    &InitOptions {
+                        trust_domain: TrustDomain::new(trust_domain)?,
+                        extra_sans: sans,
+                        force,
+                    },
+                )?;
+                println!("CA created in {}", dir.dir.display());
+                println!("root fingerprint (sha256): {}", dir.root_fingerprint()?);
+                println!("next: crank ca serve --dir {}", dir.dir.display());
+                Ok(())
+            }
+            Command::Ca(CaCommand::Serve {
+                dir,
+                listen,
+                environment,
+            }) => runtime()?.block_on(serve_ca(CaDir::new(dir), listen, environment)),
+            Command::Token(TokenCommand::Create {
+                dir,
+                worker_id,
+                ttl,
+                capabilities,
+            }) => {
+                let token = create_token(
+                    &CaDir::new(dir),
+                    &WorkerId::new(worker_id)?,
+                    ttl,
+                    capabilities,
+                )?;
+                println!("{token}");
+                Ok(())
+            }
+            Command::Cert(CertCommand::Init(args)) => runtime()?.block_on(cert_init(args)),
+            Command::Cert(CertCommand::Inspect { file, json }) => inspect(&file, json),
+            Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Creates a join token with the CA's token key.
+pub fn create_token(
+    dir: &CaDir,
+    worker: &WorkerId,
+    ttl: Duration,
+    capabilities: Vec<String>,
+) -> anyhow::Result<String> {
+    let key = CaDir::read_key(&dir.token_key()).with_context(|| {
+        format!(
+            "is {} a CA directory made by `crank ca init`?",
+            dir.dir.display()
+        )
+    })?;
+    let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.root_fingerprint()?)?;
+    authority.create(worker, ttl, capabilities)
+}
+
+/// The default token TTL, for callers that do not choose one.
+pub const TOKEN_TTL: Duration = DEFAULT_TOKEN_TTL;
+
+/// Loads a CA with the built-in policy and the embedded store.
+pub fn load_ca(dir: &CaDir, environment: String) -> anyhow::Result<Arc<LocalCa>> {
+    let store = SqliteStore::open(&dir.store())
+        .with_context(|| format!("opening the CA store {}", dir.store().display()))?;
+    let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
+    let config = LocalCaConfig {
+        environment,
+        ..LocalCaConfig::default()
+    };
+    Ok(Arc::new(LocalCa::load(
+        dir,
+        config,
+        policy,
+        Arc::new(store),
+        Arc::new(EventSinks::default()),
+    )?))
+}
+
+async fn serve_ca(dir: CaDir, listen: SocketAddr, environment: String) -> anyhow::Result<()> {
+    let ca = load_ca(&dir, environment)?;
+    let server = crate::ca::server::bind_and_spawn(&dir, listen, ca.clone()).await?;
+    tracing::info!(addr = %server.addr(), trust_domain = %ca.trust_domain(), "CA service listening (HTTPS)");
+    crate::tls::shutdown_signal().await;
+    server.shutdown().await?;
+    tracing::info!("CA service stopped");
+    Ok(())
+}
+
+async fn cert_init(args: CertInitArgs) -> anyhow::Result<()> {
+    let env = SecurityConfig::from_env()?;
+    let ca_urls = match &args.ca_url {
+        Some(list) => {
+            SecurityConfig::from_lookup(
+                |k| {
+                    if k == "CA_SERVICE_URL" {
+                        Some(list.clone())
+                    } else {
+                        None
+                    }
+                },
+                &crank_security_core::FixedCertDir(env.cert_dir.clone()),
+            )?
+            .ca_urls
+        }
+        None => env.ca_urls.clone(),
+    };
+    let opts = BootstrapOptions {
+        worker_id: Some(WorkerId::new(args.worker_id)?),
+        token: args.token,
+        ca_urls,
+        cert_dir: args.cert_dir.unwrap_or(env.cert_dir),
+        sans: args.sans,
+        key_type: args.key_type,
+        retry: RetryPolicy {
+            attempts: args.attempts.max(1),
+            ..RetryPolicy::default()
+        },
+    };
+    let bundle = bootstrap(&opts, &EventSinks::default()).await?;
+    let m = bundle.metadata();
+    println!("certificate written to {}", opts.cert_dir.display());
+    println!("  spiffe id: {}", m.spiffe_id.as_deref().unwrap_or("-"));
+    println!("  serial:    {}", m.serial);
+    println!("  expires:   {}", rfc3339(m.not_after));
+    Ok(())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let certs = parse_pem_certs("certificate", &pem)
+        .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
+    let m = CertMetadata::from_der(&certs[0])?;
+    let remaining = m.seconds_remaining_now();
+    if json {
+        let mut v = serde_json::to_value(&m)?;
+        v["seconds_remaining"] = remaining.into();
+        v["chain_length"] = certs.len().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("subject:      {}", m.subject);
+        println!("issuer:       {}", m.issuer);
+        println!("serial:       {}", m.serial);
+        println!("spiffe id:    {}", m.spiffe_id.as_deref().unwrap_or("-"));
+        println!("dns sans:     {}", m.dns_sans.join(", "));
+        println!("ip sans:      {}", m.ip_sans.join(", "));
+        println!("not before:   {}", rfc3339(m.not_before));
+        println!("not after:    {}", rfc3339(m.not_after));
+        println!("remaining:    {remaining} s");
+        println!("is CA:        {}", m.is_ca);
+        println!("sha256:       {}", m.fingerprint_sha256);
+    }
+    Ok(())
+}

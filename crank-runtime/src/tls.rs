@@ -1,0 +1,378 @@
+//! rustls configuration shared by the CA service, workers and clients, and the TLS
+//! accept loop that serves an axum router.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use crank_security_core::{SpiffeId, fingerprint_sha256};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// How long a client may take to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The crypto provider used everywhere (aws-lc-rs).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The current certificate and key of a process, swappable at run time. Until one is
+/// stored, handshakes fail rather than fall back to anything.
+#[derive(Default)]
+pub struct Credentials {
+    current: ArcSwapOption<CertifiedKey>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("loaded", &self.current.load().is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials holding `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        let c = Self::default();
+        c.current.store(Some(key));
+        Arc::new(c)
+    }
+
+    /// Replaces the certificate used by new handshakes; open connections keep theirs.
+    pub fn store(&self, key: Arc<CertifiedKey>) {
+        self.current.store(Some(key));
+    }
+
+    /// The certificate new handshakes use.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+}
+
+impl ResolvesServerCert for Credentials {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ResolvesClientCert for Credentials {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+/// A root store holding `roots`.
+pub fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// A server config that requires a client certificate chaining to `roots`.
+pub fn mtls_server_config(
+    roots: &[CertificateDer<'static>],
+    creds: Arc<Credentials>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
+        .build()
+        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+    server_config(verifier, creds)
+}
+
+/// A server config that verifies a client certificate when one is offered (it must then
+/// chain to `roots`) but also accepts clients without one. Used by the CA service, whose
+/// first-issuance endpoint is reached before a worker has a certificate; routes that need
+/// a client identity check for a [`PeerIdentity`].
+pub fn optional_mtls_server_config(
+    roots: &[CertificateDer<'static>],
+    creds: Arc<Credentials>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+    server_config(verifier, creds)
+}
+
+fn server_config(
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    creds: Arc<Credentials>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(creds);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client config that verifies servers against `roots` and presents `creds`.
+pub fn mtls_client_config(
+    roots: &[CertificateDer<'static>],
+    creds: Arc<Credentials>,
+) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(roots)?)
+        .with_client_cert_resolver(creds))
+}
+
+/// A client config, without a client certificate, that accepts a server only if its
+/// chain verifies to a CA certificate whose SHA-256 fingerprint is `fingerprint` and
+/// which the server sent in its chain. This is how a worker pins the CA on first contact
+/// with the fingerprint carried by its join token.
+pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, rustls::Error> {
+    let verifier = Arc::new(PinnedRootVerifier {
+        fingerprint: fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    });
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Verifies a server with full WebPKI rules, using as the only trust anchor the CA
+/// certificate in the server's chain whose fingerprint matches the pin.
+#[derive(Debug)]
+struct PinnedRootVerifier {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedRootVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(root) = intermediates
+            .iter()
+            .find(|c| fingerprint_sha256(c) == self.fingerprint)
+        else {
+            return Err(rustls::Error::General(format!(
+                "the CA did not present the root pinned by the join token (sha256 {})",
+                self.fingerprint
+            )));
+        };
+        let roots = root_store(&[root.clone().into_owned()])?;
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(format!("server verifier: {e}")))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The identity of a peer, taken from its client certificate after rustls verified it.
+/// Handlers extract it with `Extension<PeerIdentity>` or as an argument directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The peer's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Serial of the peer's certificate (hex, `:`-separated).
+    pub serial: String,
+    /// The peer's leaf certificate.
+    pub certificate: CertificateDer<'static>,
+}
+
+impl PeerIdentity {
+    /// Reads the identity from a verified leaf; `None` if it has no worker SPIFFE ID.
+    pub fn from_verified_leaf(der: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        let spiffe_id = san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => SpiffeId::parse(u).ok(),
+            _ => None,
+        })?;
+        Some(Self {
+            spiffe_id,
+            serial: cert.raw_serial_as_string(),
+            certificate: der.clone().into_owned(),
+        })
+    }
+
+    /// The worker id.
+    pub fn worker_id(&self) -> &str {
+        self.spiffe_id.worker_id.as_str()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIdentity {
+    type Rejection = crate::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Option<Self>>()
+            .cloned()
+            .flatten()
+            .ok_or_else(|| crate::ApiError::unauthorized("client_certificate_required", "this endpoint requires a client certificate issued by this CA with a worker SPIFFE ID"))
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then stops
+/// accepting and waits (up to 30 s) for open connections to finish. Each connection
+/// uses the server config current at accept time, so a new config (rotation) applies to
+/// new handshakes only. Plaintext or failed handshakes are dropped without an answer.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<ServerConfig>>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        let router = router.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = peer_identity(&tls);
+            let svc = tower::ServiceExt::map_request(
+                router,
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req.extensions_mut().insert(RemoteAddr(remote));
+                    req
+                },
+            );
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish within 30 s of shutdown");
+    }
+    Ok(())
+}
+
+/// The remote socket address of a connection, as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub SocketAddr);
+
+fn peer_identity(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Option<PeerIdentity> {
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates()?
+        .first()
+        .and_then(PeerIdentity::from_verified_leaf)
+}
+
+/// Resolves when the process receives SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing open connections");
+}

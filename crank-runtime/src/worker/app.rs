@@ -1,0 +1,366 @@
+//! `WorkerApplication`: a worker's `main` in three lines.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use crank_security_core::{
+    CertFiles, CertificateBundle, CertificateEvent, CorrelationId, EventKind, EventSink,
+    EventSinks, KeyType, SecurityConfig, SpiffeId, WorkerId, peek_token_claims,
+};
+use tower_http::timeout::TimeoutLayer;
+
+use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
+use super::mtls::MtlsClient;
+use crate::tls::{Credentials, mtls_server_config};
+use crate::{RuntimeError, ServerHandle};
+
+/// What a handler can reach: this worker's identity and an mTLS client.
+/// Extract it with `Extension<WorkerContext>`.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// This worker's id.
+    pub worker_id: WorkerId,
+    /// This worker's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// An HTTPS client that presents this worker's certificate and trusts only the CA.
+    pub client: reqwest::Client,
+}
+
+/// A worker service: HTTPS with mandatory client certificates, certificates obtained and
+/// kept by the runtime.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use crank_runtime::WorkerApplication;
+///
+/// fn main() -> anyhow::Result<()> {
+///     WorkerApplication::new("hello-world")
+///         .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
+///         .routes(Router::new().route("/", get(|| async { "hello" })))
+///         .run()
+/// }
+/// ```
+///
+/// Configuration from the environment (explicit builder calls win):
+/// `CERT_DIR`, `CA_SERVICE_URL` (comma-separated for failover), `CRANK_ENVIRONMENT`,
+/// `HTTPS_ONLY` (only `true` accepted), `CRANK_JOIN_TOKEN` (first start, or recovery),
+/// `CRANK_WORKER_ID` (default: the token's worker id, else the service name),
+/// `CRANK_SANS` (comma-separated), `CRANK_KEY_TYPE` (default `ecdsa-p256`),
+/// `CRANK_BOOTSTRAP_ATTEMPTS` (default 5), `CRANK_LISTEN_HOST` (default `0.0.0.0`).
+#[derive(Debug)]
+pub struct WorkerApplication {
+    service_name: String,
+    port: u16,
+    host: Option<IpAddr>,
+    routes: Router,
+    config: Option<SecurityConfig>,
+    token: Option<String>,
+    worker_id: Option<String>,
+    sans: Vec<String>,
+    key_type: Option<KeyType>,
+    retry: Option<RetryPolicy>,
+    events: EventSinks,
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct RunningWorker {
+    /// The HTTPS server.
+    pub server: ServerHandle,
+    /// The certificate in use.
+    pub bundle: CertificateBundle,
+    /// The credentials served (swap to rotate).
+    pub credentials: Arc<Credentials>,
+    /// Identity and client.
+    pub context: WorkerContext,
+}
+
+impl RunningWorker {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+}
+
+impl WorkerApplication {
+    /// A worker named `service_name` on port 8500, with only `/health`.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+            port: 8500,
+            host: None,
+            routes: Router::new(),
+            config: None,
+            token: None,
+            worker_id: None,
+            sans: Vec::new(),
+            key_type: None,
+            retry: None,
+            events: EventSinks::default(),
+        }
+    }
+
+    /// The HTTPS port (default 8500; 0 picks a free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The HTTPS port from the environment variable `var`, else `default`. An unparsable
+    /// value is reported by `run()`.
+    pub fn port_from_env(mut self, var: &str, default: u16) -> Self {
+        self.port = match std::env::var(var) {
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                eprintln!("error: {var}={v:?} is not a port number (1-65535)");
+                std::process::exit(2);
+            }),
+            Err(_) => default,
+        };
+        self
+    }
+
+    /// The address to bind (default `0.0.0.0`, or `CRANK_LISTEN_HOST`).
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// The service's routes; `/health` is added. Every route is behind mTLS.
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Security settings, instead of reading the environment.
+    pub fn security_config(mut self, config: SecurityConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The join token, instead of `CRANK_JOIN_TOKEN`.
+    pub fn join_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The worker id, instead of `CRANK_WORKER_ID` or the token's.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Adds a SAN to ask for (default: worker id, localhost, 127.0.0.1, ::1).
+    pub fn san(mut self, name: impl Into<String>) -> Self {
+        self.sans.push(name.into());
+        self
+    }
+
+    /// The key type (default ECDSA P-256).
+    pub fn key_type(mut self, key_type: KeyType) -> Self {
+        self.key_type = Some(key_type);
+        self
+    }
+
+    /// Retry of an unavailable CA at bootstrap.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Registers another event sink (the JSON log sink is always there).
+    pub fn event_sink(self, sink: Arc<dyn EventSink>) -> Self {
+        self.events.register(sink);
+        self
+    }
+
+    /// Runs the worker until SIGTERM or Ctrl-C. Builds its own Tokio runtime and, if none
+    /// is set, a log subscriber; `main` stays synchronous.
+    pub fn run(self) -> anyhow::Result<()> {
+        crate::logging::init();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let worker = self.start().await?;
+            tracing::info!(addr = %worker.addr(), worker_id = %worker.context.worker_id, "worker serving HTTPS with mandatory client certificates");
+            crate::tls::shutdown_signal().await;
+            worker.server.shutdown().await?;
+            tracing::info!("worker stopped");
+            Ok(())
+        })
+    }
+
+    /// Obtains certificates and starts serving in the background.
+    pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let config = match self.config.clone() {
+            Some(c) => c,
+            None => SecurityConfig::from_env()?,
+        };
+        let token = self.token.clone().or_else(|| env("CRANK_JOIN_TOKEN"));
+        let key_type = match self.key_type {
+            Some(k) => k,
+            None => env("CRANK_KEY_TYPE")
+                .map(|k| k.parse())
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let mut sans = self.sans.clone();
+        if sans.is_empty()
+            && let Some(list) = env("CRANK_SANS")
+        {
+            sans = list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        let retry = match self.retry {
+            Some(r) => r,
+            None => {
+                let attempts = env("CRANK_BOOTSTRAP_ATTEMPTS")
+                    .map(|v| {
+                        v.parse::<usize>().map_err(|_| {
+                            RuntimeError::Config(format!(
+                                "CRANK_BOOTSTRAP_ATTEMPTS={v:?} is not a number"
+                            ))
+                        })
+                    })
+                    .transpose()?;
+                RetryPolicy {
+                    attempts: attempts.unwrap_or(RetryPolicy::default().attempts),
+                    ..RetryPolicy::default()
+                }
+            }
+        };
+        let host = match self.host {
+            Some(h) => h,
+            None => env("CRANK_LISTEN_HOST")
+                .map(|h| {
+                    h.parse::<IpAddr>().map_err(|_| {
+                        RuntimeError::Config(format!(
+                            "CRANK_LISTEN_HOST={h:?} is not an IP address"
+                        ))
+                    })
+                })
+                .transpose()?
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        };
+
+        let files = CertFiles::in_dir(&config.cert_dir);
+        let existing = load_valid(&files, &self.events);
+        let explicit_id = self.worker_id.clone().or_else(|| env("CRANK_WORKER_ID"));
+        let bundle = match (existing, token) {
+            (Ok(bundle), _) => bundle,
+            (Err(why), Some(token)) => {
+                tracing::info!(cert_dir = %config.cert_dir.display(), reason = %why, "bootstrapping a certificate with the join token");
+                let worker_id = explicit_id.clone().map(WorkerId::new).transpose()?;
+                let opts = BootstrapOptions {
+                    worker_id,
+                    token,
+                    ca_urls: config.ca_urls.clone(),
+                    cert_dir: config.cert_dir.clone(),
+                    sans,
+                    key_type,
+                    retry,
+                };
+                bootstrap(&opts, &self.events).await?
+            }
+            (Err(why), None) => {
+                return Err(RuntimeError::NoCertificate(format!(
+                    "{why}; and no join token was given. Create one with `crank token create --dir <CA dir> --worker-id {}` and pass it as CRANK_JOIN_TOKEN",
+                    explicit_id.as_deref().unwrap_or(&self.service_name)
+                )));
+            }
+        };
+        let spiffe_id = bundle.metadata().spiffe().ok_or_else(|| {
+            RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into())
+        })?;
+        if let Some(id) = &explicit_id
+            && id != spiffe_id.worker_id.as_str()
+        {
+            return Err(RuntimeError::NoCertificate(format!(
+                "the certificate in {} is for worker {}, not {id}; use another CERT_DIR or a token for {id}",
+                config.cert_dir.display(),
+                spiffe_id.worker_id
+            )));
+        }
+
+        let credentials = Credentials::new(bundle.certified_key()?);
+        let server_config = mtls_server_config(bundle.ca(), credentials.clone())?;
+        let client = MtlsClient::with_credentials(bundle.ca(), credentials.clone())?;
+        let context = WorkerContext {
+            worker_id: spiffe_id.worker_id.clone(),
+            spiffe_id,
+            client,
+        };
+        let router = self
+            .routes
+            .route(
+                "/health",
+                get(|| async { Json(serde_json::json!({"status": "healthy"})) }),
+            )
+            .layer(Extension(context.clone()))
+            .layer(DefaultBodyLimit::max(1024 * 1024))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ));
+        let addr = SocketAddr::new(host, self.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
+        let server = ServerHandle::spawn(listener, server_config, router)
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        Ok(RunningWorker {
+            server,
+            bundle,
+            credentials,
+            context,
+        })
+    }
+}
+
+/// Loads the bundle in `files` if it is present and valid now; says why not otherwise.
+fn load_valid(files: &CertFiles, events: &dyn EventSink) -> Result<CertificateBundle, String> {
+    if !files.exist() {
+        return Err(format!("no certificate in {}", files.dir.display()));
+    }
+    let bundle = CertificateBundle::load(files).map_err(|e| {
+        format!(
+            "the certificate in {} cannot be loaded: {e}",
+            files.dir.display()
+        )
+    })?;
+    if let Err(e) = bundle.validate(SystemTime::now()) {
+        let cid = CorrelationId::new();
+        let mut ev = CertificateEvent::new(EventKind::CertValidationFailed, &cid)
+            .cert(bundle.metadata())
+            .error("load", &e);
+        if let Some(s) = bundle.metadata().spiffe() {
+            ev = ev.worker(s.worker_id);
+        }
+        events.emit(&ev);
+        return Err(format!(
+            "the certificate in {} is not usable: {e}",
+            files.dir.display()
+        ));
+    }
+    Ok(bundle)
+}
+
+/// The worker id a join token is for (unverified read).
+pub fn token_worker_id(token: &str) -> Option<String> {
+    peek_token_claims(token).ok().map(|c| c.sub)
+}
+
+/// The cert directory a worker would use, from the environment.
+pub fn env_cert_dir() -> Result<PathBuf, RuntimeError> {
+    Ok(SecurityConfig::from_env()?.cert_dir)
+}

@@ -1,0 +1,206 @@
+//! The CA service client: the worker-side `CertificateProvider`, over HTTPS.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crank_security_core::{
+    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, ProviderError,
+    RenewRequest,
+};
+use serde::Serialize;
+use url::Url;
+
+use crate::error::ErrorBody;
+
+/// Talks to one or more CA service URLs, failing over in order.
+#[derive(Debug, Clone)]
+pub struct CaClient {
+    urls: Vec<Url>,
+    http: reqwest::Client,
+}
+
+/// Timeout of one CA request.
+const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl CaClient {
+    /// A client that trusts a CA only if it presents the root whose SHA-256 fingerprint
+    /// is `fingerprint` (from a join token). Used for first contact, without a client
+    /// certificate.
+    pub fn pinned(urls: Vec<Url>, fingerprint: &str) -> Result<Self, ProviderError> {
+        let tls = crate::tls::pinned_client_config(fingerprint)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        Self::with_tls(urls, tls)
+    }
+
+    /// A client that verifies the CA against `roots` and presents `creds` (renewal).
+    pub fn mtls(
+        urls: Vec<Url>,
+        roots: &[rustls_pki_types::CertificateDer<'static>],
+        creds: std::sync::Arc<crate::tls::Credentials>,
+    ) -> Result<Self, ProviderError> {
+        let tls = crate::tls::mtls_client_config(roots, creds)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        Self::with_tls(urls, tls)
+    }
+
+    fn with_tls(urls: Vec<Url>, mut tls: rustls::ClientConfig) -> Result<Self, ProviderError> {
+        if urls.is_empty() {
+            return Err(ProviderError::Other("no CA URL configured".into()));
+        }
+        if let Some(u) = urls.iter().find(|u| u.scheme() != "https") {
+            return Err(ProviderError::Other(format!(
+                "CA URL {u} must use https://"
+            )));
+        }
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .timeout(CA_REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| ProviderError::Other(format!("building the CA client: {e}")))?;
+        Ok(Self { urls, http })
+    }
+
+    /// The CA URLs, in failover order.
+    pub fn urls(&self) -> &[Url] {
+        &self.urls
+    }
+
+    async fn post<B: Serialize + Sync>(
+        &self,
+        path: &str,
+        body: &B,
+        cid: &CorrelationId,
+    ) -> Result<IssuedCertificate, ProviderError> {
+        let mut last = None;
+        for base in &self.urls {
+            let url = base
+                .join(path)
+                .map_err(|e| ProviderError::Other(e.to_string()))?;
+            let res = self
+                .http
+                .post(url.clone())
+                .header(CorrelationId::HEADER, cid.as_str())
+                .json(body)
+                .send()
+                .await;
+            match res {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp.json::<IssuedCertificate>().await.map_err(|e| {
+                        ProviderError::Other(format!(
+                            "{url} answered with an unreadable certificate: {e}"
+                        ))
+                    });
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let msg = match resp.json::<ErrorBody>().await {
+                        Ok(b) => b.error.message,
+                        Err(_) => format!("HTTP {status}"),
+                    };
+                    let err = classify(status, format!("{url}: {msg}"));
+                    if !matches!(err, ProviderError::Unavailable(_)) {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+                Err(e) => {
+                    last = Some(ProviderError::Unavailable(format!(
+                        "{url}: {}",
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
+    }
+}
+
+/// Maps an HTTP error status to a provider error; only `Unavailable` is worth retrying.
+fn classify(status: reqwest::StatusCode, msg: String) -> ProviderError {
+    match status.as_u16() {
+        400 | 413 | 415 | 422 => ProviderError::BadRequest(msg),
+        401 => ProviderError::Unauthorized(msg),
+        403 => ProviderError::PolicyDenied(msg),
+        408 | 429 | 500..=599 => ProviderError::Unavailable(msg),
+        _ => ProviderError::Other(msg),
+    }
+}
+
+/// An error with its sources, e.g. "error sending request: connection refused".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct IssueBody<'a> {
+    csr: &'a str,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct RenewBody<'a> {
+    csr: &'a str,
+}
+
+#[async_trait]
+impl CertificateProvider for CaClient {
+    async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
+        self.post(
+            "/v1/certificates",
+            &IssueBody {
+                csr: &req.csr_pem,
+                token: &req.token,
+            },
+            &req.correlation_id,
+        )
+        .await
+    }
+
+    async fn renew(&self, req: RenewRequest) -> Result<IssuedCertificate, ProviderError> {
+        self.post(
+            "/v1/certificates/renew",
+            &RenewBody { csr: &req.csr_pem },
+            &req.correlation_id,
+        )
+        .await
+    }
+
+    async fn trust_bundle(&self) -> Result<String, ProviderError> {
+        let mut last = None;
+        for base in &self.urls {
+            let url = base
+                .join("/v1/trust-bundle")
+                .map_err(|e| ProviderError::Other(e.to_string()))?;
+            match self.http.get(url.clone()).send().await {
+                Ok(r) if r.status().is_success() => {
+                    return r
+                        .text()
+                        .await
+                        .map_err(|e| ProviderError::Unavailable(e.to_string()));
+                }
+                Ok(r) => last = Some(classify(r.status(), format!("{url}: HTTP {}", r.status()))),
+                Err(e) => {
+                    last = Some(ProviderError::Unavailable(format!(
+                        "{url}: {}",
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
+    }
+}

@@ -1,0 +1,6 @@
+//! The worker runtime: bootstrap, the mTLS server and the mTLS client.
+
+pub mod app;
+pub mod bootstrap;
+pub mod ca_client;
+pub mod mtls;

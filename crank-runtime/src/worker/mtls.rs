@@ -1,0 +1,41 @@
+//! The mTLS HTTP client factory. There is no way to turn verification off and no
+//! plaintext HTTP: `https_only` is always set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crank_security_core::CertificateBundle;
+use rustls_pki_types::CertificateDer;
+
+use crate::tls::{Credentials, mtls_client_config};
+
+/// Builds mTLS clients.
+#[derive(Debug, Clone, Copy)]
+pub struct MtlsClient;
+
+impl MtlsClient {
+    /// A reqwest client that verifies servers against the bundle's CA and presents the
+    /// bundle's certificate.
+    pub fn from_bundle(bundle: &CertificateBundle) -> Result<reqwest::Client, crate::RuntimeError> {
+        let creds = Credentials::new(bundle.certified_key()?);
+        Self::with_credentials(bundle.ca(), creds)
+    }
+
+    /// A client that presents whatever `creds` holds at handshake time (so a rotated
+    /// certificate is used by new connections without rebuilding the client).
+    pub fn with_credentials(
+        roots: &[CertificateDer<'static>],
+        creds: Arc<Credentials>,
+    ) -> Result<reqwest::Client, crate::RuntimeError> {
+        let mut tls = mtls_client_config(roots, creds)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(|e| crate::RuntimeError::Config(format!("building the mTLS client: {e}")))
+    }
+}
