@@ -1,1 +1,222 @@
-//! test support
+//! Support for the end-to-end tests: a CA on a free port, tokens, workers, raw TLS
+//! clients and the paths of the built binaries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use crank_runtime::ca::authority::LocalCa;
+use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
+use crank_runtime::{
+    BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication,
+};
+use crank_security_core::{
+    CertificateBundle, CertificateEvent, EventKind, EventSink, EventSinks, KeyType, SecurityConfig,
+    TrustDomain, WorkerId,
+};
+use tempfile::TempDir;
+
+/// Collects events for assertions.
+#[derive(Debug, Default)]
+pub struct Recorder(pub Mutex<Vec<CertificateEvent>>);
+
+impl Recorder {
+    /// The kinds seen, in order.
+    pub fn kinds(&self) -> Vec<EventKind> {
+        self.0.lock().unwrap().iter().map(|e| e.event).collect()
+    }
+    /// All events of one kind.
+    pub fn of(&self, kind: EventKind) -> Vec<CertificateEvent> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+impl EventSink for Recorder {
+    fn emit(&self, event: &CertificateEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+/// A CA serving on 127.0.0.1 on a free port, in this process.
+#[derive(Debug)]
+pub struct TestCa {
+    /// Keeps the directory alive.
+    pub tmp: TempDir,
+    /// CA directory.
+    pub dir: CaDir,
+    /// The CA.
+    pub ca: Arc<LocalCa>,
+    /// The server.
+    pub server: Option<ServerHandle>,
+    /// CA-side events.
+    pub events: Arc<Recorder>,
+}
+
+impl TestCa {
+    /// Inits and serves a new CA.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        init_ca(
+            &dir,
+            &InitOptions {
+                trust_domain: TrustDomain::default(),
+                extra_sans: vec![],
+                force: false,
+            },
+        )
+        .unwrap();
+        let events = Arc::default();
+        let ca = load_ca(&dir, &events);
+        let server = Some(
+            crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone())
+                .await
+                .unwrap(),
+        );
+        Self {
+            tmp,
+            dir,
+            ca,
+            server,
+            events,
+        }
+    }
+
+    /// (Re)loads the CA from its directory and serves it on `addr`.
+    pub async fn restart_on(&mut self, addr: SocketAddr) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+        self.ca = load_ca(&self.dir, &self.events);
+        self.server = Some(
+            crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone())
+                .await
+                .unwrap(),
+        );
+    }
+
+    /// Stops serving.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+
+    /// The CA's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().addr()
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> url::Url {
+        format!("https://{}", self.addr()).parse().unwrap()
+    }
+
+    /// A join token.
+    pub fn token(&self, worker: &str) -> String {
+        self.token_with(worker, Duration::from_secs(300), vec![])
+    }
+
+    /// A join token with TTL and capabilities.
+    pub fn token_with(&self, worker: &str, ttl: Duration, caps: Vec<String>) -> String {
+        crank_runtime::cli::create_token(&self.dir, &WorkerId::new(worker).unwrap(), ttl, caps)
+            .unwrap()
+    }
+
+    /// Bootstrap options for `worker` into a fresh directory under the CA's temp dir.
+    pub fn bootstrap_options(&self, worker: &str) -> BootstrapOptions {
+        BootstrapOptions {
+            worker_id: Some(WorkerId::new(worker).unwrap()),
+            token: self.token(worker),
+            ca_urls: vec![self.url()],
+            cert_dir: self.tmp.path().join("workers").join(worker),
+            sans: vec![],
+            key_type: KeyType::default(),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(50),
+                max_delay: Duration::from_millis(200),
+                attempts: 3,
+            },
+        }
+    }
+
+    /// Bootstraps `worker` and returns its bundle.
+    pub async fn bootstrap(&self, worker: &str) -> CertificateBundle {
+        crank_runtime::bootstrap(&self.bootstrap_options(worker), &EventSinks::empty())
+            .await
+            .unwrap()
+    }
+
+    /// Starts a worker on a free loopback port with `routes`.
+    pub async fn worker(&self, worker: &str, routes: Router) -> RunningWorker {
+        let config = SecurityConfig {
+            cert_dir: self.tmp.path().join("workers").join(worker),
+            ca_urls: vec![self.url()],
+            environment: "test".into(),
+        };
+        WorkerApplication::new(worker)
+            .port(0)
+            .host("127.0.0.1".parse().unwrap())
+            .routes(routes)
+            .security_config(config)
+            .join_token(self.token(worker))
+            .retry(RetryPolicy {
+                initial: Duration::from_millis(50),
+                max_delay: Duration::from_millis(200),
+                attempts: 3,
+            })
+            .start()
+            .await
+            .unwrap()
+    }
+}
+
+fn load_ca(dir: &CaDir, events: &Arc<Recorder>) -> Arc<LocalCa> {
+    let store = crank_runtime::ca::store::SqliteStore::open(&dir.store()).unwrap();
+    let sinks = EventSinks::default();
+    sinks.register(events.clone());
+    let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
+    Arc::new(
+        LocalCa::load(
+            dir,
+            Default::default(),
+            policy,
+            Arc::new(store),
+            Arc::new(sinks),
+        )
+        .unwrap(),
+    )
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// Path of a workspace binary; panics with what to do if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`), as scripts/test.sh does",
+        p.display()
+    );
+    p
+}

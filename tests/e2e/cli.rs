@@ -1,0 +1,317 @@
+//! The real binaries: `crank` and the `hello-world` example, as an operator runs them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crank_security_core::{CertFiles, CertificateBundle};
+use crank_tests::{bin, free_addr};
+
+/// Kills the child when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn crank(args: &[&str]) -> Output {
+    Command::new(bin("crank"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+async fn wait_for_port(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn hello_world(env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin("hello-world"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+#[tokio::test]
+async fn operator_flow_with_the_real_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    let ca_dir_s = ca_dir.to_str().unwrap();
+
+    ok(&crank(&[
+        "ca",
+        "init",
+        "--dir",
+        ca_dir_s,
+        "--san",
+        "ca.crank.test",
+    ]));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ca_dir.join("root.key")), 0o600);
+    assert_eq!(mode(&ca_dir.join("token.key")), 0o600);
+    let again = crank(&["ca", "init", "--dir", ca_dir_s]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let ca_addr = free_addr();
+    let _ca = Proc(
+        Command::new(bin("crank"))
+            .args([
+                "ca",
+                "serve",
+                "--dir",
+                ca_dir_s,
+                "--listen",
+                &ca_addr.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(ca_addr).await;
+    let ca_url = format!("https://{ca_addr}");
+
+    // The hello-world worker, bootstrapped by its own runtime from CRANK_JOIN_TOKEN.
+    let token = ok(&crank(&[
+        "token",
+        "create",
+        "--dir",
+        ca_dir_s,
+        "--worker-id",
+        "hello-world",
+    ]))
+    .trim()
+    .to_owned();
+    let worker_addr = free_addr();
+    let worker_certs = tmp.path().join("hello-certs");
+    let port = worker_addr.port().to_string();
+    let mut hw = Proc(
+        hello_world(&[
+            ("CRANK_JOIN_TOKEN", &token),
+            ("CA_SERVICE_URL", &ca_url),
+            ("CERT_DIR", worker_certs.to_str().unwrap()),
+            ("HELLO_WORLD_HTTPS_PORT", &port),
+            ("CRANK_LISTEN_HOST", "127.0.0.1"),
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    wait_for_port(worker_addr).await;
+
+    // A client identity with `crank cert init`.
+    let client_dir = tmp.path().join("client");
+    let client_token = ok(&crank(&[
+        "token",
+        "create",
+        "--dir",
+        ca_dir_s,
+        "--worker-id",
+        "ops-client",
+        "--ttl",
+        "2m",
+    ]))
+    .trim()
+    .to_owned();
+    ok(&crank(&[
+        "cert",
+        "init",
+        "--worker-id",
+        "ops-client",
+        "--token",
+        &client_token,
+        "--ca-url",
+        &ca_url,
+        "--cert-dir",
+        client_dir.to_str().unwrap(),
+    ]));
+    let bundle = CertificateBundle::load(&CertFiles::in_dir(&client_dir)).unwrap();
+    assert_eq!(mode(&client_dir.join("client.key")), 0o600);
+
+    let r = super::mtls(&bundle, bundle.ca())
+        .get(format!("https://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"status": "healthy"})
+    );
+
+    // Inspect, text and JSON.
+    let cert_path = client_dir.join("client.crt");
+    let json: serde_json::Value = serde_json::from_str(&ok(&crank(&[
+        "cert",
+        "inspect",
+        cert_path.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(json["spiffe_id"], "spiffe://crank.local/worker/ops-client");
+    assert_eq!(json["is_ca"], false);
+    assert!(json["seconds_remaining"].as_i64().unwrap() > 23 * 3600);
+    let text = ok(&crank(&[
+        "cert",
+        "inspect",
+        worker_certs.join("client.crt").to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("spiffe://crank.local/worker/hello-world"),
+        "{text}"
+    );
+    let bad = crank(&[
+        "cert",
+        "inspect",
+        ca_dir.join("trust-domain").to_str().unwrap(),
+    ]);
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("no PEM certificate")
+    );
+
+    // The worker's certificate verifies with openssl too.
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(worker_certs.join("ca.crt"))
+        .arg(worker_certs.join("client.crt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The token was single use: reusing it through the CLI fails with a clear message.
+    let reuse = crank(&[
+        "cert",
+        "init",
+        "--worker-id",
+        "ops-client",
+        "--token",
+        &client_token,
+        "--ca-url",
+        &ca_url,
+        "--cert-dir",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!reuse.status.success());
+    assert!(
+        String::from_utf8_lossy(&reuse.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&reuse.stderr)
+    );
+
+    // SIGTERM stops the worker cleanly.
+    sigterm(&hw.0);
+    let status = wait_exit(&mut hw.0, Duration::from_secs(15));
+    assert!(status.success(), "hello-world exited with {status}");
+}
+
+#[test]
+fn https_only_false_is_refused_by_a_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = hello_world(&[
+        ("HTTPS_ONLY", "false"),
+        ("CERT_DIR", tmp.path().to_str().unwrap()),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTPS_ONLY=false is refused"), "{err}");
+}
+
+#[test]
+fn a_worker_without_certificate_or_token_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = hello_world(&[("CERT_DIR", tmp.path().to_str().unwrap())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("crank token create") && err.contains("CRANK_JOIN_TOKEN"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_whose_ca_is_down_retries_then_exits_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    ok(&crank(&["ca", "init", "--dir", ca_dir.to_str().unwrap()]));
+    let token = ok(&crank(&[
+        "token",
+        "create",
+        "--dir",
+        ca_dir.to_str().unwrap(),
+        "--worker-id",
+        "hello-world",
+    ]))
+    .trim()
+    .to_owned();
+    let dead = format!("https://{}", free_addr());
+    let out = hello_world(&[
+        ("CRANK_JOIN_TOKEN", &token),
+        ("CA_SERVICE_URL", &dead),
+        ("CERT_DIR", tmp.path().join("w").to_str().unwrap()),
+        ("CRANK_BOOTSTRAP_ATTEMPTS", "2"),
+        ("HELLO_WORLD_HTTPS_PORT", &free_addr().port().to_string()),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unavailable after 2 attempts"), "{err}");
+    assert!(err.contains("CA_UNAVAILABLE"), "{err}");
+}
