@@ -59,7 +59,7 @@ async fn issued_chain_verifies_with_webpki_and_openssl() {
     ] {
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            &[anchor.clone()],
+            std::slice::from_ref(&anchor),
             &[],
             now,
             usage,
