@@ -14,23 +14,39 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
 use crank_runtime::ca::store::SqliteStore;
 use crank_security_core::{
-    CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr, generate_key,
+    CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId,
+    build_csr, generate_key,
 };
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const CONCURRENCY: usize = 64;
 
 fn setup() -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = CaDir::new(tmp.path().join("ca"));
-    init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).expect("init");
+    init_ca(
+        &dir,
+        &InitOptions {
+            trust_domain: TrustDomain::default(),
+            extra_sans: vec![],
+            force: false,
+        },
+    )
+    .expect("init");
     let store = SqliteStore::open(&dir.store()).expect("store");
     let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
-    let ca = LocalCa::load(&dir, Default::default(), policy, Arc::new(store), Arc::new(EventSinks::empty())).expect("load");
+    let ca = LocalCa::load(
+        &dir,
+        Default::default(),
+        policy,
+        Arc::new(store),
+        Arc::new(EventSinks::empty()),
+    )
+    .expect("load");
     (tmp, dir, Arc::new(ca))
 }
 
@@ -39,17 +55,28 @@ fn requests(ca: &LocalCa, csr: &str, n: usize) -> Vec<IssueRequest> {
     (0..n)
         .map(|_| IssueRequest {
             csr_pem: csr.to_owned(),
-            token: ca.tokens().create(&w, Duration::from_secs(600), vec![]).expect("token"),
+            token: ca
+                .tokens()
+                .create(&w, Duration::from_secs(600), vec![])
+                .expect("token"),
             correlation_id: CorrelationId::new(),
         })
         .collect()
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (_tmp, dir, ca) = setup();
     let key = generate_key(KeyType::EcdsaP256).expect("key");
-    let csr = build_csr(&key, &WorkerId::new("bench-worker").expect("id"), &["bench-worker".into()]).expect("csr");
+    let csr = build_csr(
+        &key,
+        &WorkerId::new("bench-worker").expect("id"),
+        &["bench-worker".into()],
+    )
+    .expect("csr");
 
     let mut g = c.benchmark_group("issuance");
     g.sample_size(30);
@@ -75,10 +102,13 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     let reqs = requests(&ca, &csr, CONCURRENCY);
                     let start = Instant::now();
-                    let tasks: Vec<_> = reqs.into_iter().map(|r| {
-                        let ca = ca.clone();
-                        tokio::spawn(async move { ca.issue(r).await })
-                    }).collect();
+                    let tasks: Vec<_> = reqs
+                        .into_iter()
+                        .map(|r| {
+                            let ca = ca.clone();
+                            tokio::spawn(async move { ca.issue(r).await })
+                        })
+                        .collect();
                     for t in tasks {
                         t.await.expect("join").expect("issue");
                     }
@@ -89,7 +119,13 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let server = rt.block_on(crank_runtime::ca::server::bind_and_spawn(&dir, "127.0.0.1:0".parse().expect("addr"), ca.clone())).expect("serve");
+    let server = rt
+        .block_on(crank_runtime::ca::server::bind_and_spawn(
+            &dir,
+            "127.0.0.1:0".parse().expect("addr"),
+            ca.clone(),
+        ))
+        .expect("serve");
     let url = format!("https://{}/v1/certificates", server.addr());
     let roots = vec![dir.root_der().expect("root")];
     let tls = rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
@@ -97,7 +133,10 @@ fn bench(c: &mut Criterion) {
         .expect("versions")
         .with_root_certificates(crank_runtime::tls::root_store(&roots).expect("roots"))
         .with_no_client_auth();
-    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("client");
     g.bench_function("https_keepalive_x64", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let ca = ca.clone();
@@ -109,16 +148,20 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     let reqs = requests(&ca, &csr, CONCURRENCY);
                     let start = Instant::now();
-                    let tasks: Vec<_> = reqs.into_iter().map(|r| {
-                        let client = client.clone();
-                        let url = url.clone();
-                        tokio::spawn(async move {
-                            let body = serde_json::json!({"csr": r.csr_pem, "token": r.token});
-                            let resp = client.post(&url).json(&body).send().await.expect("send");
-                            assert!(resp.status().is_success(), "{}", resp.status());
-                            resp.bytes().await.expect("body")
+                    let tasks: Vec<_> = reqs
+                        .into_iter()
+                        .map(|r| {
+                            let client = client.clone();
+                            let url = url.clone();
+                            tokio::spawn(async move {
+                                let body = serde_json::json!({"csr": r.csr_pem, "token": r.token});
+                                let resp =
+                                    client.post(&url).json(&body).send().await.expect("send");
+                                assert!(resp.status().is_success(), "{}", resp.status());
+                                resp.bytes().await.expect("body")
+                            })
                         })
-                    }).collect();
+                        .collect();
                     for t in tasks {
                         t.await.expect("join");
                     }

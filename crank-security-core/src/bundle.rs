@@ -163,7 +163,10 @@ impl CertificateBundle {
         let key =
             PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::parse("private key", e))?;
         let ca = parse_pem_certs("CA certificate", ca_pem)?;
-        let metadata = CertMetadata::from_der(&chain[0])?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::parse("certificate", "no certificate"))?;
+        let metadata = CertMetadata::from_der(leaf)?;
         Ok(Self {
             chain,
             key: Arc::new(key),
@@ -206,7 +209,11 @@ impl CertificateBundle {
             .map_err(|e| {
                 Error::InvalidBundle(format!("CA certificate unusable as trust anchor: {e:?}"))
             })?;
-        let leaf = webpki::EndEntityCert::try_from(&self.chain[0])
+        let (leaf, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or_else(|| Error::InvalidBundle("empty certificate chain".into()))?;
+        let leaf = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| Error::InvalidBundle(format!("leaf certificate: {e:?}")))?;
         let time = UnixTime::since_unix_epoch(
             now.duration_since(SystemTime::UNIX_EPOCH)
@@ -219,7 +226,7 @@ impl CertificateBundle {
             leaf.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &anchors,
-                &self.chain[1..],
+                intermediates,
                 time,
                 usage,
                 None,

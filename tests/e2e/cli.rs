@@ -315,3 +315,91 @@ async fn a_worker_whose_ca_is_down_retries_then_exits_with_a_clear_error() {
     assert!(err.contains("unavailable after 2 attempts"), "{err}");
     assert!(err.contains("CA_UNAVAILABLE"), "{err}");
 }
+
+#[tokio::test]
+async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_addr = free_addr();
+    let port = free_addr().port();
+    let mut demo = Proc(
+        Command::new(bin("crank"))
+            .args([
+                "demo",
+                "--ca-listen",
+                &ca_addr.to_string(),
+                "--port",
+                &port.to_string(),
+            ])
+            .current_dir(tmp.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let curl_line = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the demo printed no curl command");
+        if line.trim_start().starts_with("curl ") {
+            break line;
+        }
+    };
+    assert!(
+        curl_line.contains("--cert")
+            && curl_line.contains("--key")
+            && curl_line.contains("--cacert"),
+        "{curl_line}"
+    );
+    // Run the printed command as a user would paste it, with the real curl.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -sS", curl_line.trim()))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"status":"healthy"}"#
+    );
+    // Without a client certificate curl gets no answer.
+    let anon = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            "crank-demo/client/ca.crt",
+            &format!("https://127.0.0.1:{port}/health"),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!anon.status.success() && !String::from_utf8_lossy(&anon.stdout).contains("healthy"));
+
+    let status = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut demo.0, Duration::from_secs(15)).success());
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("crank demo stopped")),
+        "{rest:?}"
+    );
+}
