@@ -302,13 +302,23 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let certs = parse_pem_certs("certificate", &pem)
         .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
-    let m = CertMetadata::from_der(&certs[0])?;
+    let leaf = certs.first().context("no certificate")?;
+    let m = CertMetadata::from_der(leaf)?;
     let remaining = m.seconds_remaining_now();
     if json {
-        let mut v = serde_json::to_value(&m)?;
-        v["seconds_remaining"] = remaining.into();
-        v["chain_length"] = certs.len().into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        #[derive(serde::Serialize)]
+        struct Inspected<'a> {
+            #[serde(flatten)]
+            metadata: &'a CertMetadata,
+            seconds_remaining: i64,
+            chain_length: usize,
+        }
+        let out = Inspected {
+            metadata: &m,
+            seconds_remaining: remaining,
+            chain_length: certs.len(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("subject:      {}", m.subject);
         println!("issuer:       {}", m.issuer);

@@ -29,6 +29,18 @@
 //! }
 //! ```
 
+// The CA, the TLS plumbing and the worker runtime sit on issuance and handshake paths:
+// input must never make them panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod ca;
 pub mod cli;
 pub mod demo;

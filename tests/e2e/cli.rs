@@ -187,6 +187,49 @@ async fn operator_flow_with_the_real_binaries() {
         serde_json::json!({"status": "healthy"})
     );
 
+    // The caller example reaches hello-world through the runtime's mTLS client.
+    let caller_token = ok(&crank(&[
+        "token",
+        "create",
+        "--dir",
+        ca_dir_s,
+        "--worker-id",
+        "caller",
+    ]))
+    .trim()
+    .to_owned();
+    let caller_addr = free_addr();
+    let caller_port = caller_addr.port().to_string();
+    let caller_certs = tmp.path().join("caller-certs");
+    let _caller = Proc(
+        Command::new(bin("caller"))
+            .env_clear()
+            .envs([
+                ("CRANK_JOIN_TOKEN", caller_token.as_str()),
+                ("CA_SERVICE_URL", ca_url.as_str()),
+                ("CERT_DIR", caller_certs.to_str().unwrap()),
+                ("CALLER_HTTPS_PORT", caller_port.as_str()),
+                ("CRANK_LISTEN_HOST", "127.0.0.1"),
+                ("HELLO_WORLD_URL", &format!("https://127.0.0.1:{port}")),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(caller_addr).await;
+    let r = super::mtls(&bundle, bundle.ca())
+        .get(format!("https://127.0.0.1:{caller_port}/call"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let call: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        call["hello_world_saw"]["caller_spiffe_id"], "spiffe://crank.local/worker/caller",
+        "{call}"
+    );
+
     // Inspect, text and JSON.
     let cert_path = client_dir.join("client.crt");
     let json: serde_json::Value = serde_json::from_str(&ok(&crank(&[
