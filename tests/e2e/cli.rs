@@ -446,3 +446,21 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn a_bad_port_is_reported_not_crashed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = hello_world(&[
+        ("HELLO_WORLD_HTTPS_PORT", "eighty"),
+        ("CERT_DIR", tmp.path().to_str().unwrap()),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -56,7 +56,7 @@ pub struct WorkerContext {
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
-    port: u16,
+    port: Result<u16, String>,
     host: Option<IpAddr>,
     routes: Router,
     config: Option<SecurityConfig>,
@@ -93,7 +93,7 @@ impl WorkerApplication {
     pub fn new(service_name: impl Into<String>) -> Self {
         Self {
             service_name: service_name.into(),
-            port: 8500,
+            port: Ok(8500),
             host: None,
             routes: Router::new(),
             config: None,
@@ -108,7 +108,7 @@ impl WorkerApplication {
 
     /// The HTTPS port (default 8500; 0 picks a free one).
     pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
+        self.port = Ok(port);
         self
     }
 
@@ -116,11 +116,11 @@ impl WorkerApplication {
     /// value is reported by `run()`.
     pub fn port_from_env(mut self, var: &str, default: u16) -> Self {
         self.port = match std::env::var(var) {
-            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-                eprintln!("error: {var}={v:?} is not a port number (1-65535)");
-                std::process::exit(2);
-            }),
-            Err(_) => default,
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{var}={v:?} is not a port number (1-65535)")),
+            Err(_) => Ok(default),
         };
         self
     }
@@ -199,6 +199,7 @@ impl WorkerApplication {
     /// Obtains certificates and starts serving in the background.
     pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let port = self.port.clone().map_err(RuntimeError::Config)?;
         let config = match self.config.clone() {
             Some(c) => c,
             None => SecurityConfig::from_env()?,
@@ -312,7 +313,7 @@ impl WorkerApplication {
                 StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
             ));
-        let addr = SocketAddr::new(host, self.port);
+        let addr = SocketAddr::new(host, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
