@@ -2,7 +2,7 @@
 //! clients and the paths of the built binaries.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,10 +204,12 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// The directory holding the workspace's built binaries (`target/debug`).
+/// The directory holding the workspace's built binaries (`target/<profile>`), seen
+/// from a test binary (in `deps/`) or from a binary beside them.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let dir = exe.parent().unwrap();
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
 }
 
 /// Path of a workspace binary; panics with what to do if it was not built.

@@ -7,6 +7,8 @@
 //! - `in_process_x64`: 64 concurrent issuances, in process (group commit shares fsyncs).
 //! - `https_keepalive_x64`: 64 concurrent issuances over HTTPS to the CA service on
 //!   loopback through one keep-alive client; client and server share the machine.
+//! - `baseline_rcgen_sign`: the peer in the same run: rcgen signing one leaf with the
+//!   same root key and nothing else (no CSR check, token, policy or ledger).
 //!
 //! Tokens and CSRs are made before the timed section; every timed issuance uses a fresh
 //! token, so nothing is skipped as a replay.
@@ -80,7 +82,17 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("issuance");
     g.sample_size(30);
+    g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(1));
+    let root_key = CaDir::read_key(&dir.root_key()).expect("root key");
+    let issuer = rcgen::Issuer::from_ca_cert_der(&dir.root_der().expect("root"), root_key).expect("issuer");
+    g.bench_function("baseline_rcgen_sign", |b| {
+        b.iter(|| {
+            let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("params");
+            p.serial_number = Some(crank_runtime::ca::authority::random_serial());
+            p.signed_by(&key, &issuer).expect("sign")
+        });
+    });
     g.bench_function("one_issuance", |b| {
         b.to_async(&rt).iter_batched(
             || requests(&ca, &csr, 1).remove(0),
