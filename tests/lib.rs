@@ -209,7 +209,11 @@ pub fn free_addr() -> SocketAddr {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap();
-    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; panics with what to do if it was not built.

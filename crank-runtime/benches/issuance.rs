@@ -85,10 +85,12 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(1));
     let root_key = CaDir::read_key(&dir.root_key()).expect("root key");
-    let issuer = rcgen::Issuer::from_ca_cert_der(&dir.root_der().expect("root"), root_key).expect("issuer");
+    let issuer =
+        rcgen::Issuer::from_ca_cert_der(&dir.root_der().expect("root"), root_key).expect("issuer");
     g.bench_function("baseline_rcgen_sign", |b| {
         b.iter(|| {
-            let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("params");
+            let mut p =
+                rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("params");
             p.serial_number = Some(crank_runtime::ca::authority::random_serial());
             p.signed_by(&key, &issuer).expect("sign")
         });
