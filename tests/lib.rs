@@ -180,20 +180,9 @@ impl TestCa {
 }
 
 fn load_ca(dir: &CaDir, events: &Arc<Recorder>) -> Arc<LocalCa> {
-    let store = crank_runtime::ca::store::SqliteStore::open(&dir.store()).unwrap();
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
-    Arc::new(
-        LocalCa::load(
-            dir,
-            Default::default(),
-            policy,
-            Arc::new(store),
-            Arc::new(sinks),
-        )
-        .unwrap(),
-    )
+    crank_runtime::cli::load_ca_with(dir, "test".into(), Arc::new(sinks)).unwrap()
 }
 
 /// A free port on 127.0.0.1.

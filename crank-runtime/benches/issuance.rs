@@ -3,22 +3,22 @@
 //!
 //! `cargo bench -p crank-runtime --bench issuance`
 //!
+//! - `baseline_rcgen_sign`: the peer in the same run: rcgen signing one leaf with the
+//!   same root key and nothing else (no CSR check, token, policy or ledger).
 //! - `one_issuance`: one issuance at a time, in process (each pays its own fsync).
 //! - `in_process_x64`: 64 concurrent issuances, in process (group commit shares fsyncs).
 //! - `https_keepalive_x64`: 64 concurrent issuances over HTTPS to the CA service on
 //!   loopback through one keep-alive client; client and server share the machine.
-//! - `baseline_rcgen_sign`: the peer in the same run: rcgen signing one leaf with the
-//!   same root key and nothing else (no CSR check, token, policy or ledger).
 //!
 //! Tokens and CSRs are made before the timed section; every timed issuance uses a fresh
 //! token, so nothing is skipped as a replay.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
-use crank_runtime::ca::store::SqliteStore;
 use crank_security_core::{
     CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId,
     build_csr, generate_key,
@@ -30,26 +30,15 @@ const CONCURRENCY: usize = 64;
 fn setup() -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = CaDir::new(tmp.path().join("ca"));
-    init_ca(
-        &dir,
-        &InitOptions {
-            trust_domain: TrustDomain::default(),
-            extra_sans: vec![],
-            force: false,
-        },
-    )
-    .expect("init");
-    let store = SqliteStore::open(&dir.store()).expect("store");
-    let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
-    let ca = LocalCa::load(
-        &dir,
-        Default::default(),
-        policy,
-        Arc::new(store),
-        Arc::new(EventSinks::empty()),
-    )
-    .expect("load");
-    (tmp, dir, Arc::new(ca))
+    let opts = InitOptions {
+        trust_domain: TrustDomain::default(),
+        extra_sans: vec![],
+        force: false,
+    };
+    init_ca(&dir, &opts).expect("init");
+    let ca = crank_runtime::cli::load_ca_with(&dir, "bench".into(), Arc::new(EventSinks::empty()))
+        .expect("load");
+    (tmp, dir, ca)
 }
 
 fn requests(ca: &LocalCa, csr: &str, n: usize) -> Vec<IssueRequest> {
@@ -66,6 +55,26 @@ fn requests(ca: &LocalCa, csr: &str, n: usize) -> Vec<IssueRequest> {
         .collect()
 }
 
+/// Times `iters` rounds of `CONCURRENCY` issuances run by `issue`; tokens are made
+/// before the clock starts.
+async fn time_concurrent<F, Fut>(ca: Arc<LocalCa>, csr: String, iters: u64, issue: F) -> Duration
+where
+    F: Fn(IssueRequest) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let reqs = requests(&ca, &csr, CONCURRENCY);
+        let start = Instant::now();
+        let tasks: Vec<_> = reqs.into_iter().map(|r| tokio::spawn(issue(r))).collect();
+        for t in tasks {
+            t.await.expect("join");
+        }
+        total += start.elapsed();
+    }
+    total
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -73,28 +82,24 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let (_tmp, dir, ca) = setup();
     let key = generate_key(KeyType::EcdsaP256).expect("key");
-    let csr = build_csr(
-        &key,
-        &WorkerId::new("bench-worker").expect("id"),
-        &["bench-worker".into()],
-    )
-    .expect("csr");
+    let worker = WorkerId::new("bench-worker").expect("id");
+    let csr = build_csr(&key, &worker, &["bench-worker".into()]).expect("csr");
 
     let mut g = c.benchmark_group("issuance");
     g.sample_size(30);
     g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(1));
     let root_key = CaDir::read_key(&dir.root_key()).expect("root key");
-    let issuer =
-        rcgen::Issuer::from_ca_cert_der(&dir.root_der().expect("root"), root_key).expect("issuer");
+    let root = dir.root_der().expect("root");
+    let issuer = rcgen::Issuer::from_ca_cert_der(&root, root_key).expect("issuer");
     g.bench_function("baseline_rcgen_sign", |b| {
         b.iter(|| {
-            let mut p =
-                rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("params");
+            let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("p");
             p.serial_number = Some(crank_runtime::ca::authority::random_serial());
             p.signed_by(&key, &issuer).expect("sign")
         });
     });
+
     g.bench_function("one_issuance", |b| {
         b.to_async(&rt).iter_batched(
             || requests(&ca, &csr, 1).remove(0),
@@ -109,43 +114,31 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(CONCURRENCY as u64));
     g.bench_function("in_process_x64", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let ca = ca.clone();
-            let csr = csr.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let reqs = requests(&ca, &csr, CONCURRENCY);
-                    let start = Instant::now();
-                    let tasks: Vec<_> = reqs
-                        .into_iter()
-                        .map(|r| {
-                            let ca = ca.clone();
-                            tokio::spawn(async move { ca.issue(r).await })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("join").expect("issue");
-                    }
-                    total += start.elapsed();
+            let ca2 = ca.clone();
+            time_concurrent(ca.clone(), csr.clone(), iters, move |r| {
+                let ca = ca2.clone();
+                async move {
+                    ca.issue(r).await.expect("issue");
                 }
-                total
-            }
+            })
         });
     });
 
+    let listen = "127.0.0.1:0".parse().expect("addr");
     let server = rt
         .block_on(crank_runtime::ca::server::bind_and_spawn(
             &dir,
-            "127.0.0.1:0".parse().expect("addr"),
+            listen,
             ca.clone(),
         ))
         .expect("serve");
     let url = format!("https://{}/v1/certificates", server.addr());
-    let roots = vec![dir.root_der().expect("root")];
     let tls = rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(crank_runtime::tls::root_store(&roots).expect("roots"))
+        .with_root_certificates(
+            crank_runtime::tls::root_store(std::slice::from_ref(&root)).expect("roots"),
+        )
         .with_no_client_auth();
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -153,36 +146,18 @@ fn bench(c: &mut Criterion) {
         .expect("client");
     g.bench_function("https_keepalive_x64", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let ca = ca.clone();
-            let csr = csr.clone();
             let client = client.clone();
             let url = url.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let reqs = requests(&ca, &csr, CONCURRENCY);
-                    let start = Instant::now();
-                    let tasks: Vec<_> = reqs
-                        .into_iter()
-                        .map(|r| {
-                            let client = client.clone();
-                            let url = url.clone();
-                            tokio::spawn(async move {
-                                let body = serde_json::json!({"csr": r.csr_pem, "token": r.token});
-                                let resp =
-                                    client.post(&url).json(&body).send().await.expect("send");
-                                assert!(resp.status().is_success(), "{}", resp.status());
-                                resp.bytes().await.expect("body")
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("join");
-                    }
-                    total += start.elapsed();
+            time_concurrent(ca.clone(), csr.clone(), iters, move |r| {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let body = serde_json::json!({"csr": r.csr_pem, "token": r.token});
+                    let resp = client.post(&url).json(&body).send().await.expect("send");
+                    assert!(resp.status().is_success(), "{}", resp.status());
+                    resp.bytes().await.expect("body");
                 }
-                total
-            }
+            })
         });
     });
     g.finish();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crank_security_core::{
-    CertMetadata, EventSinks, KeyType, SecurityConfig, TrustDomain, WorkerId, parse_pem_certs,
+    CertMetadata, EventSink, EventSinks, KeyType, SecurityConfig, TrustDomain, WorkerId,
+    parse_pem_certs,
 };
 
 use crate::ca::authority::{LocalCa, LocalCaConfig};
@@ -226,8 +227,17 @@ pub fn create_token(
 /// The default token TTL, for callers that do not choose one.
 pub const TOKEN_TTL: Duration = DEFAULT_TOKEN_TTL;
 
-/// Loads a CA with the built-in policy and the embedded store.
+/// Loads a CA with the built-in policy and the embedded store, logging its events.
 pub fn load_ca(dir: &CaDir, environment: String) -> anyhow::Result<Arc<LocalCa>> {
+    load_ca_with(dir, environment, Arc::new(EventSinks::default()))
+}
+
+/// Loads a CA with the built-in policy and the embedded store, sending events to `events`.
+pub fn load_ca_with(
+    dir: &CaDir,
+    environment: String,
+    events: Arc<dyn EventSink>,
+) -> anyhow::Result<Arc<LocalCa>> {
     let store = SqliteStore::open(&dir.store())
         .with_context(|| format!("opening the CA store {}", dir.store().display()))?;
     let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
@@ -240,7 +250,7 @@ pub fn load_ca(dir: &CaDir, environment: String) -> anyhow::Result<Arc<LocalCa>>
         config,
         policy,
         Arc::new(store),
-        Arc::new(EventSinks::default()),
+        events,
     )?))
 }
 

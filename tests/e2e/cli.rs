@@ -67,7 +67,12 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 fn hello_world(env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(bin("hello-world"));
+    example("hello-world", env)
+}
+
+/// An example worker binary with a clean environment plus `env`.
+fn example(name: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin(name));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
@@ -202,20 +207,19 @@ async fn operator_flow_with_the_real_binaries() {
     let caller_port = caller_addr.port().to_string();
     let caller_certs = tmp.path().join("caller-certs");
     let _caller = Proc(
-        Command::new(bin("caller"))
-            .env_clear()
-            .envs([
-                ("CRANK_JOIN_TOKEN", caller_token.as_str()),
-                ("CA_SERVICE_URL", ca_url.as_str()),
+        example(
+            "caller",
+            &[
+                ("CRANK_JOIN_TOKEN", &caller_token),
+                ("CA_SERVICE_URL", &ca_url),
                 ("CERT_DIR", caller_certs.to_str().unwrap()),
-                ("CALLER_HTTPS_PORT", caller_port.as_str()),
+                ("CALLER_HTTPS_PORT", &caller_port),
                 ("CRANK_LISTEN_HOST", "127.0.0.1"),
                 ("HELLO_WORLD_URL", &format!("https://127.0.0.1:{port}")),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            ],
+        )
+        .spawn()
+        .unwrap(),
     );
     wait_for_port(caller_addr).await;
     let r = super::mtls(&bundle, bundle.ca())
