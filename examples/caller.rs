@@ -13,27 +13,18 @@ use axum::routing::get;
 use axum::{Json, Router};
 use crank_runtime::{WorkerApplication, WorkerContext};
 
-async fn call(
-    Extension(ctx): Extension<WorkerContext>,
-) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+async fn call(Extension(ctx): Extension<WorkerContext>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let base = std::env::var("HELLO_WORLD_URL").unwrap_or_else(|_| "https://127.0.0.1:8500".into());
     let url = format!("{}/whoami", base.trim_end_matches('/'));
     let bad_gateway = |e: String| (StatusCode::BAD_GATEWAY, format!("calling {url}: {e}"));
-    let resp = ctx
-        .client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| bad_gateway(e.to_string()))?;
+    let resp = ctx.client.get(&url).send().await.map_err(|e| bad_gateway(e.to_string()))?;
     let saw: serde_json::Value = resp
         .error_for_status()
         .map_err(|e| bad_gateway(e.to_string()))?
         .json()
         .await
         .map_err(|e| bad_gateway(e.to_string()))?;
-    Ok(Json(
-        serde_json::json!({ "me": ctx.spiffe_id.to_string(), "hello_world_url": base, "hello_world_saw": saw }),
-    ))
+    Ok(Json(serde_json::json!({ "me": ctx.spiffe_id.to_string(), "hello_world_url": base, "hello_world_saw": saw })))
 }
 
 fn main() -> anyhow::Result<()> {

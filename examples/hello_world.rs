@@ -8,8 +8,5 @@
 use crank_runtime::{WorkerApplication, demo::hello_routes};
 
 fn main() -> anyhow::Result<()> {
-    WorkerApplication::new("hello-world")
-        .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
-        .routes(hello_routes())
-        .run()
+    WorkerApplication::new("hello-world").port_from_env("HELLO_WORLD_HTTPS_PORT", 8500).routes(hello_routes()).run()
 }

@@ -9,11 +9,9 @@ use std::time::Duration;
 use axum::Router;
 use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
-use crank_runtime::{
-    BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication,
-};
+use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
-    CertificateBundle, CertificateEvent, EventKind, EventSink, EventSinks, KeyType, SecurityConfig,
+    CertificateBundle, CertificateEvent, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType, SecurityConfig,
     TrustDomain, WorkerId,
 };
 use tempfile::TempDir;
@@ -29,13 +27,7 @@ impl Recorder {
     }
     /// All events of one kind.
     pub fn of(&self, kind: EventKind) -> Vec<CertificateEvent> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.event == kind)
-            .cloned()
-            .collect()
+        self.0.lock().unwrap().iter().filter(|e| e.event == kind).cloned().collect()
     }
 }
 
@@ -58,36 +50,25 @@ pub struct TestCa {
     pub server: Option<ServerHandle>,
     /// CA-side events.
     pub events: Arc<Recorder>,
+    /// Validity of issued certificates.
+    pub validity: Duration,
 }
 
 impl TestCa {
-    /// Inits and serves a new CA.
+    /// Inits and serves a new CA issuing 24 h certificates.
     pub async fn start() -> Self {
+        Self::start_with_validity(DefaultPolicy::DEFAULT_VALIDITY).await
+    }
+
+    /// Inits and serves a new CA issuing certificates valid for `validity`.
+    pub async fn start_with_validity(validity: Duration) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = CaDir::new(tmp.path().join("ca"));
-        init_ca(
-            &dir,
-            &InitOptions {
-                trust_domain: TrustDomain::default(),
-                extra_sans: vec![],
-                force: false,
-            },
-        )
-        .unwrap();
+        init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
         let events = Arc::default();
-        let ca = load_ca(&dir, &events);
-        let server = Some(
-            crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone())
-                .await
-                .unwrap(),
-        );
-        Self {
-            tmp,
-            dir,
-            ca,
-            server,
-            events,
-        }
+        let ca = load_ca(&dir, &events, validity);
+        let server = Some(crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone()).await.unwrap());
+        Self { tmp, dir, ca, server, events, validity }
     }
 
     /// (Re)loads the CA from its directory and serves it on `addr`.
@@ -95,12 +76,8 @@ impl TestCa {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
         }
-        self.ca = load_ca(&self.dir, &self.events);
-        self.server = Some(
-            crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone())
-                .await
-                .unwrap(),
-        );
+        self.ca = load_ca(&self.dir, &self.events, self.validity);
+        self.server = Some(crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone()).await.unwrap());
     }
 
     /// Stops serving.
@@ -127,8 +104,7 @@ impl TestCa {
 
     /// A join token with TTL and capabilities.
     pub fn token_with(&self, worker: &str, ttl: Duration, caps: Vec<String>) -> String {
-        crank_runtime::cli::create_token(&self.dir, &WorkerId::new(worker).unwrap(), ttl, caps)
-            .unwrap()
+        crank_runtime::cli::create_token(&self.dir, &WorkerId::new(worker).unwrap(), ttl, caps).unwrap()
     }
 
     /// Bootstrap options for `worker` into a fresh directory under the CA's temp dir.
@@ -150,13 +126,16 @@ impl TestCa {
 
     /// Bootstraps `worker` and returns its bundle.
     pub async fn bootstrap(&self, worker: &str) -> CertificateBundle {
-        crank_runtime::bootstrap(&self.bootstrap_options(worker), &EventSinks::empty())
-            .await
-            .unwrap()
+        crank_runtime::bootstrap(&self.bootstrap_options(worker), &EventSinks::empty()).await.unwrap()
     }
 
     /// Starts a worker on a free loopback port with `routes`.
     pub async fn worker(&self, worker: &str, routes: Router) -> RunningWorker {
+        self.worker_with(worker, routes, Arc::new(Recorder::default())).await
+    }
+
+    /// Starts a worker whose events also go to `events`.
+    pub async fn worker_with(&self, worker: &str, routes: Router, events: Arc<Recorder>) -> RunningWorker {
         let config = SecurityConfig {
             cert_dir: self.tmp.path().join("workers").join(worker),
             ca_urls: vec![self.url()],
@@ -173,24 +152,27 @@ impl TestCa {
                 max_delay: Duration::from_millis(200),
                 attempts: 3,
             })
+            .event_sink(events)
             .start()
             .await
             .unwrap()
     }
 }
 
-fn load_ca(dir: &CaDir, events: &Arc<Recorder>) -> Arc<LocalCa> {
+fn load_ca(dir: &CaDir, events: &Arc<Recorder>, validity: Duration) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    crank_runtime::cli::load_ca_with(dir, "test".into(), Arc::new(sinks)).unwrap()
+    let settings = crank_runtime::cli::CaSettings {
+        environment: "test".into(),
+        policy: Arc::new(DefaultPolicy { validity }),
+        events: Arc::new(sinks),
+    };
+    crank_runtime::cli::load_ca_with(dir, settings).unwrap()
 }
 
 /// A free port on 127.0.0.1.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// The directory holding the workspace's built binaries (`target/<profile>`), seen
@@ -198,11 +180,7 @@ pub fn free_addr() -> SocketAddr {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().unwrap().to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
 }
 
 /// Path of a workspace binary; panics with what to do if it was not built.

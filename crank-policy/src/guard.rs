@@ -21,17 +21,11 @@ pub struct Denied {
 
 impl Denied {
     fn decided(reason: String) -> Self {
-        Self {
-            reason,
-            engine_failure: false,
-        }
+        Self { reason, engine_failure: false }
     }
 
     fn failed(hook: &str, engine: &str, err: impl std::fmt::Display) -> Self {
-        Self {
-            reason: format!("policy engine {engine} failed in {hook}, denying: {err}"),
-            engine_failure: true,
-        }
+        Self { reason: format!("policy engine {engine} failed in {hook}, denying: {err}"), engine_failure: true }
     }
 }
 
@@ -56,41 +50,26 @@ impl PolicyGuard {
     pub fn may_issue(&self, input: &IssuanceInput) -> Result<(), Denied> {
         match self.engine.can_issue_certificate(input) {
             Ok(d) if d.allow => Ok(()),
-            Ok(d) => Err(Denied::decided(
-                d.reason.unwrap_or_else(|| "no reason given".into()),
-            )),
-            Err(e) => Err(Denied::failed(
-                "can_issue_certificate",
-                self.engine.name(),
-                e,
-            )),
+            Ok(d) => Err(Denied::decided(d.reason.unwrap_or_else(|| "no reason given".into()))),
+            Err(e) => Err(Denied::failed("can_issue_certificate", self.engine.name(), e)),
         }
     }
 
     /// `certificate_validity_period`, bounded to 5 s ..= 366 days.
     pub fn validity(&self, worker_id: &str, environment: &str) -> Result<Duration, Denied> {
         let hook = "certificate_validity_period";
-        match self
-            .engine
-            .certificate_validity_period(worker_id, environment)
-        {
+        match self.engine.certificate_validity_period(worker_id, environment) {
             Ok(v) if (MIN_VALIDITY..=MAX_VALIDITY).contains(&v) => Ok(v),
-            Ok(v) => Err(Denied::failed(
-                hook,
-                self.engine.name(),
-                format!("validity {v:?} is outside 5 s ..= 366 days"),
-            )),
+            Ok(v) => {
+                Err(Denied::failed(hook, self.engine.name(), format!("validity {v:?} is outside 5 s ..= 366 days")))
+            }
             Err(e) => Err(Denied::failed(hook, self.engine.name(), e)),
         }
     }
 
     /// `should_renew_certificate`; an engine failure answers "renew" so that a broken
     /// policy never lets a certificate run out silently.
-    pub fn renewal(
-        &self,
-        cert: &CertMetadata,
-        now: OffsetDateTime,
-    ) -> Result<RenewalDecision, Denied> {
+    pub fn renewal(&self, cert: &CertMetadata, now: OffsetDateTime) -> Result<RenewalDecision, Denied> {
         self.engine
             .should_renew_certificate(cert, now)
             .map_err(|e| Denied::failed("should_renew_certificate", self.engine.name(), e))
@@ -100,9 +79,7 @@ impl PolicyGuard {
     pub fn may_revoke(&self, worker_id: &str, reason: &str) -> Result<(), Denied> {
         match self.engine.revoke_certificate(worker_id, reason) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Denied::decided(format!(
-                "revocation of {worker_id} for {reason} denied by policy"
-            ))),
+            Ok(false) => Err(Denied::decided(format!("revocation of {worker_id} for {reason} denied by policy"))),
             Err(e) => Err(Denied::failed("revoke_certificate", self.engine.name(), e)),
         }
     }
@@ -117,10 +94,7 @@ mod tests {
     #[derive(Debug)]
     struct Broken;
     impl PolicyEngine for Broken {
-        fn can_issue_certificate(
-            &self,
-            _: &IssuanceInput,
-        ) -> Result<IssuanceDecision, PolicyError> {
+        fn can_issue_certificate(&self, _: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
             Err(PolicyError::Evaluation("boom".into()))
         }
         fn certificate_validity_period(&self, _: &str, _: &str) -> Result<Duration, PolicyError> {

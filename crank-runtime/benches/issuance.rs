@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
 use crank_security_core::{
-    CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId,
-    build_csr, generate_key,
+    CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr,
+    generate_key,
 };
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -30,14 +30,10 @@ const CONCURRENCY: usize = 64;
 fn setup() -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = CaDir::new(tmp.path().join("ca"));
-    let opts = InitOptions {
-        trust_domain: TrustDomain::default(),
-        extra_sans: vec![],
-        force: false,
-    };
+    let opts = InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
     init_ca(&dir, &opts).expect("init");
-    let ca = crank_runtime::cli::load_ca_with(&dir, "bench".into(), Arc::new(EventSinks::empty()))
-        .expect("load");
+    let settings = crank_runtime::cli::CaSettings { events: Arc::new(EventSinks::empty()), ..Default::default() };
+    let ca = crank_runtime::cli::load_ca_with(&dir, settings).expect("load");
     (tmp, dir, ca)
 }
 
@@ -46,10 +42,7 @@ fn requests(ca: &LocalCa, csr: &str, n: usize) -> Vec<IssueRequest> {
     (0..n)
         .map(|_| IssueRequest {
             csr_pem: csr.to_owned(),
-            token: ca
-                .tokens()
-                .create(&w, Duration::from_secs(600), vec![])
-                .expect("token"),
+            token: ca.tokens().create(&w, Duration::from_secs(600), vec![]).expect("token"),
             correlation_id: CorrelationId::new(),
         })
         .collect()
@@ -76,10 +69,7 @@ where
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let (_tmp, dir, ca) = setup();
     let key = generate_key(KeyType::EcdsaP256).expect("key");
     let worker = WorkerId::new("bench-worker").expect("id");
@@ -125,25 +115,14 @@ fn bench(c: &mut Criterion) {
     });
 
     let listen = "127.0.0.1:0".parse().expect("addr");
-    let server = rt
-        .block_on(crank_runtime::ca::server::bind_and_spawn(
-            &dir,
-            listen,
-            ca.clone(),
-        ))
-        .expect("serve");
+    let server = rt.block_on(crank_runtime::ca::server::bind_and_spawn(&dir, listen, ca.clone())).expect("serve");
     let url = format!("https://{}/v1/certificates", server.addr());
     let tls = rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(
-            crank_runtime::tls::root_store(std::slice::from_ref(&root)).expect("roots"),
-        )
+        .with_root_certificates(crank_runtime::tls::root_store(std::slice::from_ref(&root)).expect("roots"))
         .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client");
     g.bench_function("https_keepalive_x64", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let client = client.clone();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crank_security_core::{
-    CertMetadata, EventSink, EventSinks, KeyType, SecurityConfig, TrustDomain, WorkerId,
+    CertMetadata, DefaultPolicy, EventSink, EventSinks, KeyType, PolicyEngine, SecurityConfig, TrustDomain, WorkerId,
     parse_pem_certs,
 };
 
@@ -72,6 +72,9 @@ pub enum CaCommand {
         /// Deployment environment given to policy.
         #[arg(long, env = "CRANK_ENVIRONMENT", default_value = "development")]
         environment: String,
+        /// Validity of issued certificates under the built-in policy, e.g. `24h`, `20s`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        leaf_validity: Duration,
     },
 }
 
@@ -154,43 +157,21 @@ impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Ca(CaCommand::Init {
-                dir,
-                trust_domain,
-                sans,
-                force,
-            }) => {
+            Command::Ca(CaCommand::Init { dir, trust_domain, sans, force }) => {
                 let dir = CaDir::new(dir);
-                init_ca(
-                    &dir,
-                    &InitOptions {
-                        trust_domain: TrustDomain::new(trust_domain)?,
-                        extra_sans: sans,
-                        force,
-                    },
-                )?;
+                init_ca(&dir, &InitOptions { trust_domain: TrustDomain::new(trust_domain)?, extra_sans: sans, force })?;
                 println!("CA created in {}", dir.dir.display());
                 println!("root fingerprint (sha256): {}", dir.root_fingerprint()?);
                 println!("next: crank ca serve --dir {}", dir.dir.display());
                 Ok(())
             }
-            Command::Ca(CaCommand::Serve {
-                dir,
-                listen,
-                environment,
-            }) => runtime()?.block_on(serve_ca(CaDir::new(dir), listen, environment)),
-            Command::Token(TokenCommand::Create {
-                dir,
-                worker_id,
-                ttl,
-                capabilities,
-            }) => {
-                let token = create_token(
-                    &CaDir::new(dir),
-                    &WorkerId::new(worker_id)?,
-                    ttl,
-                    capabilities,
-                )?;
+            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity }) => {
+                let policy: Arc<dyn PolicyEngine> = Arc::new(DefaultPolicy { validity: leaf_validity });
+                let settings = CaSettings { environment, policy, ..CaSettings::default() };
+                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings))
+            }
+            Command::Token(TokenCommand::Create { dir, worker_id, ttl, capabilities }) => {
+                let token = create_token(&CaDir::new(dir), &WorkerId::new(worker_id)?, ttl, capabilities)?;
                 println!("{token}");
                 Ok(())
             }
@@ -202,9 +183,7 @@ impl Cli {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Creates a join token with the CA's token key.
@@ -214,12 +193,8 @@ pub fn create_token(
     ttl: Duration,
     capabilities: Vec<String>,
 ) -> anyhow::Result<String> {
-    let key = CaDir::read_key(&dir.token_key()).with_context(|| {
-        format!(
-            "is {} a CA directory made by `crank ca init`?",
-            dir.dir.display()
-        )
-    })?;
+    let key = CaDir::read_key(&dir.token_key())
+        .with_context(|| format!("is {} a CA directory made by `crank ca init`?", dir.dir.display()))?;
     let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.root_fingerprint()?)?;
     authority.create(worker, ttl, capabilities)
 }
@@ -229,33 +204,41 @@ pub const TOKEN_TTL: Duration = DEFAULT_TOKEN_TTL;
 
 /// Loads a CA with the built-in policy and the embedded store, logging its events.
 pub fn load_ca(dir: &CaDir, environment: String) -> anyhow::Result<Arc<LocalCa>> {
-    load_ca_with(dir, environment, Arc::new(EventSinks::default()))
+    load_ca_with(dir, CaSettings { environment, ..CaSettings::default() })
 }
 
-/// Loads a CA with the built-in policy and the embedded store, sending events to `events`.
-pub fn load_ca_with(
-    dir: &CaDir,
-    environment: String,
-    events: Arc<dyn EventSink>,
-) -> anyhow::Result<Arc<LocalCa>> {
-    let store = SqliteStore::open(&dir.store())
-        .with_context(|| format!("opening the CA store {}", dir.store().display()))?;
-    let policy = crank_policy::PolicyGuard::new(crank_policy::builtin());
-    let config = LocalCaConfig {
-        environment,
-        ..LocalCaConfig::default()
-    };
-    Ok(Arc::new(LocalCa::load(
-        dir,
-        config,
-        policy,
-        Arc::new(store),
-        events,
-    )?))
+/// What a CA is loaded with.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// Deployment environment given to policy (default `development`).
+    pub environment: String,
+    /// The policy engine (default: the built-in policy).
+    pub policy: Arc<dyn PolicyEngine>,
+    /// Where events go (default: the JSON log).
+    pub events: Arc<dyn EventSink>,
 }
 
-async fn serve_ca(dir: CaDir, listen: SocketAddr, environment: String) -> anyhow::Result<()> {
-    let ca = load_ca(&dir, environment)?;
+impl Default for CaSettings {
+    fn default() -> Self {
+        Self {
+            environment: "development".into(),
+            policy: crank_policy::builtin(),
+            events: Arc::new(EventSinks::default()),
+        }
+    }
+}
+
+/// Loads a CA with the embedded store and `settings`.
+pub fn load_ca_with(dir: &CaDir, settings: CaSettings) -> anyhow::Result<Arc<LocalCa>> {
+    let store =
+        SqliteStore::open(&dir.store()).with_context(|| format!("opening the CA store {}", dir.store().display()))?;
+    let policy = crank_policy::PolicyGuard::new(settings.policy);
+    let config = LocalCaConfig { environment: settings.environment, ..LocalCaConfig::default() };
+    Ok(Arc::new(LocalCa::load(dir, config, policy, Arc::new(store), settings.events)?))
+}
+
+async fn serve_ca(dir: CaDir, listen: SocketAddr, settings: CaSettings) -> anyhow::Result<()> {
+    let ca = load_ca_with(&dir, settings)?;
     let server = crate::ca::server::bind_and_spawn(&dir, listen, ca.clone()).await?;
     tracing::info!(addr = %server.addr(), trust_domain = %ca.trust_domain(), "CA service listening (HTTPS)");
     crate::tls::shutdown_signal().await;
@@ -270,11 +253,7 @@ async fn cert_init(args: CertInitArgs) -> anyhow::Result<()> {
         Some(list) => {
             SecurityConfig::from_lookup(
                 |k| {
-                    if k == "CA_SERVICE_URL" {
-                        Some(list.clone())
-                    } else {
-                        None
-                    }
+                    if k == "CA_SERVICE_URL" { Some(list.clone()) } else { None }
                 },
                 &crank_security_core::FixedCertDir(env.cert_dir.clone()),
             )?
@@ -289,10 +268,7 @@ async fn cert_init(args: CertInitArgs) -> anyhow::Result<()> {
         cert_dir: args.cert_dir.unwrap_or(env.cert_dir),
         sans: args.sans,
         key_type: args.key_type,
-        retry: RetryPolicy {
-            attempts: args.attempts.max(1),
-            ..RetryPolicy::default()
-        },
+        retry: RetryPolicy { attempts: args.attempts.max(1), ..RetryPolicy::default() },
     };
     let bundle = bootstrap(&opts, &EventSinks::default()).await?;
     let m = bundle.metadata();
@@ -304,14 +280,13 @@ async fn cert_init(args: CertInitArgs) -> anyhow::Result<()> {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let certs = parse_pem_certs("certificate", &pem)
-        .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
+    let certs =
+        parse_pem_certs("certificate", &pem).with_context(|| format!("{} holds no PEM certificate", file.display()))?;
     let leaf = certs.first().context("no certificate")?;
     let m = CertMetadata::from_der(leaf)?;
     let remaining = m.seconds_remaining_now();
@@ -323,11 +298,7 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
             seconds_remaining: i64,
             chain_length: usize,
         }
-        let out = Inspected {
-            metadata: &m,
-            seconds_remaining: remaining,
-            chain_length: certs.len(),
-        };
+        let out = Inspected { metadata: &m, seconds_remaining: remaining, chain_length: certs.len() };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("subject:      {}", m.subject);

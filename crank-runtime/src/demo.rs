@@ -16,15 +16,10 @@ use crate::{WorkerApplication, WorkerContext};
 
 /// The hello-world routes: `/` greets the caller by its verified identity.
 pub fn hello_routes() -> Router {
-    Router::new()
-        .route("/", get(hello))
-        .route("/whoami", get(whoami))
+    Router::new().route("/", get(hello)).route("/whoami", get(whoami))
 }
 
-async fn hello(
-    peer: PeerIdentity,
-    axum::Extension(ctx): axum::Extension<WorkerContext>,
-) -> Json<serde_json::Value> {
+async fn hello(peer: PeerIdentity, axum::Extension(ctx): axum::Extension<WorkerContext>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "message": format!("Hello, {}!", peer.worker_id()),
         "served_by": ctx.spiffe_id.to_string(),
@@ -45,27 +40,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if ca_dir.exists() {
         tracing::info!(dir = %ca_dir.dir.display(), "reusing the demo CA");
     } else {
-        init_ca(
-            &ca_dir,
-            &InitOptions {
-                trust_domain: TrustDomain::default(),
-                extra_sans: vec![],
-                force: false,
-            },
-        )?;
+        init_ca(&ca_dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false })?;
         tracing::info!(dir = %ca_dir.dir.display(), "created the demo CA");
     }
     let ca = load_ca(&ca_dir, "development".into())?;
     let ca_server = crate::ca::server::bind_and_spawn(&ca_dir, args.ca_listen, ca)
         .await
-        .with_context(|| {
-            format!(
-                "starting the CA on {} (is another demo running? use --ca-listen)",
-                args.ca_listen
-            )
-        })?;
-    let ca_url: url::Url =
-        format!("https://{}", args.ca_server_url_host(ca_server.addr())).parse()?;
+        .with_context(|| format!("starting the CA on {} (is another demo running? use --ca-listen)", args.ca_listen))?;
+    let ca_url: url::Url = format!("https://{}", args.ca_server_url_host(ca_server.addr())).parse()?;
     tracing::info!(url = %ca_url, "CA service listening");
 
     // A client identity for curl, bootstrapped exactly like a worker.
@@ -75,12 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         && crank_security_core::CertificateBundle::load(&client_files)
             .is_ok_and(|b| b.validate(std::time::SystemTime::now()).is_ok());
     if !client_ok {
-        let token = create_token(
-            &ca_dir,
-            &WorkerId::new("demo-client")?,
-            Duration::from_secs(300),
-            vec![],
-        )?;
+        let token = create_token(&ca_dir, &WorkerId::new("demo-client")?, Duration::from_secs(300), vec![])?;
         let opts = BootstrapOptions {
             worker_id: Some(WorkerId::new("demo-client")?),
             token,
@@ -88,20 +65,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             cert_dir: client_dir.clone(),
             sans: vec!["demo-client".into()],
             key_type: KeyType::default(),
-            retry: RetryPolicy {
-                attempts: 3,
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy { attempts: 3, ..RetryPolicy::default() },
         };
         bootstrap(&opts, &EventSinks::default()).await?;
     }
 
     let worker_dir = args.dir.join("hello-world");
-    let config = SecurityConfig {
-        cert_dir: worker_dir.clone(),
-        ca_urls: vec![ca_url],
-        environment: "development".into(),
-    };
+    let config =
+        SecurityConfig { cert_dir: worker_dir.clone(), ca_urls: vec![ca_url], environment: "development".into() };
     let mut app = WorkerApplication::new("hello-world")
         .port(args.port)
         .host(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -113,17 +84,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         && crank_security_core::CertificateBundle::load(&worker_files)
             .is_ok_and(|b| b.validate(std::time::SystemTime::now()).is_ok());
     if !worker_ok {
-        app = app.join_token(create_token(
-            &ca_dir,
-            &WorkerId::new("hello-world")?,
-            Duration::from_secs(300),
-            vec![],
-        )?);
+        app = app.join_token(create_token(&ca_dir, &WorkerId::new("hello-world")?, Duration::from_secs(300), vec![])?);
     }
-    let worker = app
-        .start()
-        .await
-        .with_context(|| format!("starting the hello-world worker on port {}", args.port))?;
+    let worker = app.start().await.with_context(|| format!("starting the hello-world worker on port {}", args.port))?;
 
     let d = args.dir.display();
     println!();
@@ -142,7 +105,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Without --cert/--key the TLS handshake is refused. Press Ctrl-C to stop.");
 
     crate::tls::shutdown_signal().await;
-    worker.server.shutdown().await?;
+    worker.shutdown().await?;
     ca_server.shutdown().await?;
     println!("crank demo stopped");
     Ok(())
@@ -150,10 +113,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 impl DemoArgs {
     fn ca_server_url_host(&self, addr: std::net::SocketAddr) -> String {
-        if addr.ip().is_unspecified() {
-            format!("127.0.0.1:{}", addr.port())
-        } else {
-            addr.to_string()
-        }
+        if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
     }
 }

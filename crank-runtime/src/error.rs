@@ -38,47 +38,27 @@ pub struct ErrorDetail {
 impl ApiError {
     /// A 400.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: message.into(),
-        }
+        Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
 
     /// A 401.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code,
-            message: message.into(),
-        }
+        Self { status: StatusCode::UNAUTHORIZED, code, message: message.into() }
     }
 
     /// A 403.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::FORBIDDEN,
-            code,
-            message: message.into(),
-        }
+        Self { status: StatusCode::FORBIDDEN, code, message: message.into() }
     }
 
     /// A 404.
     pub fn not_found() -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: "no such endpoint".into(),
-        }
+        Self { status: StatusCode::NOT_FOUND, code: "not_found", message: "no such endpoint".into() }
     }
 
     /// A 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unavailable",
-            message: message.into(),
-        }
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
     }
 }
 
@@ -89,23 +69,14 @@ impl From<ProviderError> for ApiError {
             ProviderError::Unauthorized(m) => Self::unauthorized("unauthorized", m),
             ProviderError::PolicyDenied(m) => Self::forbidden("policy_denied", m),
             ProviderError::Unavailable(m) => Self::unavailable(m),
-            other => Self {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                message: other.to_string(),
-            },
+            other => Self { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: other.to_string() },
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         (self.status, Json(body)).into_response()
     }
 }

@@ -31,15 +31,7 @@
 
 // The CA, the TLS plumbing and the worker runtime sit on issuance and handshake paths:
 // input must never make them panic.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod ca;
 pub mod cli;
@@ -48,6 +40,7 @@ mod error;
 pub mod logging;
 mod server;
 pub mod tls;
+pub mod trust;
 pub mod worker;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};

@@ -28,20 +28,10 @@ impl ServerHandle {
         let addr = listener.local_addr()?;
         let (config_tx, config_rx) = watch::channel(config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::tls::serve_tls(
-            listener,
-            config_rx,
-            router,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        Ok(Self {
-            addr,
-            config: config_tx,
-            stop: Some(stop_tx),
-            task,
-        })
+        let task = tokio::spawn(crate::tls::serve_tls(listener, config_rx, router, async move {
+            let _ = stop_rx.await;
+        }));
+        Ok(Self { addr, config: config_tx, stop: Some(stop_tx), task })
     }
 
     /// The address the server listens on.

@@ -15,7 +15,9 @@ use hyper_util::service::TowerToHyperService;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+
+use crate::trust::TrustStore;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -41,9 +43,7 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("loaded", &self.current.load().is_some())
-            .finish()
+        f.debug_struct("Credentials").field("loaded", &self.current.load().is_some()).finish()
     }
 }
 
@@ -96,10 +96,7 @@ pub fn mtls_server_config(
     roots: &[CertificateDer<'static>],
     creds: Arc<Credentials>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
-        .build()
-        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
-    server_config(verifier, creds)
+    server_config(TrustStore::new(roots)?.client_verifier(true), creds)
 }
 
 /// A server config that verifies a client certificate when one is offered (it must then
@@ -110,14 +107,12 @@ pub fn optional_mtls_server_config(
     roots: &[CertificateDer<'static>],
     creds: Arc<Credentials>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
-    server_config(verifier, creds)
+    server_config(TrustStore::new(roots)?.client_verifier(false), creds)
 }
 
-fn server_config(
+/// A server config whose client verification follows `trust` (mandatory or not) and
+/// whose certificate follows `creds`: rotation and root changes need no new config.
+pub fn server_config(
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     creds: Arc<Credentials>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
@@ -134,9 +129,16 @@ pub fn mtls_client_config(
     roots: &[CertificateDer<'static>],
     creds: Arc<Credentials>,
 ) -> Result<ClientConfig, rustls::Error> {
+    client_config(&TrustStore::new(roots)?, creds)
+}
+
+/// A client config whose server verification follows `trust` and which presents
+/// whatever `creds` holds at handshake time.
+pub fn client_config(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result<ClientConfig, rustls::Error> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(roots)?)
+        .dangerous()
+        .with_custom_certificate_verifier(trust.server_verifier())
         .with_client_cert_resolver(creds))
 }
 
@@ -145,10 +147,7 @@ pub fn mtls_client_config(
 /// which the server sent in its chain. This is how a worker pins the CA on first contact
 /// with the fingerprint carried by its join token.
 pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, rustls::Error> {
-    let verifier = Arc::new(PinnedRootVerifier {
-        fingerprint: fingerprint.to_ascii_lowercase(),
-        provider: provider(),
-    });
+    let verifier = Arc::new(PinnedRootVerifier { fingerprint: fingerprint.to_ascii_lowercase(), provider: provider() });
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -173,10 +172,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(root) = intermediates
-            .iter()
-            .find(|c| fingerprint_sha256(c) == self.fingerprint)
-        else {
+        let Some(root) = intermediates.iter().find(|c| fingerprint_sha256(c) == self.fingerprint) else {
             return Err(rustls::Error::General(format!(
                 "the CA did not present the root pinned by the join token (sha256 {})",
                 self.fingerprint
@@ -195,12 +191,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -209,18 +200,11 @@ impl ServerCertVerifier for PinnedRootVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -245,11 +229,7 @@ impl PeerIdentity {
             GeneralName::URI(u) => SpiffeId::parse(u).ok(),
             _ => None,
         })?;
-        Some(Self {
-            spiffe_id,
-            serial: cert.raw_serial_as_string(),
-            certificate: der.clone().into_owned(),
-        })
+        Some(Self { spiffe_id, serial: cert.raw_serial_as_string(), certificate: der.clone().into_owned() })
     }
 
     /// The worker id.
@@ -261,16 +241,13 @@ impl PeerIdentity {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIdentity {
     type Rejection = crate::ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Option<Self>>()
-            .cloned()
-            .flatten()
-            .ok_or_else(|| crate::ApiError::unauthorized("client_certificate_required", "this endpoint requires a client certificate issued by this CA with a worker SPIFFE ID"))
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Option<Self>>().cloned().flatten().ok_or_else(|| {
+            crate::ApiError::unauthorized(
+                "client_certificate_required",
+                "this endpoint requires a client certificate issued by this CA with a worker SPIFFE ID",
+            )
+        })
     }
 }
 
@@ -326,18 +303,14 @@ pub async fn serve_tls(
                     req
                 },
             );
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("open connections did not finish within 30 s of shutdown");
     }
     Ok(())
@@ -347,13 +320,9 @@ pub async fn serve_tls(
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAddr(pub SocketAddr);
 
-fn peer_identity(
-    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-) -> Option<PeerIdentity> {
+fn peer_identity(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<PeerIdentity> {
     let (_, conn) = tls.get_ref();
-    conn.peer_certificates()?
-        .first()
-        .and_then(PeerIdentity::from_verified_leaf)
+    conn.peer_certificates()?.first().and_then(PeerIdentity::from_verified_leaf)
 }
 
 /// Resolves when the process receives SIGTERM or Ctrl-C.

@@ -13,6 +13,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::{CertFiles, Error, SpiffeId};
 
+/// How far the CA backdates `not_before` to absorb clock skew between machines.
+pub const CLOCK_SKEW_BACKDATE: time::Duration = time::Duration::seconds(60);
+
 /// What a certificate says about itself, read with x509-parser.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertMetadata {
@@ -45,8 +48,7 @@ pub struct CertMetadata {
 impl CertMetadata {
     /// Reads the metadata of one DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| Error::parse("certificate", e))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::parse("certificate", e))?;
         let mut dns_sans = Vec::new();
         let mut ip_sans = Vec::new();
         let mut uri_sans = Vec::new();
@@ -60,15 +62,8 @@ impl CertMetadata {
                 }
             }
         }
-        let spiffe_id = uri_sans
-            .iter()
-            .find(|u| SpiffeId::parse(u).is_ok())
-            .cloned();
-        let is_ca = cert
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .is_some_and(|bc| bc.value.ca);
+        let spiffe_id = uri_sans.iter().find(|u| SpiffeId::parse(u).is_ok()).cloned();
+        let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
         Ok(Self {
             serial: cert.raw_serial_as_string(),
             subject: cert.subject().to_string(),
@@ -99,11 +94,21 @@ impl CertMetadata {
         self.not_after - self.not_before
     }
 
+    /// When the certificate was issued: `not_before` plus the CA's clock-skew backdate
+    /// ([`CLOCK_SKEW_BACKDATE`]) when the lifetime is longer than the backdate.
+    pub fn issued_at(&self) -> OffsetDateTime {
+        if self.lifetime() > CLOCK_SKEW_BACKDATE { self.not_before + CLOCK_SKEW_BACKDATE } else { self.not_before }
+    }
+
+    /// The validity the CA granted: `not_after - issued_at()`. Renewal timing is based on
+    /// this, so the 60 s backdate does not make short certificates look older.
+    pub fn granted_lifetime(&self) -> time::Duration {
+        self.not_after - self.issued_at()
+    }
+
     /// The parsed SPIFFE ID, if the certificate carries one.
     pub fn spiffe(&self) -> Option<SpiffeId> {
-        self.spiffe_id
-            .as_deref()
-            .and_then(|s| SpiffeId::parse(s).ok())
+        self.spiffe_id.as_deref().and_then(|s| SpiffeId::parse(s).ok())
     }
 }
 
@@ -121,13 +126,9 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 }
 
 /// Parses every `CERTIFICATE` block of a PEM text; an input without one is an error.
-pub fn parse_pem_certs(
-    what: &'static str,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::parse(what, e))?;
+pub fn parse_pem_certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| Error::parse(what, e))?;
     if certs.is_empty() {
         return Err(Error::parse(what, "no PEM CERTIFICATE block found"));
     }
@@ -160,19 +161,11 @@ impl CertificateBundle {
     /// Builds a bundle from PEM texts: leaf first (then any intermediates), key, CA roots.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Self, Error> {
         let chain = parse_pem_certs("certificate", cert_pem)?;
-        let key =
-            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::parse("private key", e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::parse("private key", e))?;
         let ca = parse_pem_certs("CA certificate", ca_pem)?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Error::parse("certificate", "no certificate"))?;
+        let leaf = chain.first().ok_or_else(|| Error::parse("certificate", "no certificate"))?;
         let metadata = CertMetadata::from_der(leaf)?;
-        Ok(Self {
-            chain,
-            key: Arc::new(key),
-            ca,
-            metadata,
-        })
+        Ok(Self { chain, key: Arc::new(key), ca, metadata })
     }
 
     /// Loads `client.crt`, `client.key` and `ca.crt` from a cert directory, finishing or
@@ -189,16 +182,10 @@ impl CertificateBundle {
     pub fn validate(&self, now: SystemTime) -> Result<(), Error> {
         let now_dt = OffsetDateTime::from(now);
         if now_dt > self.metadata.not_after {
-            return Err(Error::OutsideValidity(format!(
-                "expired at {}",
-                rfc3339(self.metadata.not_after)
-            )));
+            return Err(Error::OutsideValidity(format!("expired at {}", rfc3339(self.metadata.not_after))));
         }
         if now_dt < self.metadata.not_before {
-            return Err(Error::OutsideValidity(format!(
-                "not valid before {}",
-                rfc3339(self.metadata.not_before)
-            )));
+            return Err(Error::OutsideValidity(format!("not valid before {}", rfc3339(self.metadata.not_before))));
         }
         self.certified_key()?;
         let anchors = self
@@ -206,33 +193,15 @@ impl CertificateBundle {
             .iter()
             .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::InvalidBundle(format!("CA certificate unusable as trust anchor: {e:?}"))
-            })?;
-        let (leaf, intermediates) = self
-            .chain
-            .split_first()
-            .ok_or_else(|| Error::InvalidBundle("empty certificate chain".into()))?;
+            .map_err(|e| Error::InvalidBundle(format!("CA certificate unusable as trust anchor: {e:?}")))?;
+        let (leaf, intermediates) =
+            self.chain.split_first().ok_or_else(|| Error::InvalidBundle("empty certificate chain".into()))?;
         let leaf = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| Error::InvalidBundle(format!("leaf certificate: {e:?}")))?;
-        let time = UnixTime::since_unix_epoch(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        for usage in [
-            webpki::KeyUsage::client_auth(),
-            webpki::KeyUsage::server_auth(),
-        ] {
-            leaf.verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors,
-                intermediates,
-                time,
-                usage,
-                None,
-                None,
-            )
-            .map_err(|e| Error::InvalidBundle(format!("chain does not verify to the CA: {e:?}")))?;
+        let time = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+        for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+            leaf.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, intermediates, time, usage, None, None)
+                .map_err(|e| Error::InvalidBundle(format!("chain does not verify to the CA: {e:?}")))?;
         }
         Ok(())
     }
@@ -241,9 +210,7 @@ impl CertificateBundle {
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let ck = CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider)
-            .map_err(|e| {
-                Error::InvalidBundle(format!("private key does not match certificate: {e}"))
-            })?;
+            .map_err(|e| Error::InvalidBundle(format!("private key does not match certificate: {e}")))?;
         Ok(Arc::new(ck))
     }
 
@@ -269,6 +236,5 @@ impl CertificateBundle {
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }

@@ -28,10 +28,7 @@ impl SecurityConfig {
 
     /// Reads settings through `lookup` (for tests and embedding), resolving the cert
     /// directory with `resolver` when `CERT_DIR` is unset.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        resolver: &dyn CertDirResolver,
-    ) -> Result<Self, Error> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>, resolver: &dyn CertDirResolver) -> Result<Self, Error> {
         if let Some(v) = lookup("HTTPS_ONLY") {
             match v.trim().to_ascii_lowercase().as_str() {
                 "" | "1" | "true" | "yes" | "on" => {}
@@ -55,14 +52,9 @@ impl SecurityConfig {
         };
         let urls = lookup("CA_SERVICE_URL").unwrap_or_else(|| DEFAULT_CA_SERVICE_URL.to_owned());
         let ca_urls = parse_ca_urls(&urls)?;
-        let environment = lookup("CRANK_ENVIRONMENT")
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| "development".to_owned());
-        Ok(Self {
-            cert_dir,
-            ca_urls,
-            environment,
-        })
+        let environment =
+            lookup("CRANK_ENVIRONMENT").filter(|e| !e.is_empty()).unwrap_or_else(|| "development".to_owned());
+        Ok(Self { cert_dir, ca_urls, environment })
     }
 }
 
@@ -73,8 +65,7 @@ pub(crate) fn parse_ca_urls(list: &str) -> Result<Vec<Url>, Error> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let url = Url::parse(s)
-                .map_err(|e| Error::Config(format!("CA_SERVICE_URL {s:?} is not a URL: {e}")))?;
+            let url = Url::parse(s).map_err(|e| Error::Config(format!("CA_SERVICE_URL {s:?} is not a URL: {e}")))?;
             if url.scheme() != "https" {
                 return Err(Error::Config(format!(
                     "CA_SERVICE_URL {s:?} must use https://; plaintext HTTP is not supported"
@@ -97,10 +88,7 @@ mod tests {
     use crate::FixedCertDir;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<SecurityConfig, Error> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         SecurityConfig::from_lookup(|k| map.get(k).cloned(), &FixedCertDir("/fallback".into()))
     }
 
@@ -124,15 +112,9 @@ mod tests {
 
     #[test]
     fn plaintext_ca_url_is_refused() {
-        let err = cfg(&[("CA_SERVICE_URL", "http://ca:9090")])
-            .unwrap_err()
-            .to_string();
+        let err = cfg(&[("CA_SERVICE_URL", "http://ca:9090")]).unwrap_err().to_string();
         assert!(err.contains("must use https://"), "{err}");
-        let c = cfg(&[
-            ("CA_SERVICE_URL", "https://a:1, https://b:2"),
-            ("CERT_DIR", "/c"),
-        ])
-        .unwrap();
+        let c = cfg(&[("CA_SERVICE_URL", "https://a:1, https://b:2"), ("CERT_DIR", "/c")]).unwrap();
         assert_eq!(c.ca_urls.len(), 2);
         assert_eq!(c.cert_dir, PathBuf::from("/c"));
     }

@@ -47,22 +47,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { action, path: path.into(), source }
     }
 
     pub(crate) fn parse(what: &'static str, reason: impl ToString) -> Self {
-        Self::Parse {
-            what,
-            reason: reason.to_string(),
-        }
+        Self::Parse { what, reason: reason.to_string() }
     }
 }

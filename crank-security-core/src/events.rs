@@ -73,13 +73,8 @@ impl CorrelationId {
     /// Accepts an id from a peer if it is 1–128 printable ASCII characters without
     /// spaces; otherwise a fresh one is made (the peer's value is never trusted blindly).
     pub fn from_peer(value: &str) -> Self {
-        let ok =
-            !value.is_empty() && value.len() <= 128 && value.chars().all(|c| c.is_ascii_graphic());
-        if ok {
-            Self(value.to_owned())
-        } else {
-            Self::new()
-        }
+        let ok = !value.is_empty() && value.len() <= 128 && value.chars().all(|c| c.is_ascii_graphic());
+        if ok { Self(value.to_owned()) } else { Self::new() }
     }
 
     /// The id as a string.
@@ -198,11 +193,7 @@ impl CertificateEvent {
 
     /// Sets the error context.
     pub fn error(mut self, phase: &str, message: impl ToString) -> Self {
-        self.error = Some(ErrorContext {
-            phase: phase.into(),
-            message: message.to_string(),
-            ..Default::default()
-        });
+        self.error = Some(ErrorContext { phase: phase.into(), message: message.to_string(), ..Default::default() });
         self
     }
 
@@ -273,9 +264,7 @@ pub struct EventSinks {
 impl EventSinks {
     /// A registry with no sinks.
     pub fn empty() -> Self {
-        Self {
-            sinks: Arc::new(RwLock::new(Vec::new())),
-        }
+        Self { sinks: Arc::new(RwLock::new(Vec::new())) }
     }
 
     /// Adds a sink; it receives every event emitted after this call.
@@ -345,18 +334,13 @@ mod tests {
     #[test]
     fn json_has_the_reference_field_names() {
         let cid = CorrelationId::from_peer("req_abc123");
-        let e = CertificateEvent::new(EventKind::CsrFailed, &cid)
-            .worker("w-1")
-            .error("submit", "refused");
+        let e = CertificateEvent::new(EventKind::CsrFailed, &cid).worker("w-1").error("submit", "refused");
         let j = e.to_json();
         assert_eq!(j["event"], "CSR_FAILED");
         assert_eq!(j["correlation_id"], "req_abc123");
         assert_eq!(j["worker_id"], "w-1");
         assert_eq!(j["error"]["phase"], "submit");
         assert!(j["timestamp"].as_str().unwrap().ends_with('Z'));
-        assert_ne!(
-            CorrelationId::from_peer("bad id with spaces").as_str(),
-            "bad id with spaces"
-        );
+        assert_ne!(CorrelationId::from_peer("bad id with spaces").as_str(), "bad id with spaces");
     }
 }

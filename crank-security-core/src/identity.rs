@@ -102,59 +102,34 @@ pub struct SpiffeId {
 impl SpiffeId {
     /// Builds the SPIFFE ID of a worker.
     pub fn new(trust_domain: TrustDomain, worker_id: WorkerId) -> Self {
-        Self {
-            trust_domain,
-            worker_id,
-        }
+        Self { trust_domain, worker_id }
     }
 
     /// Parses `spiffe://<td>/worker/<id>`; any other shape is an error.
     pub fn parse(uri: &str) -> Result<Self, Error> {
-        let bad = |reason| Error::InvalidName {
-            what: "SPIFFE ID",
-            value: uri.to_owned(),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| bad("must start with spiffe://"))?;
+        let bad = |reason| Error::InvalidName { what: "SPIFFE ID", value: uri.to_owned(), reason };
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(|| bad("must start with spiffe://"))?;
         let (td, path) = rest.split_once('/').ok_or_else(|| bad("has no path"))?;
-        let id = path
-            .strip_prefix("worker/")
-            .ok_or_else(|| bad("path must be /worker/<id>"))?;
-        Ok(Self {
-            trust_domain: TrustDomain::new(td)?,
-            worker_id: WorkerId::new(id)?,
-        })
+        let id = path.strip_prefix("worker/").ok_or_else(|| bad("path must be /worker/<id>"))?;
+        Ok(Self { trust_domain: TrustDomain::new(td)?, worker_id: WorkerId::new(id)? })
     }
 }
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/worker/{}",
-            self.trust_domain, self.worker_id
-        )
+        write!(f, "spiffe://{}/worker/{}", self.trust_domain, self.worker_id)
     }
 }
 
 fn validate_label(what: &'static str, value: &str, max: usize) -> Result<(), Error> {
-    let bad = |reason| {
-        Err(Error::InvalidName {
-            what,
-            value: value.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(Error::InvalidName { what, value: value.to_owned(), reason });
     if value.is_empty() {
         return bad("must not be empty");
     }
     if value.len() > max {
         return bad("is too long");
     }
-    let allowed =
-        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(allowed) {
         return bad("may contain only lowercase letters, digits, '-', '_' and '.'");
     }

@@ -27,13 +27,7 @@ pub enum KeyType {
 
 impl KeyType {
     /// Every supported key type, in the order of [`KeyType::name`].
-    pub const ALL: [Self; 5] = [
-        Self::EcdsaP256,
-        Self::EcdsaP384,
-        Self::Ed25519,
-        Self::Rsa2048,
-        Self::Rsa3072,
-    ];
+    pub const ALL: [Self; 5] = [Self::EcdsaP256, Self::EcdsaP384, Self::Ed25519, Self::Rsa2048, Self::Rsa3072];
 
     /// The stable name used in configuration, policy input and the CLI.
     pub fn name(self) -> &'static str {
@@ -71,12 +65,8 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, Error> {
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
         KeyType::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
-        KeyType::Rsa2048 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        }
-        KeyType::Rsa3072 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
-        }
+        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        KeyType::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072),
     }
     .map_err(crypto)
 }
@@ -89,11 +79,8 @@ pub fn build_csr(key: &KeyPair, worker_id: &WorkerId, sans: &[String]) -> Result
     dn.push(DnType::CommonName, worker_id.as_str());
     params.distinguished_name = dn;
     params.subject_alt_names = sans.iter().map(|s| san_type(s)).collect::<Result<_, _>>()?;
-    let csr = params
-        .serialize_request(key)
-        .map_err(|e| Error::Crypto(format!("building the CSR: {e}")))?;
-    csr.pem()
-        .map_err(|e| Error::Crypto(format!("encoding the CSR: {e}")))
+    let csr = params.serialize_request(key).map_err(|e| Error::Crypto(format!("building the CSR: {e}")))?;
+    csr.pem().map_err(|e| Error::Crypto(format!("encoding the CSR: {e}")))
 }
 
 fn san_type(name: &str) -> Result<SanType, Error> {

@@ -44,21 +44,16 @@ mod provider;
 mod token;
 mod write;
 
-pub use bundle::{CertMetadata, CertificateBundle, fingerprint_sha256, parse_pem_certs};
+pub use bundle::{CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, fingerprint_sha256, parse_pem_certs};
 pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig};
 pub use dirs::{CertDirResolver, DefaultCertDirResolver, FixedCertDir};
 pub use error::Error;
 pub use events::{
-    CertSummary, CertificateEvent, CorrelationId, ErrorContext, EventKind, EventSink, EventSinks,
-    JsonLogSink, NoEvents,
+    CertSummary, CertificateEvent, CorrelationId, ErrorContext, EventKind, EventSink, EventSinks, JsonLogSink, NoEvents,
 };
 pub use identity::{SpiffeId, TrustDomain, WorkerId};
 pub use keys::{KeyType, build_csr, generate_key};
-pub use policy::{
-    DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision,
-};
-pub use provider::{
-    CertificateProvider, IssueRequest, IssuedCertificate, ProviderError, RenewRequest,
-};
+pub use policy::{DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision};
+pub use provider::{CertificateProvider, IssueRequest, IssuedCertificate, ProviderError, RenewRequest};
 pub use token::{JoinTokenClaims, peek_token_claims};
 pub use write::{BundleWriter, CertFiles, StagedBundle, write_file_atomic};

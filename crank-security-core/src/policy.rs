@@ -43,18 +43,12 @@ pub struct IssuanceDecision {
 impl IssuanceDecision {
     /// Allow.
     pub fn allow() -> Self {
-        Self {
-            allow: true,
-            reason: None,
-        }
+        Self { allow: true, reason: None }
     }
 
     /// Deny, saying why.
     pub fn deny(reason: impl Into<String>) -> Self {
-        Self {
-            allow: false,
-            reason: Some(reason.into()),
-        }
+        Self { allow: false, reason: Some(reason.into()) }
     }
 }
 
@@ -85,15 +79,10 @@ pub enum PolicyError {
 /// The four policy hooks. Every call site fails closed: an `Err` denies.
 pub trait PolicyEngine: Debug + Send + Sync {
     /// May `input.worker_id` receive a certificate with these names and this key?
-    fn can_issue_certificate(&self, input: &IssuanceInput)
-    -> Result<IssuanceDecision, PolicyError>;
+    fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError>;
 
     /// How long a new certificate for this worker stays valid.
-    fn certificate_validity_period(
-        &self,
-        worker_id: &str,
-        environment: &str,
-    ) -> Result<Duration, PolicyError>;
+    fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError>;
 
     /// Should the holder of this certificate renew it now?
     fn should_renew_certificate(
@@ -118,7 +107,7 @@ pub trait PolicyEngine: Debug + Send + Sync {
 ///   name granted by a `san:<name>` capability; IP SANs must be loopback or granted by
 ///   `san:<ip>`. Anything else is denied, naming the name.
 /// - Validity 24 hours.
-/// - Renew once 2/3 of the lifetime has passed, plus a per-certificate jitter of up to
+/// - Renew once 2/3 of the granted lifetime ([`CertMetadata::granted_lifetime`]) has passed, plus a per-certificate jitter of up to
 ///   1/20 of the lifetime (derived from the serial, so stable across calls); expiring
 ///   soon once less than 1/4 remains.
 /// - Revocation allowed.
@@ -130,46 +119,26 @@ pub struct DefaultPolicy {
 
 impl DefaultPolicy {
     /// Key types issued by default.
-    pub const ALLOWED_KEY_TYPES: [&'static str; 5] = [
-        "ecdsa-p256",
-        "ecdsa-p384",
-        "ed25519",
-        "rsa-2048",
-        "rsa-3072",
-    ];
+    pub const ALLOWED_KEY_TYPES: [&'static str; 5] = ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072"];
     /// Default validity: 24 hours.
     pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 }
 
 impl Default for DefaultPolicy {
     fn default() -> Self {
-        Self {
-            validity: Self::DEFAULT_VALIDITY,
-        }
+        Self { validity: Self::DEFAULT_VALIDITY }
     }
 }
 
 impl PolicyEngine for DefaultPolicy {
-    fn can_issue_certificate(
-        &self,
-        input: &IssuanceInput,
-    ) -> Result<IssuanceDecision, PolicyError> {
+    fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
         if !Self::ALLOWED_KEY_TYPES.contains(&input.key_type.as_str()) {
-            return Ok(IssuanceDecision::deny(format!(
-                "key type {} is not allowed",
-                input.key_type
-            )));
+            return Ok(IssuanceDecision::deny(format!("key type {} is not allowed", input.key_type)));
         }
-        let granted = |name: &str| {
-            input
-                .capabilities
-                .iter()
-                .any(|c| c.strip_prefix("san:") == Some(name))
-        };
+        let granted = |name: &str| input.capabilities.iter().any(|c| c.strip_prefix("san:") == Some(name));
         let own_fqdn = format!("{}.{}", input.worker_id, input.trust_domain);
         for dns in &input.requested_dns_sans {
-            let ok =
-                *dns == input.worker_id || *dns == own_fqdn || dns == "localhost" || granted(dns);
+            let ok = *dns == input.worker_id || *dns == own_fqdn || dns == "localhost" || granted(dns);
             if !ok {
                 return Ok(IssuanceDecision::deny(format!(
                     "DNS name {dns:?} is not allowed for worker {:?} (allowed: the worker id, {own_fqdn}, localhost, or a san:<name> capability in the join token)",
@@ -188,11 +157,7 @@ impl PolicyEngine for DefaultPolicy {
         Ok(IssuanceDecision::allow())
     }
 
-    fn certificate_validity_period(
-        &self,
-        _worker_id: &str,
-        _environment: &str,
-    ) -> Result<Duration, PolicyError> {
+    fn certificate_validity_period(&self, _worker_id: &str, _environment: &str) -> Result<Duration, PolicyError> {
         Ok(self.validity)
     }
 
@@ -201,26 +166,17 @@ impl PolicyEngine for DefaultPolicy {
         cert: &CertMetadata,
         now: OffsetDateTime,
     ) -> Result<RenewalDecision, PolicyError> {
-        let lifetime = cert.lifetime();
+        let lifetime = cert.granted_lifetime();
         if lifetime <= time::Duration::ZERO {
-            return Ok(RenewalDecision {
-                renew: true,
-                expiring_soon: true,
-            });
+            return Ok(RenewalDecision { renew: true, expiring_soon: true });
         }
-        let elapsed = now - cert.not_before;
+        let elapsed = now - cert.issued_at();
         let remaining = cert.not_after - now;
         // Jitter in [0, 1/20) of the lifetime, stable for a given serial.
-        let seed = cert
-            .serial
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let seed = cert.serial.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let jitter = lifetime * ((seed % 1000) as f64 / 1000.0 / 20.0);
         let threshold = lifetime * (2.0 / 3.0) + jitter;
-        Ok(RenewalDecision {
-            renew: elapsed >= threshold,
-            expiring_soon: remaining < lifetime / 4,
-        })
+        Ok(RenewalDecision { renew: elapsed >= threshold, expiring_soon: remaining < lifetime / 4 })
     }
 
     fn revoke_certificate(&self, _worker_id: &str, _reason: &str) -> Result<bool, PolicyError> {
@@ -253,29 +209,15 @@ mod tests {
     fn default_sans() {
         let p = DefaultPolicy::default();
         assert!(
-            p.can_issue_certificate(&input(
-                &["w1", "w1.crank.local", "localhost"],
-                &["127.0.0.1", "::1"],
-                &[]
-            ))
-            .unwrap()
-            .allow
+            p.can_issue_certificate(&input(&["w1", "w1.crank.local", "localhost"], &["127.0.0.1", "::1"], &[]))
+                .unwrap()
+                .allow
         );
-        let d = p
-            .can_issue_certificate(&input(&["bank.example"], &[], &[]))
-            .unwrap();
+        let d = p.can_issue_certificate(&input(&["bank.example"], &[], &[])).unwrap();
         assert!(!d.allow);
         assert!(d.reason.unwrap().contains("bank.example"));
-        assert!(
-            p.can_issue_certificate(&input(&["api.example"], &[], &["san:api.example"]))
-                .unwrap()
-                .allow
-        );
-        assert!(
-            !p.can_issue_certificate(&input(&[], &["10.0.0.1"], &[]))
-                .unwrap()
-                .allow
-        );
+        assert!(p.can_issue_certificate(&input(&["api.example"], &[], &["san:api.example"])).unwrap().allow);
+        assert!(!p.can_issue_certificate(&input(&[], &["10.0.0.1"], &[])).unwrap().allow);
     }
 
     #[test]
@@ -290,15 +232,12 @@ mod tests {
             ip_sans: vec![],
             uri_sans: vec![],
             spiffe_id: None,
-            not_before: nb,
+            not_before: nb - crate::CLOCK_SKEW_BACKDATE,
             not_after: nb + time::Duration::hours(24),
             fingerprint_sha256: String::new(),
             is_ca: false,
         };
-        let at = |h: f64| {
-            p.should_renew_certificate(&meta, nb + time::Duration::seconds_f64(h * 3600.0))
-                .unwrap()
-        };
+        let at = |h: f64| p.should_renew_certificate(&meta, nb + time::Duration::seconds_f64(h * 3600.0)).unwrap();
         assert!(!at(12.0).renew);
         assert!(!at(15.9).renew);
         assert!(at(17.3).renew, "past 2/3 + max jitter (1.2 h)");

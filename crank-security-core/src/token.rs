@@ -35,13 +35,9 @@ pub struct JoinTokenClaims {
 /// pin, and the CA re-checks everything.
 pub fn peek_token_claims(token: &str) -> Result<JoinTokenClaims, Error> {
     let mut parts = token.trim().split('.');
-    let (Some(_header), Some(payload), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(_header), Some(payload), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Error::parse(
-            "join token",
-            "expected three dot-separated parts (a JWT)",
-        ));
+        return Err(Error::parse("join token", "expected three dot-separated parts (a JWT)"));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)

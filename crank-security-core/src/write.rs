@@ -37,12 +37,7 @@ impl CertFiles {
     /// The standard files inside `dir`.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
-        Self {
-            cert: dir.join("client.crt"),
-            key: dir.join("client.key"),
-            ca: dir.join("ca.crt"),
-            dir,
-        }
+        Self { cert: dir.join("client.crt"), key: dir.join("client.key"), ca: dir.join("ca.crt"), dir }
     }
 
     /// Whether all three files exist.
@@ -53,11 +48,7 @@ impl CertFiles {
     fn entries(&self) -> [(&Path, u32); 3] {
         // The key goes first so that a roll-forward never pairs a new certificate with an
         // old key for longer than one rename.
-        [
-            (&self.key, KEY_MODE),
-            (&self.cert, CERT_MODE),
-            (&self.ca, CERT_MODE),
-        ]
+        [(&self.key, KEY_MODE), (&self.cert, CERT_MODE), (&self.ca, CERT_MODE)]
     }
 
     /// Finishes a committed but interrupted write, or discards an uncommitted one.
@@ -89,33 +80,20 @@ pub struct BundleWriter;
 
 impl BundleWriter {
     /// Writes certificate chain, key and CA PEM texts as one atomic change.
-    pub fn write(
-        files: &CertFiles,
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        ca_pem: &[u8],
-    ) -> Result<(), Error> {
+    pub fn write(files: &CertFiles, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<(), Error> {
         Self::stage(files, cert_pem, key_pem, ca_pem)?.commit()
     }
 
     /// Writes and syncs the new files beside the live ones without touching them.
     /// Nothing changes for readers until [`StagedBundle::commit`].
-    pub fn stage(
-        files: &CertFiles,
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        ca_pem: &[u8],
-    ) -> Result<StagedBundle, Error> {
+    pub fn stage(files: &CertFiles, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<StagedBundle, Error> {
         create_dir(&files.dir)?;
         files.recover()?;
-        for ((path, mode), content) in files.entries().into_iter().zip([key_pem, cert_pem, ca_pem])
-        {
+        for ((path, mode), content) in files.entries().into_iter().zip([key_pem, cert_pem, ca_pem]) {
             write_synced(&next_path(path), content, mode)?;
         }
         sync_dir(&files.dir)?;
-        Ok(StagedBundle {
-            files: files.clone(),
-        })
+        Ok(StagedBundle { files: files.clone() })
     }
 }
 
@@ -156,10 +134,7 @@ pub fn write_file_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), E
 }
 
 fn next_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.next"))
 }
 
@@ -167,11 +142,7 @@ fn create_dir(dir: &Path) -> Result<(), Error> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("creating directory", dir, e))
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("creating directory", dir, e))
 }
 
 fn write_synced(path: &Path, content: &[u8], mode: u32) -> Result<(), Error> {
@@ -184,10 +155,8 @@ fn write_synced(path: &Path, content: &[u8], mode: u32) -> Result<(), Error> {
         .map_err(|e| Error::io("creating", path, e))?;
     // The mode given at creation is reduced by the umask and ignored for an existing
     // file; set it explicitly so a key is never more readable than 0600.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("setting mode of", path, e))?;
-    f.write_all(content)
-        .map_err(|e| Error::io("writing", path, e))?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting mode of", path, e))?;
+    f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", path, e))
 }
 
@@ -206,9 +175,7 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
     if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 #[cfg(test)]
@@ -246,10 +213,7 @@ mod tests {
         f.recover().unwrap();
         assert_eq!(read(&f.cert), b"old-cert");
         assert_eq!(read(&f.key), b"old-key");
-        assert!(
-            !next_path(&f.cert).exists(),
-            "stale staged file left behind"
-        );
+        assert!(!next_path(&f.cert).exists(), "stale staged file left behind");
     }
 
     #[test]

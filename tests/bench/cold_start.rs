@@ -27,9 +27,7 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("--runs takes a number")?
         .unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(runs))
 }
 
@@ -42,10 +40,7 @@ impl Drop for Kill {
 }
 
 fn crank(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin("crank"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()?;
+    let out = Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
     if !out.status.success() {
         bail!("crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -130,10 +125,7 @@ async fn start_once(
         {
             return Ok(start.elapsed());
         }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(20),
-            "hello-world did not answer within 20 s"
-        );
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "hello-world did not answer within 20 s");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

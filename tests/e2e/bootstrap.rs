@@ -21,25 +21,12 @@ async fn bootstrap_then_mtls_call_returns_200_with_the_callers_identity() {
     let url = format!("https://127.0.0.1:{}", hello.addr().port());
     let health = client.get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(
-        health.json::<serde_json::Value>().await.unwrap(),
-        serde_json::json!({"status": "healthy"})
-    );
+    assert_eq!(health.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"status": "healthy"}));
 
-    let who: serde_json::Value = client
-        .get(format!("{url}/whoami"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        who["caller_spiffe_id"],
-        "spiffe://crank.local/worker/caller-1"
-    );
+    let who: serde_json::Value = client.get(format!("{url}/whoami")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(who["caller_spiffe_id"], "spiffe://crank.local/worker/caller-1");
     assert_eq!(who["caller_serial"], caller.metadata().serial.as_str());
-    hello.server.shutdown().await.unwrap();
+    hello.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -49,21 +36,10 @@ async fn a_worker_calls_another_through_the_runtime_client() {
     let target = format!("https://127.0.0.1:{}/whoami", hello.addr().port());
     let routes = Router::new().route(
         "/call",
-        get(
-            move |axum::Extension(ctx): axum::Extension<crank_runtime::WorkerContext>| {
-                let target = target.clone();
-                async move {
-                    ctx.client
-                        .get(&target)
-                        .send()
-                        .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap()
-                }
-            },
-        ),
+        get(move |axum::Extension(ctx): axum::Extension<crank_runtime::WorkerContext>| {
+            let target = target.clone();
+            async move { ctx.client.get(&target).send().await.unwrap().text().await.unwrap() }
+        }),
     );
     let caller = ca.worker("caller", routes).await;
     let me = ca.bootstrap("operator").await;
@@ -78,17 +54,9 @@ async fn a_worker_calls_another_through_the_runtime_client() {
     let saw: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(saw["caller_worker_id"], "caller", "hello-world saw {saw}");
     // The runtime client refuses plaintext URLs outright.
-    let err = caller
-        .context
-        .client
-        .get(format!("http://127.0.0.1:{}/health", hello.addr().port()))
-        .send()
-        .await
-        .unwrap_err();
-    assert!(
-        err.is_builder() || err.to_string().contains("URL scheme is not allowed"),
-        "{err}"
-    );
+    let err =
+        caller.context.client.get(format!("http://127.0.0.1:{}/health", hello.addr().port())).send().await.unwrap_err();
+    assert!(err.is_builder() || err.to_string().contains("URL scheme is not allowed"), "{err}");
 }
 
 #[tokio::test]
@@ -100,11 +68,11 @@ async fn files_are_written_with_the_key_0600_and_reused_on_restart() {
     assert_eq!(mode(&files.key), 0o600);
     assert_eq!(mode(&files.cert), 0o644);
     let serial = first.bundle.metadata().serial.clone();
-    first.server.shutdown().await.unwrap();
+    first.shutdown().await.unwrap();
     // A fresh token is offered but not needed: the valid files on disk are reused.
     let again = ca.worker("w-files", hello_routes()).await;
     assert_eq!(again.bundle.metadata().serial, serial);
-    again.server.shutdown().await.unwrap();
+    again.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -115,14 +83,7 @@ async fn events_follow_the_bootstrap_and_share_the_correlation_id_with_the_ca() 
     sinks.register(rec.clone());
     let opts = ca.bootstrap_options("w-events");
     crank_runtime::bootstrap(&opts, &sinks).await.unwrap();
-    assert_eq!(
-        rec.kinds(),
-        vec![
-            EventKind::CsrGenerated,
-            EventKind::CsrSubmitted,
-            EventKind::CertIssued
-        ]
-    );
+    assert_eq!(rec.kinds(), vec![EventKind::CsrGenerated, EventKind::CsrSubmitted, EventKind::CertIssued]);
     let worker_issued = &rec.of(EventKind::CertIssued)[0];
     let ca_issued = ca.events.of(EventKind::CertIssued);
     assert_eq!(ca_issued.len(), 1);

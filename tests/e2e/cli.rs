@@ -19,11 +19,7 @@ impl Drop for Proc {
 }
 
 fn crank(args: &[&str]) -> Output {
-    Command::new(bin("crank"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    Command::new(bin("crank")).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -45,10 +41,7 @@ async fn wait_for_port(addr: std::net::SocketAddr) {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -58,10 +51,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -87,14 +77,7 @@ async fn operator_flow_with_the_real_binaries() {
     let ca_dir = tmp.path().join("ca");
     let ca_dir_s = ca_dir.to_str().unwrap();
 
-    ok(&crank(&[
-        "ca",
-        "init",
-        "--dir",
-        ca_dir_s,
-        "--san",
-        "ca.crank.test",
-    ]));
+    ok(&crank(&["ca", "init", "--dir", ca_dir_s, "--san", "ca.crank.test"]));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&ca_dir.join("root.key")), 0o600);
     assert_eq!(mode(&ca_dir.join("token.key")), 0o600);
@@ -109,14 +92,7 @@ async fn operator_flow_with_the_real_binaries() {
     let ca_addr = free_addr();
     let _ca = Proc(
         Command::new(bin("crank"))
-            .args([
-                "ca",
-                "serve",
-                "--dir",
-                ca_dir_s,
-                "--listen",
-                &ca_addr.to_string(),
-            ])
+            .args(["ca", "serve", "--dir", ca_dir_s, "--listen", &ca_addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -126,16 +102,7 @@ async fn operator_flow_with_the_real_binaries() {
     let ca_url = format!("https://{ca_addr}");
 
     // The hello-world worker, bootstrapped by its own runtime from CRANK_JOIN_TOKEN.
-    let token = ok(&crank(&[
-        "token",
-        "create",
-        "--dir",
-        ca_dir_s,
-        "--worker-id",
-        "hello-world",
-    ]))
-    .trim()
-    .to_owned();
+    let token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "hello-world"])).trim().to_owned();
     let worker_addr = free_addr();
     let worker_certs = tmp.path().join("hello-certs");
     let port = worker_addr.port().to_string();
@@ -154,18 +121,9 @@ async fn operator_flow_with_the_real_binaries() {
 
     // A client identity with `crank cert init`.
     let client_dir = tmp.path().join("client");
-    let client_token = ok(&crank(&[
-        "token",
-        "create",
-        "--dir",
-        ca_dir_s,
-        "--worker-id",
-        "ops-client",
-        "--ttl",
-        "2m",
-    ]))
-    .trim()
-    .to_owned();
+    let client_token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "ops-client", "--ttl", "2m"]))
+        .trim()
+        .to_owned();
     ok(&crank(&[
         "cert",
         "init",
@@ -181,28 +139,12 @@ async fn operator_flow_with_the_real_binaries() {
     let bundle = CertificateBundle::load(&CertFiles::in_dir(&client_dir)).unwrap();
     assert_eq!(mode(&client_dir.join("client.key")), 0o600);
 
-    let r = super::mtls(&bundle, bundle.ca())
-        .get(format!("https://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .unwrap();
+    let r = super::mtls(&bundle, bundle.ca()).get(format!("https://127.0.0.1:{port}/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap(),
-        serde_json::json!({"status": "healthy"})
-    );
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"status": "healthy"}));
 
     // The caller example reaches hello-world through the runtime's mTLS client.
-    let caller_token = ok(&crank(&[
-        "token",
-        "create",
-        "--dir",
-        ca_dir_s,
-        "--worker-id",
-        "caller",
-    ]))
-    .trim()
-    .to_owned();
+    let caller_token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "caller"])).trim().to_owned();
     let caller_addr = free_addr();
     let caller_port = caller_addr.port().to_string();
     let caller_certs = tmp.path().join("caller-certs");
@@ -222,48 +164,23 @@ async fn operator_flow_with_the_real_binaries() {
         .unwrap(),
     );
     wait_for_port(caller_addr).await;
-    let r = super::mtls(&bundle, bundle.ca())
-        .get(format!("https://127.0.0.1:{caller_port}/call"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        super::mtls(&bundle, bundle.ca()).get(format!("https://127.0.0.1:{caller_port}/call")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let call: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        call["hello_world_saw"]["caller_spiffe_id"], "spiffe://crank.local/worker/caller",
-        "{call}"
-    );
+    assert_eq!(call["hello_world_saw"]["caller_spiffe_id"], "spiffe://crank.local/worker/caller", "{call}");
 
     // Inspect, text and JSON.
     let cert_path = client_dir.join("client.crt");
-    let json: serde_json::Value = serde_json::from_str(&ok(&crank(&[
-        "cert",
-        "inspect",
-        cert_path.to_str().unwrap(),
-        "--json",
-    ])))
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&crank(&["cert", "inspect", cert_path.to_str().unwrap(), "--json"]))).unwrap();
     assert_eq!(json["spiffe_id"], "spiffe://crank.local/worker/ops-client");
     assert_eq!(json["is_ca"], false);
     assert!(json["seconds_remaining"].as_i64().unwrap() > 23 * 3600);
-    let text = ok(&crank(&[
-        "cert",
-        "inspect",
-        worker_certs.join("client.crt").to_str().unwrap(),
-    ]));
-    assert!(
-        text.contains("spiffe://crank.local/worker/hello-world"),
-        "{text}"
-    );
-    let bad = crank(&[
-        "cert",
-        "inspect",
-        ca_dir.join("trust-domain").to_str().unwrap(),
-    ]);
-    assert!(
-        !bad.status.success()
-            && String::from_utf8_lossy(&bad.stderr).contains("no PEM certificate")
-    );
+    let text = ok(&crank(&["cert", "inspect", worker_certs.join("client.crt").to_str().unwrap()]));
+    assert!(text.contains("spiffe://crank.local/worker/hello-world"), "{text}");
+    let bad = crank(&["cert", "inspect", ca_dir.join("trust-domain").to_str().unwrap()]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no PEM certificate"));
 
     // The worker's certificate verifies with openssl too.
     let out = Command::new("openssl")
@@ -272,11 +189,7 @@ async fn operator_flow_with_the_real_binaries() {
         .arg(worker_certs.join("client.crt"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The token was single use: reusing it through the CLI fails with a clear message.
     let reuse = crank(&[
@@ -307,12 +220,7 @@ async fn operator_flow_with_the_real_binaries() {
 #[test]
 fn https_only_false_is_refused_by_a_worker() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hello_world(&[
-        ("HTTPS_ONLY", "false"),
-        ("CERT_DIR", tmp.path().to_str().unwrap()),
-    ])
-    .output()
-    .unwrap();
+    let out = hello_world(&[("HTTPS_ONLY", "false"), ("CERT_DIR", tmp.path().to_str().unwrap())]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HTTPS_ONLY=false is refused"), "{err}");
@@ -321,15 +229,10 @@ fn https_only_false_is_refused_by_a_worker() {
 #[test]
 fn a_worker_without_certificate_or_token_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hello_world(&[("CERT_DIR", tmp.path().to_str().unwrap())])
-        .output()
-        .unwrap();
+    let out = hello_world(&[("CERT_DIR", tmp.path().to_str().unwrap())]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("crank token create") && err.contains("CRANK_JOIN_TOKEN"),
-        "{err}"
-    );
+    assert!(err.contains("crank token create") && err.contains("CRANK_JOIN_TOKEN"), "{err}");
 }
 
 #[tokio::test]
@@ -337,16 +240,9 @@ async fn a_worker_whose_ca_is_down_retries_then_exits_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let ca_dir = tmp.path().join("ca");
     ok(&crank(&["ca", "init", "--dir", ca_dir.to_str().unwrap()]));
-    let token = ok(&crank(&[
-        "token",
-        "create",
-        "--dir",
-        ca_dir.to_str().unwrap(),
-        "--worker-id",
-        "hello-world",
-    ]))
-    .trim()
-    .to_owned();
+    let token = ok(&crank(&["token", "create", "--dir", ca_dir.to_str().unwrap(), "--worker-id", "hello-world"]))
+        .trim()
+        .to_owned();
     let dead = format!("https://{}", free_addr());
     let out = hello_world(&[
         ("CRANK_JOIN_TOKEN", &token),
@@ -370,13 +266,7 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
     let port = free_addr().port();
     let mut demo = Proc(
         Command::new(bin("crank"))
-            .args([
-                "demo",
-                "--ca-listen",
-                &ca_addr.to_string(),
-                "--port",
-                &port.to_string(),
-            ])
+            .args(["demo", "--ca-listen", &ca_addr.to_string(), "--port", &port.to_string()])
             .current_dir(tmp.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -388,83 +278,48 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
     let curl_line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the demo printed no curl command");
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the demo printed no curl command");
         if line.trim_start().starts_with("curl ") {
             break line;
         }
     };
     assert!(
-        curl_line.contains("--cert")
-            && curl_line.contains("--key")
-            && curl_line.contains("--cacert"),
+        curl_line.contains("--cert") && curl_line.contains("--key") && curl_line.contains("--cacert"),
         "{curl_line}"
     );
     // Run the printed command as a user would paste it, with the real curl.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{} -sS", curl_line.trim()))
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        r#"{"status":"healthy"}"#
-    );
+    let out =
+        Command::new("sh").arg("-c").arg(format!("{} -sS", curl_line.trim())).current_dir(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"status":"healthy"}"#);
     // Without a client certificate curl gets no answer.
     let anon = Command::new("curl")
-        .args([
-            "-sS",
-            "--cacert",
-            "crank-demo/client/ca.crt",
-            &format!("https://127.0.0.1:{port}/health"),
-        ])
+        .args(["-sS", "--cacert", "crank-demo/client/ca.crt", &format!("https://127.0.0.1:{port}/health")])
         .current_dir(tmp.path())
         .output()
         .unwrap();
     assert!(!anon.status.success() && !String::from_utf8_lossy(&anon.stdout).contains("healthy"));
 
-    let status = Command::new("kill")
-        .args(["-INT", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(wait_exit(&mut demo.0, Duration::from_secs(15)).success());
     let rest: Vec<String> = rx.try_iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("crank demo stopped")),
-        "{rest:?}"
-    );
+    assert!(rest.iter().any(|l| l.contains("crank demo stopped")), "{rest:?}");
 }
 
 #[test]
 fn a_bad_port_is_reported_not_crashed_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hello_world(&[
-        ("HELLO_WORLD_HTTPS_PORT", "eighty"),
-        ("CERT_DIR", tmp.path().to_str().unwrap()),
-    ])
-    .output()
-    .unwrap();
+    let out = hello_world(&[("HELLO_WORLD_HTTPS_PORT", "eighty"), ("CERT_DIR", tmp.path().to_str().unwrap())])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number"),
-        "{err}"
-    );
+    assert!(err.contains("HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -7,13 +7,11 @@ use std::time::SystemTime;
 use crank_runtime::CaClient;
 use crank_runtime::tls::Credentials;
 use crank_security_core::{
-    CertificateProvider, CorrelationId, IssueRequest, KeyType, ProviderError, RenewRequest,
-    WorkerId, build_csr, generate_key,
+    CertificateProvider, CorrelationId, IssueRequest, KeyType, ProviderError, RenewRequest, WorkerId, build_csr,
+    generate_key,
 };
 use crank_tests::TestCa;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -24,19 +22,11 @@ async fn issue(
     caps: Vec<String>,
 ) -> Result<crank_security_core::IssuedCertificate, ProviderError> {
     let token = ca.token_with(worker, std::time::Duration::from_secs(60), caps);
-    ca.ca
-        .issue(IssueRequest {
-            csr_pem,
-            token,
-            correlation_id: CorrelationId::new(),
-        })
-        .await
+    ca.ca.issue(IssueRequest { csr_pem, token, correlation_id: CorrelationId::new() }).await
 }
 
 fn leaf(pem: &str) -> CertificateDer<'static> {
-    crank_security_core::parse_pem_certs("leaf", pem.as_bytes())
-        .unwrap()
-        .remove(0)
+    crank_security_core::parse_pem_certs("leaf", pem.as_bytes()).unwrap().remove(0)
 }
 
 #[tokio::test]
@@ -48,25 +38,10 @@ async fn issued_chain_verifies_with_webpki_and_openssl() {
     // rustls-webpki directly, for both EKUs.
     let anchor = webpki::anchor_from_trusted_cert(&bundle.ca()[0]).unwrap();
     let ee = webpki::EndEntityCert::try_from(&bundle.chain()[0]).unwrap();
-    let now = UnixTime::since_unix_epoch(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap(),
-    );
-    for usage in [
-        webpki::KeyUsage::client_auth(),
-        webpki::KeyUsage::server_auth(),
-    ] {
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&anchor),
-            &[],
-            now,
-            usage,
-            None,
-            None,
-        )
-        .unwrap();
+    let now = UnixTime::since_unix_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap());
+    for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+        ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, std::slice::from_ref(&anchor), &[], now, usage, None, None)
+            .unwrap();
     }
 
     // openssl, an outside implementation.
@@ -101,14 +76,8 @@ async fn the_ca_sets_every_field_itself() {
 
     let der = leaf(&issued.certificate_chain);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
-    let bc = cert
-        .basic_constraints()
-        .unwrap()
-        .expect("basic constraints present");
-    assert!(
-        !bc.value.ca,
-        "a CSR asking for CA:true must yield a non-CA leaf"
-    );
+    let bc = cert.basic_constraints().unwrap().expect("basic constraints present");
+    assert!(!bc.value.ca, "a CSR asking for CA:true must yield a non-CA leaf");
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
@@ -116,22 +85,11 @@ async fn the_ca_sets_every_field_itself() {
     let serial = cert.raw_serial();
     assert!(serial.len() >= 8, "serial has {} octets", serial.len());
     let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-    assert_eq!(
-        lifetime,
-        24 * 3600 + 60,
-        "24 h validity plus 60 s backdating"
-    );
-    let backdate =
-        time::OffsetDateTime::now_utc().unix_timestamp() - cert.validity().not_before.timestamp();
-    assert!(
-        (55..=90).contains(&backdate),
-        "not-before backdated {backdate} s"
-    );
+    assert_eq!(lifetime, 24 * 3600 + 60, "24 h validity plus 60 s backdating");
+    let backdate = time::OffsetDateTime::now_utc().unix_timestamp() - cert.validity().not_before.timestamp();
+    assert!((55..=90).contains(&backdate), "not-before backdated {backdate} s");
     let meta = crank_security_core::CertMetadata::from_der(&der).unwrap();
-    assert_eq!(
-        meta.uri_sans,
-        vec!["spiffe://crank.local/worker/greedy".to_owned()]
-    );
+    assert_eq!(meta.uri_sans, vec!["spiffe://crank.local/worker/greedy".to_owned()]);
     assert_eq!(meta.dns_sans, vec!["greedy".to_owned()]);
     assert_eq!(meta.subject, "CN=greedy, O=crank.local");
 }
@@ -143,30 +101,17 @@ async fn foreign_sans_are_refused_unless_a_capability_grants_them() {
     let w = WorkerId::new("api").unwrap();
     let csr = build_csr(&key, &w, &["api".into(), "payments.bank.example".into()]).unwrap();
     let err = issue(&ca, "api", csr.clone(), vec![]).await.unwrap_err();
-    assert!(
-        matches!(&err, ProviderError::PolicyDenied(m) if m.contains("payments.bank.example")),
-        "{err}"
-    );
-    let ok = issue(&ca, "api", csr, vec!["san:payments.bank.example".into()])
-        .await
-        .unwrap();
+    assert!(matches!(&err, ProviderError::PolicyDenied(m) if m.contains("payments.bank.example")), "{err}");
+    let ok = issue(&ca, "api", csr, vec!["san:payments.bank.example".into()]).await.unwrap();
     let meta = crank_security_core::CertMetadata::from_der(&leaf(&ok.certificate_chain)).unwrap();
-    assert_eq!(
-        meta.dns_sans,
-        vec!["api".to_owned(), "payments.bank.example".to_owned()]
-    );
+    assert_eq!(meta.dns_sans, vec!["api".to_owned(), "payments.bank.example".to_owned()]);
 
     // A URI SAN in the CSR (someone else's SPIFFE ID) is refused outright.
     let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(
-        "spiffe://crank.local/worker/admin".try_into().unwrap(),
-    )];
+    params.subject_alt_names = vec![SanType::URI("spiffe://crank.local/worker/admin".try_into().unwrap())];
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
     let err = issue(&ca, "api", csr, vec![]).await.unwrap_err();
-    assert!(
-        matches!(&err, ProviderError::BadRequest(m) if m.contains("unsupported kind")),
-        "{err}"
-    );
+    assert!(matches!(&err, ProviderError::BadRequest(m) if m.contains("unsupported kind")), "{err}");
 }
 
 #[tokio::test]
@@ -175,18 +120,14 @@ async fn every_key_type_is_issued() {
     for kt in KeyType::ALL {
         let key = generate_key(kt).unwrap();
         let csr = build_csr(&key, &WorkerId::new("k").unwrap(), &["k".into()]).unwrap();
-        let issued = issue(&ca, "k", csr, vec![])
-            .await
-            .unwrap_or_else(|e| panic!("{kt}: {e}"));
+        let issued = issue(&ca, "k", csr, vec![]).await.unwrap_or_else(|e| panic!("{kt}: {e}"));
         let bundle = crank_security_core::CertificateBundle::from_pem(
             issued.certificate_chain.as_bytes(),
             key.serialize_pem().as_bytes(),
             issued.ca_bundle.as_bytes(),
         )
         .unwrap();
-        bundle
-            .validate(SystemTime::now())
-            .unwrap_or_else(|e| panic!("{kt}: {e}"));
+        bundle.validate(SystemTime::now()).unwrap_or_else(|e| panic!("{kt}: {e}"));
     }
 }
 
@@ -197,12 +138,7 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
     let creds = Credentials::new(current.certified_key().unwrap());
     let client = CaClient::mtls(vec![ca.url()], current.ca(), creds).unwrap();
     let key = generate_key(KeyType::EcdsaP256).unwrap();
-    let csr = build_csr(
-        &key,
-        &WorkerId::new("renewer").unwrap(),
-        &["renewer".into()],
-    )
-    .unwrap();
+    let csr = build_csr(&key, &WorkerId::new("renewer").unwrap(), &["renewer".into()]).unwrap();
     // The worker id in the request body is not what decides: the TLS client certificate is.
     let req = RenewRequest {
         csr_pem: csr.clone(),
@@ -213,23 +149,10 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
     let renewed = client.renew(req).await.unwrap();
     assert_eq!(renewed.spiffe_id, "spiffe://crank.local/worker/renewer");
     assert_ne!(renewed.serial, current.metadata().serial);
-    assert_eq!(
-        ca.ca
-            .store()
-            .certificate(&renewed.serial)
-            .await
-            .unwrap()
-            .unwrap()
-            .kind,
-        "renew"
-    );
+    assert_eq!(ca.ca.store().certificate(&renewed.serial).await.unwrap().unwrap().kind, "renew");
 
     // Without a client certificate, renewal is refused with 401.
-    let anon = CaClient::pinned(
-        vec![ca.url()],
-        &crank_security_core::fingerprint_sha256(&current.ca()[0]),
-    )
-    .unwrap();
+    let anon = CaClient::pinned(vec![ca.url()], &crank_security_core::fingerprint_sha256(&current.ca()[0])).unwrap();
     let req = RenewRequest {
         csr_pem: csr,
         worker_id: "renewer".into(),
@@ -237,23 +160,14 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
         correlation_id: CorrelationId::new(),
     };
     let err = anon.renew(req).await.unwrap_err();
-    assert!(
-        matches!(&err, ProviderError::Unauthorized(m) if m.contains("requires a client certificate")),
-        "{err}"
-    );
+    assert!(matches!(&err, ProviderError::Unauthorized(m) if m.contains("requires a client certificate")), "{err}");
 }
 
 #[tokio::test]
 async fn nothing_is_returned_before_its_ledger_row_exists() {
     let ca = TestCa::start().await;
     let bundle = ca.bootstrap("ledger").await;
-    let row = ca
-        .ca
-        .store()
-        .certificate(&bundle.metadata().serial)
-        .await
-        .unwrap()
-        .expect("ledger row");
+    let row = ca.ca.store().certificate(&bundle.metadata().serial).await.unwrap().expect("ledger row");
     assert_eq!(row.worker_id, "ledger");
     assert_eq!(row.fingerprint, bundle.metadata().fingerprint_sha256);
     assert_eq!(row.status, "valid");

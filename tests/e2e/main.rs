@@ -5,6 +5,7 @@ mod bootstrap;
 mod cli;
 mod issuance;
 mod refusals;
+mod rotation;
 mod transport;
 
 use std::sync::Arc;
@@ -31,12 +32,10 @@ fn mtls(bundle: &CertificateBundle, roots: &[CertificateDer<'static>]) -> reqwes
 
 /// A client that verifies the server but presents no certificate.
 fn no_client_cert(roots: &[CertificateDer<'static>]) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(crank_runtime::tls::root_store(roots).unwrap())
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(crank_runtime::tls::root_store(roots).unwrap())
+        .with_no_client_auth();
     client_with(tls)
 }

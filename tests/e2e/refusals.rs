@@ -11,15 +11,8 @@ use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType
 
 use super::{mtls, no_client_cert};
 
-async fn health(
-    client: &reqwest::Client,
-    port: u16,
-) -> Result<reqwest::StatusCode, reqwest::Error> {
-    client
-        .get(format!("https://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .map(|r| r.status())
+async fn health(client: &reqwest::Client, port: u16) -> Result<reqwest::StatusCode, reqwest::Error> {
+    client.get(format!("https://127.0.0.1:{port}/health")).send().await.map(|r| r.status())
 }
 
 /// A leaf signed by the real CA root that expired an hour ago.
@@ -28,26 +21,14 @@ fn expired_leaf(dir: &CaDir, worker: &str) -> CertificateBundle {
     let issuer = Issuer::from_ca_cert_der(&dir.root_der().unwrap(), root_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![worker.to_owned()]).unwrap();
-    p.subject_alt_names.push(SanType::URI(
-        format!("spiffe://crank.local/worker/{worker}")
-            .try_into()
-            .unwrap(),
-    ));
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ClientAuth,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    ];
+    p.subject_alt_names.push(SanType::URI(format!("spiffe://crank.local/worker/{worker}").try_into().unwrap()));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::hours(2);
     p.not_after = now - time::Duration::hours(1);
     let cert = p.signed_by(&key, &issuer).unwrap();
     let root_pem = std::fs::read(dir.root_cert()).unwrap();
-    CertificateBundle::from_pem(
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-        &root_pem,
-    )
-    .unwrap()
+    CertificateBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), &root_pem).unwrap()
 }
 
 #[tokio::test]
@@ -59,26 +40,18 @@ async fn clients_without_a_valid_certificate_from_this_ca_are_refused() {
     assert_eq!(health(&mtls(&good, good.ca()), port).await.unwrap(), 200);
 
     // No certificate at all.
-    let err = health(&no_client_cert(good.ca()), port)
-        .await
-        .expect_err("no client certificate must be refused");
+    let err = health(&no_client_cert(good.ca()), port).await.expect_err("no client certificate must be refused");
     assert!(err.is_request() || err.is_connect(), "{err}");
 
     // A certificate from another CA.
     let other = TestCa::start().await;
     let foreign = other.bootstrap("intruder").await;
-    assert!(
-        health(&mtls(&foreign, good.ca()), port).await.is_err(),
-        "certificate from another CA accepted"
-    );
+    assert!(health(&mtls(&foreign, good.ca()), port).await.is_err(), "certificate from another CA accepted");
 
     // An expired certificate signed by the right CA.
     let expired = expired_leaf(&ca.dir, "stale");
     assert!(expired.validate(std::time::SystemTime::now()).is_err());
-    assert!(
-        health(&mtls(&expired, good.ca()), port).await.is_err(),
-        "expired certificate accepted"
-    );
+    assert!(health(&mtls(&expired, good.ca()), port).await.is_err(), "expired certificate accepted");
 
     // The worker is still fine afterwards.
     assert_eq!(health(&mtls(&good, good.ca()), port).await.unwrap(), 200);
@@ -101,10 +74,7 @@ async fn reused_expired_tampered_and_foreign_tokens_are_refused_clearly() {
     crank_runtime::bootstrap(&opts, &none).await.unwrap();
     opts.cert_dir = ca.tmp.path().join("again");
     let e = refused(crank_runtime::bootstrap(&opts, &none).await.unwrap_err());
-    assert!(
-        matches!(&e, ProviderError::Unauthorized(m) if m.contains("already used")),
-        "{e}"
-    );
+    assert!(matches!(&e, ProviderError::Unauthorized(m) if m.contains("already used")), "{e}");
 
     // Expired: the CA refuses it even if the worker does not check first.
     let mut opts = ca.bootstrap_options("late");
@@ -113,12 +83,7 @@ async fn reused_expired_tampered_and_foreign_tokens_are_refused_clearly() {
     let err = crank_runtime::bootstrap(&opts, &none).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
     let key = crank_security_core::generate_key(Default::default()).unwrap();
-    let csr = crank_security_core::build_csr(
-        &key,
-        &crank_security_core::WorkerId::new("late").unwrap(),
-        &[],
-    )
-    .unwrap();
+    let csr = crank_security_core::build_csr(&key, &crank_security_core::WorkerId::new("late").unwrap(), &[]).unwrap();
     let direct = crank_security_core::CertificateProvider::issue(
         ca.ca.as_ref(),
         crank_security_core::IssueRequest {
@@ -129,10 +94,7 @@ async fn reused_expired_tampered_and_foreign_tokens_are_refused_clearly() {
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(&direct, ProviderError::Unauthorized(m) if m.contains("expired")),
-        "{direct}"
-    );
+    assert!(matches!(&direct, ProviderError::Unauthorized(m) if m.contains("expired")), "{direct}");
 
     // Tampered: a claim changed after signing.
     let mut opts = ca.bootstrap_options("victim");
@@ -144,19 +106,13 @@ async fn reused_expired_tampered_and_foreign_tokens_are_refused_clearly() {
         .replace("\"caps\":[]", "\"caps\":[\"san:evil.example\"]");
     opts.token = format!("{}.{}.{}", parts[0], eng.encode(payload), parts[2]);
     let e = refused(crank_runtime::bootstrap(&opts, &none).await.unwrap_err());
-    assert!(
-        matches!(&e, ProviderError::Unauthorized(m) if m.contains("invalid")),
-        "{e}"
-    );
+    assert!(matches!(&e, ProviderError::Unauthorized(m) if m.contains("invalid")), "{e}");
 
     // Another worker's token.
     let mut opts = ca.bootstrap_options("me");
     opts.token = ca.token("someone-else");
     let err = crank_runtime::bootstrap(&opts, &none).await.unwrap_err();
-    assert!(
-        matches!(&err, BootstrapError::Token(m) if m.contains("someone-else") && m.contains("me")),
-        "{err}"
-    );
+    assert!(matches!(&err, BootstrapError::Token(m) if m.contains("someone-else") && m.contains("me")), "{err}");
 
     // A token from another CA, sent to this one: the worker pins the other CA's root,
     // so it refuses to talk to this CA at all.
@@ -176,10 +132,7 @@ async fn reused_expired_tampered_and_foreign_tokens_are_refused_clearly() {
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(&direct, ProviderError::Unauthorized(_)),
-        "{direct}"
-    );
+    assert!(matches!(&direct, ProviderError::Unauthorized(_)), "{direct}");
 }
 
 #[tokio::test]
@@ -219,12 +172,8 @@ async fn bad_requests_get_json_errors_with_4xx_codes() {
     assert_eq!(r.status(), 401);
 
     let big = "a".repeat(200 * 1024);
-    let r = client
-        .post(url("/v1/certificates"))
-        .json(&serde_json::json!({"csr": big, "token": "t"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client.post(url("/v1/certificates")).json(&serde_json::json!({"csr": big, "token": "t"})).send().await.unwrap();
     assert_eq!(r.status(), 413);
     let body: ErrorBody = r.json().await.unwrap();
     assert_eq!(body.error.code, "body_too_large");
@@ -236,10 +185,5 @@ async fn bad_requests_get_json_errors_with_4xx_codes() {
     let r = client.get(url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = client.get(url("/v1/trust-bundle")).send().await.unwrap();
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .starts_with("-----BEGIN CERTIFICATE-----")
-    );
+    assert!(r.text().await.unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
 }

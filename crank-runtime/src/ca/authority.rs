@@ -3,18 +3,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use crank_policy::PolicyGuard;
 use crank_security_core::{
-    CertMetadata, CertificateEvent, CertificateProvider, CorrelationId, EventKind, EventSink,
-    IssuanceInput, IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest,
-    SpiffeId, TrustDomain, WorkerId, fingerprint_sha256,
+    CertMetadata, CertificateEvent, CertificateProvider, CorrelationId, EventKind, EventSink, IssuanceInput,
+    IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest, SpiffeId, TrustDomain, WorkerId,
+    fingerprint_sha256,
 };
 use rcgen::{
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType, SerialNumber,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -27,7 +25,7 @@ use super::store::{CaStore, CertificateRecord, StoreError, TokenUse};
 use super::token::TokenAuthority;
 
 /// Clock-skew allowance: not-before is set this far in the past.
-pub const BACKDATE: Duration = Duration::from_secs(60);
+pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
 /// Largest CSR accepted (DER bytes).
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
 
@@ -60,10 +58,7 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
     use rustls_pki_types::pem::PemObject;
     let bad = |m: String| ProviderError::BadRequest(m);
     if pem.len() > 4 * MAX_CSR_BYTES {
-        return Err(bad(format!(
-            "CSR is larger than {} bytes",
-            4 * MAX_CSR_BYTES
-        )));
+        return Err(bad(format!("CSR is larger than {} bytes", 4 * MAX_CSR_BYTES)));
     }
     let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| bad(format!("csr is not a PEM CERTIFICATE REQUEST: {e}")))?;
@@ -72,11 +67,7 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
     if !rest.is_empty() {
         return Err(bad("csr has trailing bytes after the request".into()));
     }
-    csr.verify_signature().map_err(|e| {
-        bad(format!(
-            "csr signature does not verify with its own public key: {e}"
-        ))
-    })?;
+    csr.verify_signature().map_err(|e| bad(format!("csr signature does not verify with its own public key: {e}")))?;
     let info = &csr.certification_request_info;
     let key_type = key_type_name(&info.subject_pki).map_err(bad)?;
     let spki = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
@@ -89,11 +80,9 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
                     for name in &san.general_names {
                         match name {
                             GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
-                            GeneralName::IPAddress(b) => {
-                                ips.push(ip_from_bytes(b).ok_or_else(|| {
-                                    bad("csr has a malformed IP address SAN".into())
-                                })?)
-                            }
+                            GeneralName::IPAddress(b) => ips.push(
+                                ip_from_bytes(b).ok_or_else(|| bad("csr has a malformed IP address SAN".into()))?,
+                            ),
                             other => {
                                 return Err(bad(format!(
                                     "csr asks for a SAN of an unsupported kind ({other}); only DNS names and IP addresses may be requested"
@@ -111,13 +100,7 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
     dns.dedup();
     ips.sort();
     ips.dedup();
-    Ok(ParsedCsr {
-        spki,
-        key_type,
-        dns,
-        ips,
-        asked_for_ca,
-    })
+    Ok(ParsedCsr { spki, key_type, dns, ips, asked_for_ca })
 }
 
 fn key_type_name(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<String, String> {
@@ -126,9 +109,7 @@ fn key_type_name(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<S
         ("1.3.101.112", _) => Ok("ed25519".into()),
         ("1.2.840.10045.2.1", Ok(PublicKey::EC(ec))) => Ok(format!("ecdsa-p{}", ec.key_size())),
         ("1.2.840.113549.1.1.1", Ok(PublicKey::RSA(rsa))) => Ok(format!("rsa-{}", rsa.key_size())),
-        _ => Err(format!(
-            "csr public key algorithm {oid} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA)"
-        )),
+        _ => Err(format!("csr public key algorithm {oid} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA)")),
     }
 }
 
@@ -154,10 +135,7 @@ impl Default for LocalCaConfig {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
-        Self {
-            environment: "development".into(),
-            replica: format!("{host}:{}", std::process::id()),
-        }
+        Self { environment: "development".into(), replica: format!("{host}:{}", std::process::id()) }
     }
 }
 
@@ -204,17 +182,7 @@ impl LocalCa {
             trust_domain.clone(),
             fingerprint_sha256(&root_der),
         )?;
-        Ok(Self {
-            trust_domain,
-            config,
-            issuer,
-            root_der,
-            root_pem,
-            tokens,
-            policy,
-            store,
-            events,
-        })
+        Ok(Self { trust_domain, config, issuer, root_der, root_pem, tokens, policy, store, events })
     }
 
     /// The token authority (for `crank token create` and tests).
@@ -245,9 +213,7 @@ impl LocalCa {
         phase: &str,
         err: ProviderError,
     ) -> ProviderError {
-        let mut ev = CertificateEvent::new(kind, cid)
-            .error(phase, &err)
-            .detail("component", "ca");
+        let mut ev = CertificateEvent::new(kind, cid).error(phase, &err).detail("component", "ca");
         if let Some(w) = worker {
             ev = ev.worker(w);
         }
@@ -256,10 +222,7 @@ impl LocalCa {
     }
 
     async fn check_token(&self, token: &str) -> Result<JoinTokenClaims, ProviderError> {
-        let claims = self
-            .tokens
-            .verify(token)
-            .map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let claims = self.tokens.verify(token).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         match self.store.token_used(&claims.jti).await {
             Ok(true) => Err(ProviderError::Unauthorized(format!(
                 "join token {} was already used; a join token is single use, create a new one with `crank token create`",
@@ -291,24 +254,11 @@ impl LocalCa {
             renewal: kind == "renew",
         };
         let policy_failed = |d: crank_policy::Denied| {
-            let kind = if d.engine_failure {
-                EventKind::CertValidationFailed
-            } else {
-                EventKind::CsrFailed
-            };
-            self.fail(
-                kind,
-                cid,
-                Some(worker.as_str()),
-                "policy",
-                ProviderError::PolicyDenied(d.reason),
-            )
+            let kind = if d.engine_failure { EventKind::CertValidationFailed } else { EventKind::CsrFailed };
+            self.fail(kind, cid, Some(worker.as_str()), "policy", ProviderError::PolicyDenied(d.reason))
         };
         self.policy.may_issue(&input).map_err(policy_failed)?;
-        let validity = self
-            .policy
-            .validity(worker.as_str(), &self.config.environment)
-            .map_err(policy_failed)?;
+        let validity = self.policy.validity(worker.as_str(), &self.config.environment).map_err(policy_failed)?;
         if csr.asked_for_ca {
             tracing::warn!(worker_id = %worker, correlation_id = %cid, "CSR asked for CA:true; issuing a non-CA leaf");
         }
@@ -325,19 +275,18 @@ impl LocalCa {
         params.not_after = now + validity;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let uri = spiffe.to_string();
-        let mut sans = vec![SanType::URI(uri.as_str().try_into().map_err(|_| {
-            ProviderError::Other("SPIFFE ID is not an IA5 string".into())
-        })?)];
+        let mut sans = vec![SanType::URI(
+            uri.as_str().try_into().map_err(|_| ProviderError::Other("SPIFFE ID is not an IA5 string".into()))?,
+        )];
         for d in &csr.dns {
-            sans.push(SanType::DnsName(d.as_str().try_into().map_err(|_| {
-                ProviderError::BadRequest(format!("DNS SAN {d:?} is not an IA5 string"))
-            })?));
+            sans.push(SanType::DnsName(
+                d.as_str()
+                    .try_into()
+                    .map_err(|_| ProviderError::BadRequest(format!("DNS SAN {d:?} is not an IA5 string")))?,
+            ));
         }
         sans.extend(csr.ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.subject_alt_names = sans;
@@ -350,8 +299,7 @@ impl LocalCa {
                 ProviderError::Other(format!("signing failed: {e}")),
             )
         })?;
-        let meta =
-            CertMetadata::from_der(cert.der()).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let meta = CertMetadata::from_der(cert.der()).map_err(|e| ProviderError::Other(e.to_string()))?;
 
         let mut all_sans = vec![uri.clone()];
         all_sans.extend(csr.dns.iter().cloned());
@@ -373,9 +321,13 @@ impl LocalCa {
         };
         self.store.record_issuance(token, record).await.map_err(|e| {
             let err = match e {
-                StoreError::TokenUsed(jti) => ProviderError::Unauthorized(format!("join token {jti} was already used; create a new one with `crank token create`")),
+                StoreError::TokenUsed(jti) => ProviderError::Unauthorized(format!(
+                    "join token {jti} was already used; create a new one with `crank token create`"
+                )),
                 StoreError::DuplicateSerial(s) => ProviderError::Unavailable(format!("serial collision on {s}; retry")),
-                StoreError::Database(m) => ProviderError::Unavailable(format!("the CA could not record the certificate: {m}")),
+                StoreError::Database(m) => {
+                    ProviderError::Unavailable(format!("the CA could not record the certificate: {m}"))
+                }
             };
             self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "ledger", err)
         })?;
@@ -398,8 +350,7 @@ impl LocalCa {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[async_trait]
@@ -410,20 +361,12 @@ impl CertificateProvider for LocalCa {
             let kind = EventKind::CsrFailed;
             self.fail(kind, cid, None, "token", e)
         })?;
-        let worker = WorkerId::new(claims.sub.clone())
-            .map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let worker = WorkerId::new(claims.sub.clone()).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem)
             .map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "csr", e))?;
-        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
-            .map(rfc3339)
-            .unwrap_or_default();
-        let token = TokenUse {
-            jti: claims.jti,
-            worker_id: worker.to_string(),
-            expires_at,
-        };
-        self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid)
-            .await
+        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map(rfc3339).unwrap_or_default();
+        let token = TokenUse { jti: claims.jti, worker_id: worker.to_string(), expires_at };
+        self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid).await
     }
 
     /// Renewal: the authenticating certificate must be in the ledger, valid, and belong
@@ -431,15 +374,8 @@ impl CertificateProvider for LocalCa {
     async fn renew(&self, req: RenewRequest) -> Result<IssuedCertificate, ProviderError> {
         let cid = &req.correlation_id;
         let worker = req.worker_id.as_str();
-        let unauthorized = |m: String| {
-            self.fail(
-                EventKind::CsrFailed,
-                cid,
-                Some(worker),
-                "auth",
-                ProviderError::Unauthorized(m),
-            )
-        };
+        let unauthorized =
+            |m: String| self.fail(EventKind::CsrFailed, cid, Some(worker), "auth", ProviderError::Unauthorized(m));
         let record = match self.store.certificate(&req.current_serial).await {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -451,10 +387,7 @@ impl CertificateProvider for LocalCa {
             Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
         };
         if record.worker_id != worker {
-            return Err(unauthorized(format!(
-                "client certificate {} belongs to another worker",
-                req.current_serial
-            )));
+            return Err(unauthorized(format!("client certificate {} belongs to another worker", req.current_serial)));
         }
         if record.status != "valid" {
             return Err(unauthorized(format!(
@@ -462,12 +395,9 @@ impl CertificateProvider for LocalCa {
                 req.current_serial, record.status
             )));
         }
-        let worker_id =
-            WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
-        let csr = parse_csr(&req.csr_pem)
-            .map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
-        self.sign_and_record(&worker_id, record.capabilities, csr, None, "renew", cid)
-            .await
+        let worker_id = WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let csr = parse_csr(&req.csr_pem).map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
+        self.sign_and_record(&worker_id, record.capabilities, csr, None, "renew", cid).await
     }
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {
@@ -491,11 +421,7 @@ mod tests {
 
     #[test]
     fn csr_garbage_is_a_clear_bad_request() {
-        for bad in [
-            "",
-            "hello",
-            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-        ] {
+        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
             let e = parse_csr(bad).unwrap_err();
             assert!(matches!(e, ProviderError::BadRequest(_)), "{bad:?}: {e}");
         }

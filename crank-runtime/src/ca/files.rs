@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use crank_security_core::{TrustDomain, fingerprint_sha256, parse_pem_certs, write_file_atomic};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -68,12 +68,8 @@ impl CaDir {
     /// The trust domain recorded at init.
     pub fn trust_domain(&self) -> anyhow::Result<TrustDomain> {
         let p = self.trust_domain_file();
-        let s = std::fs::read_to_string(&p).with_context(|| {
-            format!(
-                "reading {}; is this a CA directory made by `crank ca init`?",
-                p.display()
-            )
-        })?;
+        let s = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {}; is this a CA directory made by `crank ca init`?", p.display()))?;
         Ok(TrustDomain::new(s.trim())?)
     }
 
@@ -81,11 +77,7 @@ impl CaDir {
     pub fn root_der(&self) -> anyhow::Result<CertificateDer<'static>> {
         let p = self.root_cert();
         let pem = std::fs::read(&p).with_context(|| {
-            format!(
-                "reading {}; run `crank ca init --dir {}` first",
-                p.display(),
-                self.dir.display()
-            )
+            format!("reading {}; run `crank ca init --dir {}` first", p.display(), self.dir.display())
         })?;
         let mut certs = parse_pem_certs("root certificate", &pem)?;
         Ok(certs.remove(0))
@@ -98,8 +90,7 @@ impl CaDir {
 
     /// Reads a PEM key file.
     pub fn read_key(path: &Path) -> anyhow::Result<KeyPair> {
-        let pem =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         KeyPair::from_pem(&pem).with_context(|| format!("parsing key {}", path.display()))
     }
 }
@@ -158,26 +149,10 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
 
     write_file_atomic(&dir.root_key(), root_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.root_cert(), root.pem().as_bytes(), 0o644)?;
-    write_file_atomic(
-        &dir.server_key(),
-        server_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file_atomic(
-        &dir.server_cert(),
-        format!("{}{}", server.pem(), root.pem()).as_bytes(),
-        0o644,
-    )?;
-    write_file_atomic(
-        &dir.token_key(),
-        token_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file_atomic(
-        &dir.trust_domain_file(),
-        format!("{}\n", opts.trust_domain).as_bytes(),
-        0o644,
-    )?;
+    write_file_atomic(&dir.server_key(), server_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file_atomic(&dir.server_cert(), format!("{}{}", server.pem(), root.pem()).as_bytes(), 0o644)?;
+    write_file_atomic(&dir.token_key(), token_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file_atomic(&dir.trust_domain_file(), format!("{}\n", opts.trust_domain).as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -191,20 +166,13 @@ fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateParams {
     p.not_after = now + ROOT_VALIDITY;
     p.serial_number = Some(crate::ca::authority::random_serial());
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p
 }
 
 fn san(s: &str) -> anyhow::Result<SanType> {
     Ok(match s.parse::<std::net::IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
-        Err(_) => SanType::DnsName(
-            s.try_into()
-                .with_context(|| format!("{s:?} is not a valid DNS name"))?,
-        ),
+        Err(_) => SanType::DnsName(s.try_into().with_context(|| format!("{s:?} is not a valid DNS name"))?),
     })
 }

@@ -18,8 +18,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crank_security_core::{
-    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate,
-    RenewRequest, parse_pem_certs,
+    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest,
+    parse_pem_certs,
 };
 use serde::{Deserialize, Serialize};
 use tower_http::timeout::TimeoutLayer;
@@ -62,18 +62,11 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
 }
 
 /// Starts the CA service on `listener` with the TLS certificate from `dir`.
-pub fn spawn(
-    dir: &CaDir,
-    listener: tokio::net::TcpListener,
-    ca: Arc<LocalCa>,
-) -> anyhow::Result<ServerHandle> {
+pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
     let chain = std::fs::read(dir.server_cert())?;
     let key = std::fs::read(dir.server_key())?;
     let root = std::fs::read(dir.root_cert())?;
@@ -85,14 +78,9 @@ pub fn spawn(
 }
 
 /// Binds `listen` and starts the CA service.
-pub async fn bind_and_spawn(
-    dir: &CaDir,
-    listen: SocketAddr,
-    ca: Arc<LocalCa>,
-) -> anyhow::Result<ServerHandle> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     spawn(dir, listener, ca)
 }
 
@@ -113,10 +101,8 @@ fn correlation(headers: &HeaderMap) -> CorrelationId {
 }
 
 fn json_error(e: JsonRejection) -> ApiError {
-    let mut err = ApiError::bad_request(
-        "invalid_body",
-        format!("request body is not the expected JSON: {}", e.body_text()),
-    );
+    let mut err =
+        ApiError::bad_request("invalid_body", format!("request body is not the expected JSON: {}", e.body_text()));
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         err.status = StatusCode::PAYLOAD_TOO_LARGE;
         err.code = "body_too_large";
@@ -129,18 +115,11 @@ fn json_error(e: JsonRejection) -> ApiError {
     err
 }
 
-type Issued = (
-    [(header::HeaderName, HeaderValue); 1],
-    Json<IssuedCertificate>,
-);
+type Issued = ([(header::HeaderName, HeaderValue); 1], Json<IssuedCertificate>);
 
 fn issued(cid: &CorrelationId, cert: IssuedCertificate) -> Issued {
-    let v =
-        HeaderValue::from_str(cid.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    (
-        [(header::HeaderName::from_static(CorrelationId::HEADER), v)],
-        Json(cert),
-    )
+    let v = HeaderValue::from_str(cid.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    ([(header::HeaderName::from_static(CorrelationId::HEADER), v)], Json(cert))
 }
 
 async fn issue(
@@ -151,13 +130,7 @@ async fn issue(
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
     tracing::debug!(correlation_id = %cid, "issuance request");
-    let cert = ca
-        .issue(IssueRequest {
-            csr_pem: body.csr,
-            token: body.token,
-            correlation_id: cid.clone(),
-        })
-        .await?;
+    let cert = ca.issue(IssueRequest { csr_pem: body.csr, token: body.token, correlation_id: cid.clone() }).await?;
     Ok(issued(&cid, cert))
 }
 
@@ -170,10 +143,7 @@ async fn renew(
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
     if &peer.spiffe_id.trust_domain != ca.trust_domain() {
-        return Err(ApiError::unauthorized(
-            "foreign_trust_domain",
-            "client certificate is from another trust domain",
-        ));
+        return Err(ApiError::unauthorized("foreign_trust_domain", "client certificate is from another trust domain"));
     }
     let req = RenewRequest {
         csr_pem: body.csr,

@@ -111,11 +111,7 @@ impl From<rusqlite::Error> for StoreError {
 pub trait CaStore: Debug + Send + Sync {
     /// Records an issued certificate, consuming `token` first when given, atomically:
     /// either both are recorded or neither.
-    async fn record_issuance(
-        &self,
-        token: Option<TokenUse>,
-        cert: CertificateRecord,
-    ) -> Result<(), StoreError>;
+    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError>;
     /// Whether a token id has been used.
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError>;
     /// The ledger row of a serial.
@@ -140,9 +136,7 @@ pub struct SqliteStore {
 
 impl Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("serial", &self.cert.serial)
-            .finish()
+        f.debug_struct("Job").field("serial", &self.cert.serial).finish()
     }
 }
 
@@ -160,11 +154,7 @@ impl SqliteStore {
             .name("crank-ledger-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            writer: tx,
-            reader: Arc::new(Mutex::new(reader)),
-        })
+        Ok(Self { path: path.to_path_buf(), writer: tx, reader: Arc::new(Mutex::new(reader)) })
     }
 
     /// The database file.
@@ -178,9 +168,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .map_err(|_| StoreError::Database("reader lock poisoned".into()))?;
+            let conn = reader.lock().map_err(|_| StoreError::Database("reader lock poisoned".into()))?;
             f(&conn)
         })
         .await
@@ -189,8 +177,7 @@ impl SqliteStore {
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)
-        .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -198,10 +185,7 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
-        .try_into()
-        .unwrap_or(0);
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0);
     if version > MIGRATIONS.len() {
         return Err(StoreError::Database(format!(
             "the store is at schema version {version}, newer than this build knows ({}); upgrade crank",
@@ -211,11 +195,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(i + 1).unwrap_or(i64::MAX),
-        )?;
+        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
         tx.commit()?;
     }
     Ok(())
@@ -248,10 +228,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 
 /// Writes a batch in one transaction; each job in its own savepoint so that one refused
 /// job (used token, duplicate serial) does not undo the others.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &[Job],
-) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
+fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
@@ -301,9 +278,7 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     );
     match res {
         Ok(_) => Ok(()),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
             Err(StoreError::DuplicateSerial(c.serial.clone()))
         }
         Err(e) => Err(e.into()),
@@ -311,36 +286,23 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[async_trait]
 impl CaStore for SqliteStore {
-    async fn record_issuance(
-        &self,
-        token: Option<TokenUse>,
-        cert: CertificateRecord,
-    ) -> Result<(), StoreError> {
+    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Job { token, cert, reply })
             .map_err(|_| StoreError::Database("the ledger writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Database("the ledger writer dropped the request".into()))?
+        rx.await.map_err(|_| StoreError::Database("the ledger writer dropped the request".into()))?
     }
 
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError> {
         let jti = jti.to_owned();
         self.read(move |c| {
-            Ok(c.query_row(
-                "SELECT 1 FROM used_tokens WHERE jti = ?1",
-                [jti],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+            Ok(c.query_row("SELECT 1 FROM used_tokens WHERE jti = ?1", [jti], |_| Ok(())).optional()?.is_some())
         })
         .await
     }
@@ -378,11 +340,7 @@ impl CaStore for SqliteStore {
 
     async fn certificate_count(&self) -> Result<u64, StoreError> {
         self.read(|c| {
-            Ok(c.query_row("SELECT COUNT(*) FROM certificates", [], |r| {
-                r.get::<_, i64>(0)
-            })?
-            .try_into()
-            .unwrap_or(0))
+            Ok(c.query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0))
         })
         .await
     }
@@ -411,11 +369,7 @@ mod tests {
     }
 
     fn tok(jti: &str) -> TokenUse {
-        TokenUse {
-            jti: jti.into(),
-            worker_id: "w".into(),
-            expires_at: now_rfc3339(),
-        }
+        TokenUse { jti: jti.into(), worker_id: "w".into(), expires_at: now_rfc3339() }
     }
 
     #[tokio::test]
@@ -425,14 +379,8 @@ mod tests {
         {
             let s = SqliteStore::open(&path).unwrap();
             s.record_issuance(Some(tok("t1")), rec("01")).await.unwrap();
-            assert!(matches!(
-                s.record_issuance(Some(tok("t1")), rec("02")).await,
-                Err(StoreError::TokenUsed(_))
-            ));
-            assert!(matches!(
-                s.record_issuance(None, rec("01")).await,
-                Err(StoreError::DuplicateSerial(_))
-            ));
+            assert!(matches!(s.record_issuance(Some(tok("t1")), rec("02")).await, Err(StoreError::TokenUsed(_))));
+            assert!(matches!(s.record_issuance(None, rec("01")).await, Err(StoreError::DuplicateSerial(_))));
             // The refused job left nothing behind: serial 02 is not recorded.
             assert!(s.certificate("02").await.unwrap().is_none());
         }
@@ -451,8 +399,7 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             handles.push(tokio::spawn(async move {
-                s.record_issuance(Some(tok(&format!("t{i}"))), rec(&format!("{i:04x}")))
-                    .await
+                s.record_issuance(Some(tok(&format!("t{i}"))), rec(&format!("{i:04x}"))).await
             }));
         }
         for h in handles {

@@ -24,10 +24,7 @@ pub struct TokenAuthority {
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuthority")
-            .field("trust_domain", &self.trust_domain)
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("TokenAuthority").field("trust_domain", &self.trust_domain).field("key", &"<redacted>").finish()
     }
 }
 
@@ -48,11 +45,7 @@ pub enum TokenError {
 
 impl TokenAuthority {
     /// A token authority using `key` (P-256) for the CA with this trust domain and root.
-    pub fn new(
-        key: &KeyPair,
-        trust_domain: TrustDomain,
-        root_fingerprint: String,
-    ) -> anyhow::Result<Self> {
+    pub fn new(key: &KeyPair, trust_domain: TrustDomain, root_fingerprint: String) -> anyhow::Result<Self> {
         let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?;
         let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())?;
         let mut validation = Validation::new(Algorithm::ES256);
@@ -60,26 +53,12 @@ impl TokenAuthority {
         validation.set_issuer(&[issuer(&trust_domain)]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.leeway = 0;
-        Ok(Self {
-            encoding,
-            decoding,
-            validation,
-            trust_domain,
-            root_fingerprint,
-        })
+        Ok(Self { encoding, decoding, validation, trust_domain, root_fingerprint })
     }
 
     /// A new single-use token for `worker_id`.
-    pub fn create(
-        &self,
-        worker_id: &WorkerId,
-        ttl: Duration,
-        capabilities: Vec<String>,
-    ) -> anyhow::Result<String> {
-        anyhow::ensure!(
-            ttl <= MAX_TOKEN_TTL,
-            "token TTL {ttl:?} is longer than the maximum of 7 days"
-        );
+    pub fn create(&self, worker_id: &WorkerId, ttl: Duration, capabilities: Vec<String>) -> anyhow::Result<String> {
+        anyhow::ensure!(ttl <= MAX_TOKEN_TTL, "token TTL {ttl:?} is longer than the maximum of 7 days");
         anyhow::ensure!(!ttl.is_zero(), "token TTL must be positive");
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = JoinTokenClaims {
@@ -93,29 +72,23 @@ impl TokenAuthority {
             ca_fp: self.root_fingerprint.clone(),
             td: self.trust_domain.to_string(),
         };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::ES256),
-            &claims,
-            &self.encoding,
-        )?)
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)?)
     }
 
     /// Verifies signature, audience, issuer, expiry and CA binding.
     pub fn verify(&self, token: &str) -> Result<JoinTokenClaims, TokenError> {
-        let data =
-            jsonwebtoken::decode::<JoinTokenClaims>(token.trim(), &self.decoding, &self.validation)
-                .map_err(|e| match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                        TokenError::ForeignCa("issuer does not match this CA's trust domain".into())
-                    }
-                    _ => TokenError::Invalid(e.to_string()),
-                })?;
+        let data = jsonwebtoken::decode::<JoinTokenClaims>(token.trim(), &self.decoding, &self.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                    TokenError::ForeignCa("issuer does not match this CA's trust domain".into())
+                }
+                _ => TokenError::Invalid(e.to_string()),
+            },
+        )?;
         let c = data.claims;
         if c.ca_fp != self.root_fingerprint || c.td != self.trust_domain.as_str() {
-            return Err(TokenError::ForeignCa(
-                "root fingerprint or trust domain does not match".into(),
-            ));
+            return Err(TokenError::ForeignCa("root fingerprint or trust domain does not match".into()));
         }
         WorkerId::new(c.sub.clone()).map_err(|e| TokenError::Invalid(e.to_string()))?;
         Ok(c)
@@ -139,9 +112,7 @@ mod tests {
     fn round_trip_and_tamper() {
         let a = authority();
         let w = WorkerId::new("w1").unwrap();
-        let t = a
-            .create(&w, Duration::from_secs(60), vec!["san:x.example".into()])
-            .unwrap();
+        let t = a.create(&w, Duration::from_secs(60), vec!["san:x.example".into()]).unwrap();
         let c = a.verify(&t).unwrap();
         assert_eq!(c.sub, "w1");
         assert_eq!(c.caps, vec!["san:x.example".to_owned()]);
@@ -149,14 +120,9 @@ mod tests {
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
         use base64::Engine;
         let eng = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = String::from_utf8(eng.decode(&parts[1]).unwrap())
-            .unwrap()
-            .replace("\"w1\"", "\"w2\"");
+        let payload = String::from_utf8(eng.decode(&parts[1]).unwrap()).unwrap().replace("\"w1\"", "\"w2\"");
         parts[1] = eng.encode(payload);
-        assert!(matches!(
-            a.verify(&parts.join(".")),
-            Err(TokenError::Invalid(_))
-        ));
+        assert!(matches!(a.verify(&parts.join(".")), Err(TokenError::Invalid(_))));
         // Another CA's token.
         assert!(authority().verify(&t).is_err());
     }

@@ -10,15 +10,19 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use crank_security_core::{
-    CertFiles, CertificateBundle, CertificateEvent, CorrelationId, EventKind, EventSink,
-    EventSinks, KeyType, SecurityConfig, SpiffeId, WorkerId, peek_token_claims,
+    CertFiles, CertificateBundle, CertificateEvent, CorrelationId, EventKind, EventSink, EventSinks, KeyType,
+    PolicyEngine, SecurityConfig, SpiffeId, WorkerId, peek_token_claims,
 };
 use tower_http::timeout::TimeoutLayer;
 
 use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::MtlsClient;
-use crate::tls::{Credentials, mtls_server_config};
+use super::rotation::{RotationConfig, Rotator};
+use crate::tls::{Credentials, server_config};
+use crate::trust::TrustStore;
 use crate::{RuntimeError, ServerHandle};
+use crank_policy::PolicyGuard;
+use tokio::sync::watch;
 
 /// What a handler can reach: this worker's identity and an mTLS client.
 /// Extract it with `Extension<WorkerContext>`.
@@ -66,6 +70,7 @@ pub struct WorkerApplication {
     key_type: Option<KeyType>,
     retry: Option<RetryPolicy>,
     events: EventSinks,
+    policy: Option<Arc<dyn PolicyEngine>>,
 }
 
 /// A started worker.
@@ -73,18 +78,29 @@ pub struct WorkerApplication {
 pub struct RunningWorker {
     /// The HTTPS server.
     pub server: ServerHandle,
-    /// The certificate in use.
+    /// The certificate at start (see [`RunningWorker::rotator`] for the current one).
     pub bundle: CertificateBundle,
-    /// The credentials served (swap to rotate).
+    /// The credentials served.
     pub credentials: Arc<Credentials>,
     /// Identity and client.
     pub context: WorkerContext,
+    /// Keeps the certificate renewed.
+    pub rotator: Arc<Rotator>,
+    /// The CA roots this worker trusts (updated by renewals).
+    pub trust: Arc<TrustStore>,
+    stop_rotation: watch::Sender<bool>,
 }
 
 impl RunningWorker {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
+    }
+
+    /// Stops renewing, stops accepting, and waits for open connections to finish.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.stop_rotation.send_replace(true);
+        self.server.shutdown().await
     }
 }
 
@@ -103,6 +119,7 @@ impl WorkerApplication {
             key_type: None,
             retry: None,
             events: EventSinks::default(),
+            policy: None,
         }
     }
 
@@ -116,10 +133,7 @@ impl WorkerApplication {
     /// value is reported by `run()`.
     pub fn port_from_env(mut self, var: &str, default: u16) -> Self {
         self.port = match std::env::var(var) {
-            Ok(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| format!("{var}={v:?} is not a port number (1-65535)")),
+            Ok(v) => v.trim().parse().map_err(|_| format!("{var}={v:?} is not a port number (1-65535)")),
             Err(_) => Ok(default),
         };
         self
@@ -173,6 +187,12 @@ impl WorkerApplication {
         self
     }
 
+    /// The policy engine deciding renewal (default: the built-in policy).
+    pub fn policy(mut self, engine: Arc<dyn PolicyEngine>) -> Self {
+        self.policy = Some(engine);
+        self
+    }
+
     /// Registers another event sink (the JSON log sink is always there).
     pub fn event_sink(self, sink: Arc<dyn EventSink>) -> Self {
         self.events.register(sink);
@@ -183,14 +203,12 @@ impl WorkerApplication {
     /// is set, a log subscriber; `main` stays synchronous.
     pub fn run(self) -> anyhow::Result<()> {
         crate::logging::init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async move {
             let worker = self.start().await?;
             tracing::info!(addr = %worker.addr(), worker_id = %worker.context.worker_id, "worker serving HTTPS with mandatory client certificates");
             crate::tls::shutdown_signal().await;
-            worker.server.shutdown().await?;
+            worker.shutdown().await?;
             tracing::info!("worker stopped");
             Ok(())
         })
@@ -207,20 +225,13 @@ impl WorkerApplication {
         let token = self.token.clone().or_else(|| env("CRANK_JOIN_TOKEN"));
         let key_type = match self.key_type {
             Some(k) => k,
-            None => env("CRANK_KEY_TYPE")
-                .map(|k| k.parse())
-                .transpose()?
-                .unwrap_or_default(),
+            None => env("CRANK_KEY_TYPE").map(|k| k.parse()).transpose()?.unwrap_or_default(),
         };
         let mut sans = self.sans.clone();
         if sans.is_empty()
             && let Some(list) = env("CRANK_SANS")
         {
-            sans = list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
+            sans = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
         let retry = match self.retry {
             Some(r) => r,
@@ -228,32 +239,25 @@ impl WorkerApplication {
                 let attempts = env("CRANK_BOOTSTRAP_ATTEMPTS")
                     .map(|v| {
                         v.parse::<usize>().map_err(|_| {
-                            RuntimeError::Config(format!(
-                                "CRANK_BOOTSTRAP_ATTEMPTS={v:?} is not a number"
-                            ))
+                            RuntimeError::Config(format!("CRANK_BOOTSTRAP_ATTEMPTS={v:?} is not a number"))
                         })
                     })
                     .transpose()?;
-                RetryPolicy {
-                    attempts: attempts.unwrap_or(RetryPolicy::default().attempts),
-                    ..RetryPolicy::default()
-                }
+                RetryPolicy { attempts: attempts.unwrap_or(RetryPolicy::default().attempts), ..RetryPolicy::default() }
             }
         };
         let host = match self.host {
             Some(h) => h,
             None => env("CRANK_LISTEN_HOST")
                 .map(|h| {
-                    h.parse::<IpAddr>().map_err(|_| {
-                        RuntimeError::Config(format!(
-                            "CRANK_LISTEN_HOST={h:?} is not an IP address"
-                        ))
-                    })
+                    h.parse::<IpAddr>()
+                        .map_err(|_| RuntimeError::Config(format!("CRANK_LISTEN_HOST={h:?} is not an IP address")))
                 })
                 .transpose()?
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         };
 
+        let sans_for_rotation = sans.clone();
         let files = CertFiles::in_dir(&config.cert_dir);
         let existing = load_valid(&files, &self.events);
         let explicit_id = self.worker_id.clone().or_else(|| env("CRANK_WORKER_ID"));
@@ -280,9 +284,10 @@ impl WorkerApplication {
                 )));
             }
         };
-        let spiffe_id = bundle.metadata().spiffe().ok_or_else(|| {
-            RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into())
-        })?;
+        let spiffe_id = bundle
+            .metadata()
+            .spiffe()
+            .ok_or_else(|| RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into()))?;
         if let Some(id) = &explicit_id
             && id != spiffe_id.worker_id.as_str()
         {
@@ -294,37 +299,36 @@ impl WorkerApplication {
         }
 
         let credentials = Credentials::new(bundle.certified_key()?);
-        let server_config = mtls_server_config(bundle.ca(), credentials.clone())?;
-        let client = MtlsClient::with_credentials(bundle.ca(), credentials.clone())?;
-        let context = WorkerContext {
-            worker_id: spiffe_id.worker_id.clone(),
-            spiffe_id,
-            client,
+        let trust = TrustStore::new(bundle.ca())?;
+        let server_config = server_config(trust.client_verifier(true), credentials.clone())?;
+        let client = MtlsClient::following(&trust, credentials.clone())?;
+        let token_file = env("CRANK_JOIN_TOKEN_FILE").map_or_else(|| config.cert_dir.join("join-token"), PathBuf::from);
+        let rotation = RotationConfig {
+            cert_dir: config.cert_dir.clone(),
+            token_file,
+            ca_urls: config.ca_urls.clone(),
+            key_type,
+            sans: sans_for_rotation,
         };
+        let policy = PolicyGuard::new(self.policy.clone().unwrap_or_else(crank_policy::builtin));
+        let events: Arc<dyn EventSink> = Arc::new(self.events.clone());
+        let rotator = Rotator::new(bundle.clone(), rotation, policy, events, credentials.clone(), trust.clone())?;
+        let (stop_rotation, stop_rx) = watch::channel(false);
+        tokio::spawn(rotator.clone().run(stop_rx));
+        let context = WorkerContext { worker_id: spiffe_id.worker_id.clone(), spiffe_id, client };
         let router = self
             .routes
-            .route(
-                "/health",
-                get(|| async { Json(serde_json::json!({"status": "healthy"})) }),
-            )
+            .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                Duration::from_secs(30),
-            ));
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));
         let addr = SocketAddr::new(host, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
-        let server = ServerHandle::spawn(listener, server_config, router)
-            .map_err(|e| RuntimeError::Config(e.to_string()))?;
-        Ok(RunningWorker {
-            server,
-            bundle,
-            credentials,
-            context,
-        })
+        let server =
+            ServerHandle::spawn(listener, server_config, router).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
     }
 }
 
@@ -333,25 +337,17 @@ fn load_valid(files: &CertFiles, events: &dyn EventSink) -> Result<CertificateBu
     if !files.exist() {
         return Err(format!("no certificate in {}", files.dir.display()));
     }
-    let bundle = CertificateBundle::load(files).map_err(|e| {
-        format!(
-            "the certificate in {} cannot be loaded: {e}",
-            files.dir.display()
-        )
-    })?;
+    let bundle = CertificateBundle::load(files)
+        .map_err(|e| format!("the certificate in {} cannot be loaded: {e}", files.dir.display()))?;
     if let Err(e) = bundle.validate(SystemTime::now()) {
         let cid = CorrelationId::new();
-        let mut ev = CertificateEvent::new(EventKind::CertValidationFailed, &cid)
-            .cert(bundle.metadata())
-            .error("load", &e);
+        let mut ev =
+            CertificateEvent::new(EventKind::CertValidationFailed, &cid).cert(bundle.metadata()).error("load", &e);
         if let Some(s) = bundle.metadata().spiffe() {
             ev = ev.worker(s.worker_id);
         }
         events.emit(&ev);
-        return Err(format!(
-            "the certificate in {} is not usable: {e}",
-            files.dir.display()
-        ));
+        return Err(format!("the certificate in {} is not usable: {e}", files.dir.display()));
     }
     Ok(bundle)
 }

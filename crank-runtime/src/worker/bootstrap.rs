@@ -5,10 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 use crank_security_core::{
-    BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider,
-    CorrelationId, EventKind, EventSink, IssueRequest, KeyType, ProviderError, WorkerId, build_csr,
-    fingerprint_sha256, generate_key, parse_pem_certs, peek_token_claims,
+    BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
+    EventSink, IssueRequest, IssuedCertificate, KeyType, ProviderError, WorkerId, build_csr, fingerprint_sha256,
+    generate_key, parse_pem_certs, peek_token_claims,
 };
+use rustls_pki_types::CertificateDer;
 use url::Url;
 
 use super::ca_client::CaClient;
@@ -27,11 +28,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            attempts: 5,
-        }
+        Self { initial: Duration::from_secs(1), max_delay: Duration::from_secs(60), attempts: 5 }
     }
 }
 
@@ -95,23 +92,41 @@ pub enum BootstrapError {
     Core(#[from] crank_security_core::Error),
 }
 
+/// Checks a CA's answer before anything is written: the CA bundle must contain a root
+/// `trusted_root` accepts, and the certificate must verify to the bundle, be valid now,
+/// match `key_pem` and name `worker`.
+pub fn accept_issued(
+    issued: &IssuedCertificate,
+    key_pem: &str,
+    worker: &WorkerId,
+    trusted_root: impl Fn(&CertificateDer<'static>) -> bool,
+) -> Result<CertificateBundle, String> {
+    let ca_certs = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes()).map_err(|e| e.to_string())?;
+    if !ca_certs.iter().any(trusted_root) {
+        return Err("the CA bundle does not contain a root this worker already trusts".into());
+    }
+    let bundle = CertificateBundle::from_pem(
+        issued.certificate_chain.as_bytes(),
+        key_pem.as_bytes(),
+        issued.ca_bundle.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    bundle.validate(SystemTime::now()).map_err(|e| e.to_string())?;
+    if bundle.metadata().spiffe().map(|s| s.worker_id).as_ref() != Some(worker) {
+        return Err(format!("the certificate does not name worker {worker}"));
+    }
+    Ok(bundle)
+}
+
 /// The SANs a worker asks for when none are configured.
 pub fn default_sans(worker: &WorkerId) -> Vec<String> {
-    vec![
-        worker.to_string(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-        "::1".into(),
-    ]
+    vec![worker.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
 /// Gets a first certificate: generates the key here, sends only the CSR with the join
 /// token to the CA (pinned by the token's root fingerprint), checks the answer and
 /// writes `client.crt`, `client.key` (0600) and `ca.crt` atomically.
-pub async fn bootstrap(
-    opts: &BootstrapOptions,
-    events: &dyn EventSink,
-) -> Result<CertificateBundle, BootstrapError> {
+pub async fn bootstrap(opts: &BootstrapOptions, events: &dyn EventSink) -> Result<CertificateBundle, BootstrapError> {
     let cid = CorrelationId::new();
     let result = bootstrap_inner(opts, events, &cid).await;
     if let Err(e) = &result {
@@ -124,16 +139,7 @@ pub async fn bootstrap(
         if let Some(w) = worker {
             ev = ev.worker(w);
         }
-        events.emit(
-            &ev.detail(
-                "ca_urls",
-                opts.ca_urls
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        );
+        events.emit(&ev.detail("ca_urls", opts.ca_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
     }
     result
 }
@@ -143,10 +149,8 @@ async fn bootstrap_inner(
     events: &dyn EventSink,
     cid: &CorrelationId,
 ) -> Result<CertificateBundle, BootstrapError> {
-    let claims =
-        peek_token_claims(&opts.token).map_err(|e| BootstrapError::Token(e.to_string()))?;
-    let worker =
-        WorkerId::new(claims.sub.clone()).map_err(|e| BootstrapError::Token(e.to_string()))?;
+    let claims = peek_token_claims(&opts.token).map_err(|e| BootstrapError::Token(e.to_string()))?;
+    let worker = WorkerId::new(claims.sub.clone()).map_err(|e| BootstrapError::Token(e.to_string()))?;
     if let Some(expected) = &opts.worker_id
         && *expected != worker
     {
@@ -161,11 +165,7 @@ async fn bootstrap_inner(
     }
 
     let key = generate_key(opts.key_type)?;
-    let sans = if opts.sans.is_empty() {
-        default_sans(&worker)
-    } else {
-        opts.sans.clone()
-    };
+    let sans = if opts.sans.is_empty() { default_sans(&worker) } else { opts.sans.clone() };
     let csr = build_csr(&key, &worker, &sans)?;
     events.emit(
         &CertificateEvent::new(EventKind::CsrGenerated, cid)
@@ -174,14 +174,8 @@ async fn bootstrap_inner(
             .detail("key_type", opts.key_type.name()),
     );
 
-    let client =
-        CaClient::pinned(opts.ca_urls.clone(), &claims.ca_fp).map_err(BootstrapError::Refused)?;
-    let urls = opts
-        .ca_urls
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let client = CaClient::pinned(opts.ca_urls.clone(), &claims.ca_fp).map_err(BootstrapError::Refused)?;
+    let urls = opts.ca_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let attempt = std::sync::atomic::AtomicUsize::new(0);
     let submit = || async {
         let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -192,11 +186,7 @@ async fn bootstrap_inner(
                 .detail("attempt", n),
         );
         client
-            .issue(IssueRequest {
-                csr_pem: csr.clone(),
-                token: opts.token.clone(),
-                correlation_id: cid.clone(),
-            })
+            .issue(IssueRequest { csr_pem: csr.clone(), token: opts.token.clone(), correlation_id: cid.clone() })
             .await
     };
     let issued = submit
@@ -204,17 +194,12 @@ async fn bootstrap_inner(
         .sleep(tokio::time::sleep)
         .when(|e| matches!(e, ProviderError::Unavailable(_)))
         .notify(|e, delay| {
-            let mut ev = CertificateEvent::new(EventKind::CaUnavailable, cid)
-                .worker(&worker)
-                .error("submit", e);
+            let mut ev = CertificateEvent::new(EventKind::CaUnavailable, cid).worker(&worker).error("submit", e);
             if let Some(ctx) = ev.error.as_mut() {
                 ctx.ca_url = Some(urls.clone());
                 ctx.attempt = u32::try_from(attempt.load(std::sync::atomic::Ordering::SeqCst)).ok();
             }
-            events.emit(&ev.detail(
-                "retry_in_ms",
-                u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            ));
+            events.emit(&ev.detail("retry_in_ms", u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
         })
         .await
         .map_err(|e| match e {
@@ -234,40 +219,11 @@ async fn bootstrap_inner(
             other => BootstrapError::Refused(other),
         })?;
 
-    // Check the answer before writing anything: the CA bundle must hold the pinned root,
-    // and the certificate must verify to it, match our key and name our worker.
-    let ca_certs = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes())
-        .map_err(|e| BootstrapError::InvalidResponse(e.to_string()))?;
-    if !ca_certs
-        .iter()
-        .any(|c| fingerprint_sha256(c) == claims.ca_fp)
-    {
-        return Err(BootstrapError::InvalidResponse(
-            "the CA bundle does not contain the root pinned by the join token".into(),
-        ));
-    }
     let key_pem = key.serialize_pem();
-    let bundle = CertificateBundle::from_pem(
-        issued.certificate_chain.as_bytes(),
-        key_pem.as_bytes(),
-        issued.ca_bundle.as_bytes(),
-    )
-    .map_err(|e| BootstrapError::InvalidResponse(e.to_string()))?;
-    bundle
-        .validate(SystemTime::now())
-        .map_err(|e| BootstrapError::InvalidResponse(e.to_string()))?;
-    if bundle.metadata().spiffe().map(|s| s.worker_id) != Some(worker.clone()) {
-        return Err(BootstrapError::InvalidResponse(format!(
-            "the certificate does not name worker {worker}"
-        )));
-    }
+    let bundle = accept_issued(&issued, &key_pem, &worker, |c| fingerprint_sha256(c) == claims.ca_fp)
+        .map_err(BootstrapError::InvalidResponse)?;
     let files = CertFiles::in_dir(&opts.cert_dir);
-    BundleWriter::write(
-        &files,
-        issued.certificate_chain.as_bytes(),
-        key_pem.as_bytes(),
-        issued.ca_bundle.as_bytes(),
-    )?;
+    BundleWriter::write(&files, issued.certificate_chain.as_bytes(), key_pem.as_bytes(), issued.ca_bundle.as_bytes())?;
     events.emit(
         &CertificateEvent::new(EventKind::CertIssued, cid)
             .worker(&worker)

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crank_security_core::{
-    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, ProviderError,
-    RenewRequest,
+    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, ProviderError, RenewRequest,
 };
 use serde::Serialize;
 use url::Url;
@@ -27,8 +26,7 @@ impl CaClient {
     /// is `fingerprint` (from a join token). Used for first contact, without a client
     /// certificate.
     pub fn pinned(urls: Vec<Url>, fingerprint: &str) -> Result<Self, ProviderError> {
-        let tls = crate::tls::pinned_client_config(fingerprint)
-            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        let tls = crate::tls::pinned_client_config(fingerprint).map_err(|e| ProviderError::Other(e.to_string()))?;
         Self::with_tls(urls, tls)
     }
 
@@ -38,8 +36,7 @@ impl CaClient {
         roots: &[rustls_pki_types::CertificateDer<'static>],
         creds: std::sync::Arc<crate::tls::Credentials>,
     ) -> Result<Self, ProviderError> {
-        let tls = crate::tls::mtls_client_config(roots, creds)
-            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        let tls = crate::tls::mtls_client_config(roots, creds).map_err(|e| ProviderError::Other(e.to_string()))?;
         Self::with_tls(urls, tls)
     }
 
@@ -48,9 +45,7 @@ impl CaClient {
             return Err(ProviderError::Other("no CA URL configured".into()));
         }
         if let Some(u) = urls.iter().find(|u| u.scheme() != "https") {
-            return Err(ProviderError::Other(format!(
-                "CA URL {u} must use https://"
-            )));
+            return Err(ProviderError::Other(format!("CA URL {u} must use https://")));
         }
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
@@ -77,22 +72,12 @@ impl CaClient {
     ) -> Result<IssuedCertificate, ProviderError> {
         let mut last = None;
         for base in &self.urls {
-            let url = base
-                .join(path)
-                .map_err(|e| ProviderError::Other(e.to_string()))?;
-            let res = self
-                .http
-                .post(url.clone())
-                .header(CorrelationId::HEADER, cid.as_str())
-                .json(body)
-                .send()
-                .await;
+            let url = base.join(path).map_err(|e| ProviderError::Other(e.to_string()))?;
+            let res = self.http.post(url.clone()).header(CorrelationId::HEADER, cid.as_str()).json(body).send().await;
             match res {
                 Ok(resp) if resp.status().is_success() => {
                     return resp.json::<IssuedCertificate>().await.map_err(|e| {
-                        ProviderError::Other(format!(
-                            "{url} answered with an unreadable certificate: {e}"
-                        ))
+                        ProviderError::Other(format!("{url} answered with an unreadable certificate: {e}"))
                     });
                 }
                 Ok(resp) => {
@@ -107,12 +92,7 @@ impl CaClient {
                     }
                     last = Some(err);
                 }
-                Err(e) => {
-                    last = Some(ProviderError::Unavailable(format!(
-                        "{url}: {}",
-                        error_chain(&e)
-                    )))
-                }
+                Err(e) => last = Some(ProviderError::Unavailable(format!("{url}: {}", error_chain(&e)))),
             }
         }
         Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
@@ -159,46 +139,23 @@ struct RenewBody<'a> {
 #[async_trait]
 impl CertificateProvider for CaClient {
     async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
-        self.post(
-            "/v1/certificates",
-            &IssueBody {
-                csr: &req.csr_pem,
-                token: &req.token,
-            },
-            &req.correlation_id,
-        )
-        .await
+        self.post("/v1/certificates", &IssueBody { csr: &req.csr_pem, token: &req.token }, &req.correlation_id).await
     }
 
     async fn renew(&self, req: RenewRequest) -> Result<IssuedCertificate, ProviderError> {
-        self.post(
-            "/v1/certificates/renew",
-            &RenewBody { csr: &req.csr_pem },
-            &req.correlation_id,
-        )
-        .await
+        self.post("/v1/certificates/renew", &RenewBody { csr: &req.csr_pem }, &req.correlation_id).await
     }
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {
         let mut last = None;
         for base in &self.urls {
-            let url = base
-                .join("/v1/trust-bundle")
-                .map_err(|e| ProviderError::Other(e.to_string()))?;
+            let url = base.join("/v1/trust-bundle").map_err(|e| ProviderError::Other(e.to_string()))?;
             match self.http.get(url.clone()).send().await {
                 Ok(r) if r.status().is_success() => {
-                    return r
-                        .text()
-                        .await
-                        .map_err(|e| ProviderError::Unavailable(e.to_string()));
+                    return r.text().await.map_err(|e| ProviderError::Unavailable(e.to_string()));
                 }
                 Ok(r) => last = Some(classify(r.status(), format!("{url}: HTTP {}", r.status()))),
-                Err(e) => {
-                    last = Some(ProviderError::Unavailable(format!(
-                        "{url}: {}",
-                        error_chain(&e)
-                    )))
-                }
+                Err(e) => last = Some(ProviderError::Unavailable(format!("{url}: {}", error_chain(&e)))),
             }
         }
         Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))

@@ -4,3 +4,4 @@ pub mod app;
 pub mod bootstrap;
 pub mod ca_client;
 pub mod mtls;
+pub mod rotation;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crank_security_core::CertificateBundle;
 use rustls_pki_types::CertificateDer;
 
-use crate::tls::{Credentials, mtls_client_config};
+use crate::tls::{Credentials, client_config};
+use crate::trust::TrustStore;
 
 /// Builds mTLS clients.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,13 @@ impl MtlsClient {
         roots: &[CertificateDer<'static>],
         creds: Arc<Credentials>,
     ) -> Result<reqwest::Client, crate::RuntimeError> {
-        let mut tls = mtls_client_config(roots, creds)?;
+        Self::following(&TrustStore::new(roots)?, creds)
+    }
+
+    /// A client that trusts whatever `trust` holds and presents whatever `creds` holds at
+    /// handshake time: rotation and CA root changes apply to new connections.
+    pub fn following(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result<reqwest::Client, crate::RuntimeError> {
+        let mut tls = client_config(trust, creds)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)

@@ -1,0 +1,325 @@
+//! Keeping a worker's certificate alive: renewal before expiry, hot swap, expiry
+//! warnings, and recovery from an expired certificate without a restart.
+//!
+//! Every tick (1/40 of the certificate lifetime, between 250 ms and 30 s) the rotator
+//! asks the `should_renew_certificate` hook. When it says renew, a new key is generated
+//! here, a CSR is sent over mTLS authenticated by the current certificate, the answer is
+//! checked, the files are replaced atomically, and the new certificate is published to
+//! the server and the mTLS client (new handshakes use it; open connections keep the old
+//! one). An unavailable CA is retried with exponential backoff (from 1 s, factor 2,
+//! capped at 60 s, with jitter) for as long as the current certificate is valid.
+//!
+//! Recovery: a valid certificate written into the cert directory by someone else
+//! (`crank cert init`) is picked up; so is a join token dropped into the token file
+//! (`CRANK_JOIN_TOKEN_FILE`, default `<cert dir>/join-token`), used once the current
+//! certificate is expired or unusable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crank_policy::PolicyGuard;
+use crank_security_core::{
+    BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
+    EventSink, KeyType, ProviderError, RenewRequest, RenewalDecision, WorkerId, build_csr, generate_key,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use url::Url;
+
+use super::bootstrap::{BootstrapOptions, RetryPolicy, accept_issued, bootstrap};
+use super::ca_client::CaClient;
+use crate::tls::Credentials;
+use crate::trust::TrustStore;
+
+/// Largest wait between renewal attempts while the CA is unavailable.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// What the rotator needs.
+#[derive(Debug)]
+pub struct Rotator {
+    worker: WorkerId,
+    files: CertFiles,
+    token_file: PathBuf,
+    ca_urls: Vec<Url>,
+    key_type: KeyType,
+    sans: Vec<String>,
+    policy: PolicyGuard,
+    events: Arc<dyn EventSink>,
+    credentials: Arc<Credentials>,
+    trust: Arc<TrustStore>,
+    current: ArcSwap<CertificateBundle>,
+    serial_tx: watch::Sender<String>,
+}
+
+/// Settings of a [`Rotator`].
+#[derive(Debug, Clone)]
+pub struct RotationConfig {
+    /// The cert directory.
+    pub cert_dir: PathBuf,
+    /// Where a recovery join token may be dropped.
+    pub token_file: PathBuf,
+    /// CA URLs in failover order.
+    pub ca_urls: Vec<Url>,
+    /// Key type for new keys.
+    pub key_type: KeyType,
+    /// SANs to ask for (empty: the defaults).
+    pub sans: Vec<String>,
+}
+
+impl Rotator {
+    /// A rotator for the worker currently holding `bundle`.
+    pub fn new(
+        bundle: CertificateBundle,
+        config: RotationConfig,
+        policy: PolicyGuard,
+        events: Arc<dyn EventSink>,
+        credentials: Arc<Credentials>,
+        trust: Arc<TrustStore>,
+    ) -> Result<Arc<Self>, crate::RuntimeError> {
+        let worker =
+            bundle.metadata().spiffe().map(|s| s.worker_id).ok_or_else(|| {
+                crate::RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into())
+            })?;
+        let (serial_tx, _) = watch::channel(bundle.metadata().serial.clone());
+        Ok(Arc::new(Self {
+            worker,
+            files: CertFiles::in_dir(&config.cert_dir),
+            token_file: config.token_file,
+            ca_urls: config.ca_urls,
+            key_type: config.key_type,
+            sans: config.sans,
+            policy,
+            events,
+            credentials,
+            trust,
+            current: ArcSwap::from_pointee(bundle),
+            serial_tx,
+        }))
+    }
+
+    /// The certificate in use.
+    pub fn current(&self) -> Arc<CertificateBundle> {
+        self.current.load_full()
+    }
+
+    /// Follows the serial of the certificate in use.
+    pub fn subscribe(&self) -> watch::Receiver<String> {
+        self.serial_tx.subscribe()
+    }
+
+    /// Validates nothing more: `bundle` was checked by the caller. Publishes it to the
+    /// server and the client.
+    fn install(&self, bundle: CertificateBundle) -> Result<(), String> {
+        let key = bundle.certified_key().map_err(|e| e.to_string())?;
+        self.trust.set_roots(bundle.ca()).map_err(|e| e.to_string())?;
+        self.credentials.store(key);
+        let serial = bundle.metadata().serial.clone();
+        self.current.store(Arc::new(bundle));
+        self.serial_tx.send_replace(serial);
+        Ok(())
+    }
+
+    fn emit(&self, event: CertificateEvent) {
+        self.events.emit(&event.worker(&self.worker));
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut delay: Option<Duration> = None;
+        let (mut warned_soon, mut warned_expired) = (false, false);
+        loop {
+            let wait = match self.step(&mut delay, &mut warned_soon, &mut warned_expired).await {
+                Step::Again => continue,
+                Step::Sleep(d) => d,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    async fn step(&self, delay: &mut Option<Duration>, warned_soon: &mut bool, warned_expired: &mut bool) -> Step {
+        if self.pick_up_from_disk() {
+            *warned_soon = false;
+            *warned_expired = false;
+            *delay = None;
+        }
+        let bundle = self.current();
+        let meta = bundle.metadata();
+        let now = OffsetDateTime::now_utc();
+        let tick = tick(meta.granted_lifetime());
+        let cid = CorrelationId::new();
+        let decision = self.policy.renewal(meta, now).unwrap_or_else(|denied| {
+            self.emit(CertificateEvent::new(EventKind::CertValidationFailed, &cid).cert(meta).error("policy", &denied));
+            // A broken policy must not let a certificate run out silently.
+            RenewalDecision { renew: true, expiring_soon: true }
+        });
+        let expired = now >= meta.not_after;
+        if expired {
+            if !*warned_expired {
+                *warned_expired = true;
+                self.emit(
+                    CertificateEvent::new(EventKind::CertExpired, &cid).cert(meta).detail("severity", "critical"),
+                );
+            }
+            return match self.recover_with_token().await {
+                Some(()) => {
+                    *warned_soon = false;
+                    *warned_expired = false;
+                    *delay = None;
+                    Step::Again
+                }
+                None => Step::Sleep(tick),
+            };
+        }
+        if decision.expiring_soon && !*warned_soon {
+            *warned_soon = true;
+            self.emit(CertificateEvent::new(EventKind::CertExpiringSoon, &cid).cert(meta));
+        }
+        if !decision.renew {
+            return Step::Sleep(tick);
+        }
+        match self.renew(&bundle, &cid).await {
+            Ok(()) => {
+                *delay = None;
+                *warned_soon = false;
+                Step::Sleep(tick)
+            }
+            Err(e) => {
+                let next = delay.map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY_DELAY));
+                *delay = Some(next);
+                let kind = if matches!(e, ProviderError::Unavailable(_)) {
+                    EventKind::CaUnavailable
+                } else {
+                    EventKind::CsrFailed
+                };
+                self.emit(
+                    CertificateEvent::new(kind, &cid)
+                        .cert(meta)
+                        .error("renew", &e)
+                        .detail("retry_in_ms", u64::try_from(next.as_millis()).unwrap_or(u64::MAX)),
+                );
+                // Never wait past expiry: the last attempts happen while still valid.
+                let left = (meta.not_after - now).try_into().unwrap_or(Duration::ZERO);
+                Step::Sleep(jitter(next).min(left.max(Duration::from_millis(100))))
+            }
+        }
+    }
+
+    async fn renew(&self, bundle: &CertificateBundle, cid: &CorrelationId) -> Result<(), ProviderError> {
+        let key = generate_key(self.key_type).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let sans = if self.sans.is_empty() { super::bootstrap::default_sans(&self.worker) } else { self.sans.clone() };
+        let csr = build_csr(&key, &self.worker, &sans).map_err(|e| ProviderError::Other(e.to_string()))?;
+        self.emit(
+            CertificateEvent::new(EventKind::CsrGenerated, cid).detail("san_names", sans).detail("purpose", "renewal"),
+        );
+        let client = CaClient::mtls(self.ca_urls.clone(), &self.trust.roots(), self.credentials.clone())?;
+        self.emit(CertificateEvent::new(EventKind::CsrSubmitted, cid).detail("purpose", "renewal"));
+        let req = RenewRequest {
+            csr_pem: csr,
+            worker_id: self.worker.to_string(),
+            current_serial: bundle.metadata().serial.clone(),
+            correlation_id: cid.clone(),
+        };
+        let issued = client.renew(req).await?;
+        let key_pem = key.serialize_pem();
+        // The answer came over a connection verified against the roots we trust; the new
+        // bundle may add roots (a CA root rollover) as long as it keeps one of ours.
+        let trusted = self.trust.roots();
+        let new =
+            accept_issued(&issued, &key_pem, &self.worker, |c| trusted.contains(c)).map_err(ProviderError::Other)?;
+        BundleWriter::write(
+            &self.files,
+            issued.certificate_chain.as_bytes(),
+            key_pem.as_bytes(),
+            issued.ca_bundle.as_bytes(),
+        )
+        .map_err(|e| ProviderError::Other(e.to_string()))?;
+        let meta = new.metadata().clone();
+        self.install(new).map_err(ProviderError::Other)?;
+        self.emit(
+            CertificateEvent::new(EventKind::CertRenewed, cid)
+                .cert(&meta)
+                .detail("previous_serial", bundle.metadata().serial.clone()),
+        );
+        Ok(())
+    }
+
+    /// Installs a different, valid certificate for this worker found on disk.
+    fn pick_up_from_disk(&self) -> bool {
+        let Ok(found) = CertificateBundle::load(&self.files) else {
+            return false;
+        };
+        if found.metadata().fingerprint_sha256 == self.current().metadata().fingerprint_sha256 {
+            return false;
+        }
+        let same_worker = found.metadata().spiffe().map(|s| s.worker_id).as_ref() == Some(&self.worker);
+        if !same_worker || found.validate(std::time::SystemTime::now()).is_err() {
+            return false;
+        }
+        let meta = found.metadata().clone();
+        if self.install(found).is_err() {
+            return false;
+        }
+        let cid = CorrelationId::new();
+        self.emit(CertificateEvent::new(EventKind::CertIssued, &cid).cert(&meta).detail("source", "cert_dir"));
+        true
+    }
+
+    /// Bootstraps again with a join token from the token file, if one is there.
+    async fn recover_with_token(&self) -> Option<()> {
+        let token = std::fs::read_to_string(&self.token_file).ok()?;
+        let token = token.trim().to_owned();
+        // Consume the file first: a token is single use whatever happens next.
+        let _ = std::fs::remove_file(&self.token_file);
+        let opts = BootstrapOptions {
+            worker_id: Some(self.worker.clone()),
+            token,
+            ca_urls: self.ca_urls.clone(),
+            cert_dir: self.files.dir.clone(),
+            sans: self.sans.clone(),
+            key_type: self.key_type,
+            retry: RetryPolicy::default(),
+        };
+        let bundle = bootstrap(&opts, self.events.as_ref()).await.ok()?;
+        self.install(bundle).ok()
+    }
+}
+
+enum Step {
+    Again,
+    Sleep(Duration),
+}
+
+/// How often to look at a certificate of this lifetime: 1/40 of it, 250 ms to 30 s.
+fn tick(lifetime: time::Duration) -> Duration {
+    let l: Duration = lifetime.try_into().unwrap_or(Duration::from_secs(3600));
+    (l / 40).clamp(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0].
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_follow_the_lifetime() {
+        assert_eq!(tick(time::Duration::seconds(20)), Duration::from_millis(500));
+        assert_eq!(tick(time::Duration::hours(24)), Duration::from_secs(30));
+        assert_eq!(tick(time::Duration::seconds(1)), Duration::from_millis(250));
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(2));
+            assert!(j >= Duration::from_secs(1) && j <= Duration::from_secs(2));
+        }
+    }
+}

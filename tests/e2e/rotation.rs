@@ -1,0 +1,158 @@
+//! Rotation without dropped requests, CA outages during renewal, expiry and recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crank_runtime::demo::hello_routes;
+use crank_runtime::tls::client_config;
+use crank_security_core::{CertMetadata, EventKind};
+use crank_tests::{Recorder, TestCa};
+use rustls_pki_types::ServerName;
+
+/// The serial a fresh TLS handshake with `addr` presents, using `loader`'s identity.
+async fn presented_serial(loader: &crank_runtime::RunningWorker, addr: std::net::SocketAddr) -> String {
+    let cfg = client_config(&loader.trust, loader.credentials.clone()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    CertMetadata::from_der(&leaf).unwrap().serial
+}
+
+/// A client that opens a new connection (full handshake) for every request.
+fn fresh_connection_client(loader: &crank_runtime::RunningWorker) -> reqwest::Client {
+    let mut cfg = client_config(&loader.trust, loader.credentials.clone()).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder().use_preconfigured_tls(cfg).pool_max_idle_per_host(0).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_drops_no_request() {
+    let ca = TestCa::start_with_validity(Duration::from_secs(20)).await;
+    let hello_events = Arc::new(Recorder::default());
+    let hello = ca.worker_with("hello-world", hello_routes(), hello_events.clone()).await;
+    // The load comes from another rotating worker, so both sides rotate.
+    let loader = ca.worker("loader", axum::Router::new()).await;
+    let url = format!("https://127.0.0.1:{}/health", hello.addr().port());
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for client in [loader.context.client.clone(), fresh_connection_client(&loader)] {
+        for _ in 0..2 {
+            let (client, url, stop, ok, failed) =
+                (client.clone(), url.clone(), stop.clone(), ok.clone(), failed.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(r) => {
+                            eprintln!("status {}", r.status());
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            eprintln!("request failed: {e:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+    }
+
+    let mut serials = hello.rotator.subscribe();
+    let mut seen = vec![serials.borrow().clone()];
+    let deadline = Instant::now() + Duration::from_secs(110);
+    while seen.len() < 6 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, serials.changed()).await.expect("rotation too slow").unwrap();
+        let serial = serials.borrow().clone();
+        assert_ne!(Some(&serial), seen.last());
+        // New handshakes present the new serial.
+        assert_eq!(presented_serial(&loader, hello.addr()).await, serial);
+        seen.push(serial);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
+    assert!(ok > 1000, "only {ok} requests were made");
+    assert!(hello_events.of(EventKind::CertRenewed).len() >= 5);
+    // Renewed certificates are in the CA's ledger as renewals.
+    let last = seen.last().unwrap();
+    assert_eq!(ca.ca.store().certificate(last).await.unwrap().unwrap().kind, "renew");
+    hello.shutdown().await.unwrap();
+    loader.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_outage_during_renewal_is_ridden_out() {
+    let mut ca = TestCa::start_with_validity(Duration::from_secs(30)).await;
+    let addr = ca.addr();
+    let events = Arc::new(Recorder::default());
+    let hello = ca.worker_with("hello-world", hello_routes(), events.clone()).await;
+    let client = ca.bootstrap("outage-client").await;
+    let first = hello.rotator.current().metadata().serial.clone();
+    ca.stop().await;
+
+    // Renewal is due after ~20 s; wait until it has failed at least once.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while events.of(EventKind::CaUnavailable).is_empty() {
+        assert!(Instant::now() < deadline, "no CA_UNAVAILABLE while the CA was down: {:?}", events.kinds());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still serving with the current certificate.
+    let r = super::mtls(&client, client.ca()).get(format!("https://{}/health", hello.addr())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(hello.rotator.current().metadata().serial, first);
+
+    ca.restart_on(addr).await;
+    let mut serials = hello.rotator.subscribe();
+    tokio::time::timeout(Duration::from_secs(9), serials.changed())
+        .await
+        .expect("no renewal after the CA came back")
+        .unwrap();
+    assert_ne!(*serials.borrow(), first);
+    assert!(!events.of(EventKind::CertRenewed).is_empty());
+    assert!(events.of(EventKind::CertExpired).is_empty());
+    hello.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_while_the_ca_is_down_then_recovery_with_a_new_token() {
+    let mut ca = TestCa::start_with_validity(Duration::from_secs(8)).await;
+    let addr = ca.addr();
+    let events = Arc::new(Recorder::default());
+    let hello = ca.worker_with("hello-world", hello_routes(), events.clone()).await;
+    let first = hello.rotator.current().metadata().serial.clone();
+    ca.stop().await;
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events.of(EventKind::CertExpired).is_empty() {
+        assert!(Instant::now() < deadline, "no CERT_EXPIRED: {:?}", events.kinds());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kinds = events.kinds();
+    let soon = kinds.iter().position(|k| *k == EventKind::CertExpiringSoon).expect("CERT_EXPIRING_SOON before expiry");
+    let expired = kinds.iter().position(|k| *k == EventKind::CertExpired).unwrap();
+    assert!(soon < expired, "{kinds:?}");
+    assert_eq!(events.of(EventKind::CertExpiringSoon).len(), 1, "warned once: {kinds:?}");
+
+    // Recovery: the CA is back and an operator drops a new join token into the cert dir.
+    ca.restart_on(addr).await;
+    let token_file = ca.tmp.path().join("workers/hello-world/join-token");
+    std::fs::write(&token_file, ca.token("hello-world")).unwrap();
+    let mut serials = hello.rotator.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), serials.changed()).await.expect("no recovery").unwrap();
+    assert_ne!(*serials.borrow(), first);
+    assert!(!token_file.exists(), "the used token file is removed");
+    // And the worker serves again with a valid certificate, without a restart.
+    let client = ca.bootstrap("after-recovery").await;
+    let r = super::mtls(&client, client.ca()).get(format!("https://{}/health", hello.addr())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    hello.shutdown().await.unwrap();
+}
