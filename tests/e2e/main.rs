@@ -4,6 +4,7 @@
 mod bootstrap;
 mod cli;
 mod issuance;
+mod metrics;
 mod refusals;
 mod rotation;
 mod transport;

@@ -150,6 +150,7 @@ pub struct LocalCa {
     policy: PolicyGuard,
     store: Arc<dyn CaStore>,
     events: Arc<dyn EventSink>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for LocalCa {
@@ -177,12 +178,18 @@ impl LocalCa {
         let root_key = CaDir::read_key(&dir.root_key())?;
         let issuer = Issuer::from_ca_cert_der(&root_der, root_key)?;
         let root_pem = std::fs::read_to_string(dir.root_cert())?;
+        // Metrics decorate the event sink: every event is also counted.
+        let metrics = crate::metrics::Metrics::new();
+        let sinks = crank_security_core::EventSinks::empty();
+        sinks.register(events);
+        sinks.register(Arc::new(crate::metrics::PrometheusSink(metrics.clone())));
+        let events: Arc<dyn EventSink> = Arc::new(sinks);
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
             trust_domain.clone(),
             fingerprint_sha256(&root_der),
         )?;
-        Ok(Self { trust_domain, config, issuer, root_der, root_pem, tokens, policy, store, events })
+        Ok(Self { trust_domain, config, issuer, root_der, root_pem, tokens, policy, store, events, metrics })
     }
 
     /// The token authority (for `crank token create` and tests).
@@ -198,6 +205,11 @@ impl LocalCa {
     /// The root certificate.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root_der
+    }
+
+    /// The CA's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The store.

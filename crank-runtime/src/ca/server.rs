@@ -6,6 +6,7 @@
 //! | GET  | `/v1/trust-bundle` | none (TLS) | root certificate(s), PEM |
 //! | POST | `/v1/certificates` | join token in the body | `{"csr": PEM, "token": JWT}` |
 //! | POST | `/v1/certificates/renew` | current client certificate (mTLS) | `{"csr": PEM}` |
+//! | GET  | `/metrics` | a client certificate from this CA | Prometheus metrics |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct RenewBody {
 
 /// The CA API router.
 pub fn router(ca: Arc<LocalCa>) -> Router {
+    let metrics = ca.metrics().clone();
+    let metrics_route = Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone());
     Router::new()
         .route("/health", get(health))
         .route("/v1/trust-bundle", get(trust_bundle))
@@ -61,6 +64,8 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .route("/v1/certificates/renew", post(renew))
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
+        .merge(metrics_route)
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
 }
@@ -72,6 +77,7 @@ pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -
     let root = std::fs::read(dir.root_cert())?;
     let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
     let creds = Credentials::new(bundle.certified_key()?);
+    ca.metrics().set_certificate_expiry(bundle.metadata().not_after);
     let roots = parse_pem_certs("root certificate", &root)?;
     let config = optional_mtls_server_config(&roots, creds)?;
     Ok(ServerHandle::spawn(listener, config, router(ca))?)

@@ -18,6 +18,7 @@ use tower_http::timeout::TimeoutLayer;
 use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::MtlsClient;
 use super::rotation::{RotationConfig, Rotator};
+use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, server_config};
 use crate::trust::TrustStore;
 use crate::{RuntimeError, ServerHandle};
@@ -258,6 +259,8 @@ impl WorkerApplication {
         };
 
         let sans_for_rotation = sans.clone();
+        let metrics = Metrics::new();
+        self.events.register(Arc::new(PrometheusSink(metrics.clone())));
         let files = CertFiles::in_dir(&config.cert_dir);
         let existing = load_valid(&files, &self.events);
         let explicit_id = self.worker_id.clone().or_else(|| env("CRANK_WORKER_ID"));
@@ -315,10 +318,14 @@ impl WorkerApplication {
         let rotator = Rotator::new(bundle.clone(), rotation, policy, events, credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
         tokio::spawn(rotator.clone().run(stop_rx));
+        let current = rotator.clone();
+        metrics.set_expiry_source(move || current.current().metadata().not_after);
         let context = WorkerContext { worker_id: spiffe_id.worker_id.clone(), spiffe_id, client };
         let router = self
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
+            .merge(Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track))
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));

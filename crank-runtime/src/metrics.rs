@@ -1,0 +1,191 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text format), fed by lifecycle
+//! events through [`PrometheusSink`] and by a request-tracking middleware. Served at
+//! `/metrics`, only to clients with a certificate from the CA.
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `crank_cert_expiration_seconds` | gauge | seconds until this process's certificate expires |
+//! | `crank_cert_issuance_total` | counter | certificates issued (CA) or obtained (worker) |
+//! | `crank_cert_renewal_total` | counter | successful renewals |
+//! | `crank_cert_errors_total{type}` | counter | failures by event type (`csr_failed`, `cert_validation_failed`, `cert_expired`, `cert_revoked`, `ca_unavailable`) |
+//! | `crank_ca_unavailable_total` | counter | times the CA could not be reached |
+//! | `crank_http_requests_total{method,route,status}` | counter | HTTP requests served |
+//! | `crank_http_request_duration_seconds{method,route}` | histogram | request latency |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use crank_security_core::{CertificateEvent, EventKind, EventSink};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::tls::PeerIdentity;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    method: String,
+    route: String,
+}
+
+/// The metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    expiration: Gauge,
+    issuance: Counter,
+    renewal: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    ca_unavailable: Counter,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    /// Unix time of the current certificate's expiry (0: none yet).
+    not_after: AtomicI64,
+    /// Where the current expiry is read at scrape time, when set.
+    expiry_source: std::sync::OnceLock<ExpirySource>,
+}
+
+type ExpirySource = Box<dyn Fn() -> time::OffsetDateTime + Send + Sync>;
+
+impl Metrics {
+    /// A fresh registry with every crank metric registered.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let expiration = Gauge::default();
+        registry.register(
+            "crank_cert_expiration_seconds",
+            "Seconds until this process's certificate expires",
+            expiration.clone(),
+        );
+        let issuance = Counter::default();
+        registry.register("crank_cert_issuance", "Certificates issued or obtained", issuance.clone());
+        let renewal = Counter::default();
+        registry.register("crank_cert_renewal", "Successful certificate renewals", renewal.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("crank_cert_errors", "Certificate errors by type", errors.clone());
+        let ca_unavailable = Counter::default();
+        registry.register("crank_ca_unavailable", "Times the CA could not be reached", ca_unavailable.clone());
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("crank_http_requests", "HTTP requests served", requests.clone());
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.5, 12))
+        });
+        registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
+        Arc::new(Self {
+            registry,
+            expiration,
+            issuance,
+            renewal,
+            errors,
+            ca_unavailable,
+            requests,
+            latency,
+            not_after: AtomicI64::new(0),
+            expiry_source: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Records the expiry of this process's current certificate.
+    pub fn set_certificate_expiry(&self, not_after: time::OffsetDateTime) {
+        self.not_after.store(not_after.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// Reads the certificate expiry from `source` at every scrape (e.g. the rotator's
+    /// current certificate). Only the first call takes effect.
+    pub fn set_expiry_source(&self, source: impl Fn() -> time::OffsetDateTime + Send + Sync + 'static) {
+        let _ = self.expiry_source.set(Box::new(source));
+    }
+
+    /// The metrics in OpenMetrics text format.
+    pub fn render(&self) -> String {
+        if let Some(source) = self.expiry_source.get() {
+            self.set_certificate_expiry(source());
+        }
+        let not_after = self.not_after.load(Ordering::Relaxed);
+        if not_after != 0 {
+            self.expiration.set(not_after - time::OffsetDateTime::now_utc().unix_timestamp());
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn observe(&self, event: &CertificateEvent) {
+        let error = |t: &str| {
+            self.errors.get_or_create(&ErrorLabels { r#type: t.to_owned() }).inc();
+        };
+        match event.event {
+            EventKind::CertIssued => {
+                self.issuance.inc();
+            }
+            EventKind::CertRenewed => {
+                self.renewal.inc();
+            }
+            EventKind::CaUnavailable => {
+                self.ca_unavailable.inc();
+                error("ca_unavailable");
+            }
+            EventKind::CsrFailed => error("csr_failed"),
+            EventKind::CertValidationFailed => error("cert_validation_failed"),
+            EventKind::CertExpired => error("cert_expired"),
+            EventKind::CertRevoked => error("cert_revoked"),
+            EventKind::CsrGenerated | EventKind::CsrSubmitted | EventKind::CertExpiringSoon => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("not_after", &self.not_after).finish_non_exhaustive()
+    }
+}
+
+/// An [`EventSink`] that counts events into [`Metrics`].
+#[derive(Debug, Clone)]
+pub struct PrometheusSink(pub Arc<Metrics>);
+
+impl EventSink for PrometheusSink {
+    fn emit(&self, event: &CertificateEvent) {
+        self.0.observe(event);
+    }
+}
+
+/// Middleware counting requests and their latency.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    metrics
+        .latency
+        .get_or_create(&LatencyLabels { method: method.clone(), route: route.clone() })
+        .observe(start.elapsed().as_secs_f64());
+    metrics.requests.get_or_create(&RequestLabels { method, route, status }).inc();
+    response
+}
+
+/// `GET /metrics`: only for clients that presented a certificate from the CA.
+pub async fn handler(_peer: PeerIdentity, State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+}
