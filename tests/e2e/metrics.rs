@@ -13,11 +13,11 @@ fn parse(body: &str) -> HashMap<String, f64> {
     let scrape = prometheus_parse::Scrape::parse(lines).expect("not Prometheus text format");
     let mut out = HashMap::new();
     for s in scrape.samples {
-        let v = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
+        let (prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v)) = s.value
+        else {
+            continue;
         };
         *out.entry(s.metric).or_insert(0.0) += v;
     }
