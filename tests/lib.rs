@@ -136,6 +136,12 @@ impl TestCa {
 
     /// Starts a worker whose events also go to `events`.
     pub async fn worker_with(&self, worker: &str, routes: Router, events: Arc<Recorder>) -> RunningWorker {
+        self.app(worker, routes).event_sink(events).start().await.unwrap()
+    }
+
+    /// A worker application configured for this CA, on a free loopback port, with a
+    /// fresh join token; add options and `start()` it.
+    pub fn app(&self, worker: &str, routes: Router) -> WorkerApplication {
         let config = SecurityConfig {
             cert_dir: self.tmp.path().join("workers").join(worker),
             ca_urls: vec![self.url()],
@@ -152,10 +158,6 @@ impl TestCa {
                 max_delay: Duration::from_millis(200),
                 attempts: 3,
             })
-            .event_sink(events)
-            .start()
-            .await
-            .unwrap()
     }
 }
 

@@ -39,8 +39,26 @@ pub enum Command {
     /// Bootstrap and inspect worker certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Run the platform registry that workers send heartbeats to.
+    #[command(subcommand)]
+    Platform(PlatformCommand),
     /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
     Demo(DemoArgs),
+}
+
+/// `crank platform ...`
+#[derive(Debug, Subcommand)]
+pub enum PlatformCommand {
+    /// Serve the registry over mTLS. It is a worker itself: it gets its certificate like
+    /// any worker (CERT_DIR, CA_SERVICE_URL, CRANK_JOIN_TOKEN).
+    Serve {
+        /// HTTPS port.
+        #[arg(long, env = "PLATFORM_HTTPS_PORT", default_value_t = crate::platform::DEFAULT_PLATFORM_PORT)]
+        port: u16,
+        /// Drop workers silent for longer than this.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        expire_after: Duration,
+    },
 }
 
 /// `crank ca ...`
@@ -177,6 +195,18 @@ impl Cli {
             }
             Command::Cert(CertCommand::Init(args)) => runtime()?.block_on(cert_init(args)),
             Command::Cert(CertCommand::Inspect { file, json }) => inspect(&file, json),
+            Command::Platform(PlatformCommand::Serve { port, expire_after }) => {
+                let registry = crate::platform::Registry::new(expire_after);
+                let routes = crate::platform::routes(registry.clone());
+                runtime()?.block_on(async move {
+                    crate::platform::spawn_sweeper(registry);
+                    let worker = crate::WorkerApplication::new("platform").port(port).routes(routes).start().await?;
+                    tracing::info!(addr = %worker.addr(), "platform registry serving over mTLS");
+                    crate::tls::shutdown_signal().await;
+                    worker.shutdown().await?;
+                    Ok(())
+                })
+            }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         }
     }

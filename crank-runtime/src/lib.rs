@@ -40,6 +40,7 @@ mod error;
 pub mod events;
 pub mod logging;
 pub mod metrics;
+pub mod platform;
 mod server;
 pub mod tls;
 pub mod trust;

@@ -11,6 +11,7 @@
 //! | `crank_ca_unavailable_total` | counter | times the CA could not be reached |
 //! | `crank_http_requests_total{method,route,status}` | counter | HTTP requests served |
 //! | `crank_http_request_duration_seconds{method,route}` | histogram | request latency |
+//! | `crank_http_requests_in_flight` | gauge | requests being served (the heartbeat's load score) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -58,6 +59,7 @@ pub struct Metrics {
     ca_unavailable: Counter,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    in_flight: Gauge,
     /// Unix time of the current certificate's expiry (0: none yet).
     not_after: AtomicI64,
     /// Where the current expiry is read at scrape time, when set.
@@ -90,6 +92,8 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_1, 2.5, 12))
         });
         registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
+        let in_flight = Gauge::default();
+        registry.register("crank_http_requests_in_flight", "HTTP requests being served", in_flight.clone());
         Arc::new(Self {
             registry,
             expiration,
@@ -99,6 +103,7 @@ impl Metrics {
             ca_unavailable,
             requests,
             latency,
+            in_flight,
             not_after: AtomicI64::new(0),
             expiry_source: std::sync::OnceLock::new(),
         })
@@ -107,6 +112,11 @@ impl Metrics {
     /// Records the expiry of this process's current certificate.
     pub fn set_certificate_expiry(&self, not_after: time::OffsetDateTime) {
         self.not_after.store(not_after.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// Requests being served right now (the worker's load score).
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
     }
 
     /// Reads the certificate expiry from `source` at every scrape (e.g. the rotator's
@@ -175,7 +185,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let method = req.method().to_string();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let start = Instant::now();
+    metrics.in_flight.inc();
     let response = next.run(req).await;
+    metrics.in_flight.dec();
     let status = response.status().as_u16();
     metrics
         .latency

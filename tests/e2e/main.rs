@@ -5,6 +5,7 @@ mod bootstrap;
 mod cli;
 mod issuance;
 mod metrics;
+mod platform;
 mod refusals;
 mod rotation;
 mod transport;

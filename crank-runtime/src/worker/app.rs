@@ -72,6 +72,8 @@ pub struct WorkerApplication {
     retry: Option<RetryPolicy>,
     events: EventSinks,
     policy: Option<Arc<dyn PolicyEngine>>,
+    platform_url: Option<String>,
+    heartbeat_interval: Option<Duration>,
 }
 
 /// A started worker.
@@ -121,6 +123,8 @@ impl WorkerApplication {
             retry: None,
             events: EventSinks::default(),
             policy: None,
+            platform_url: None,
+            heartbeat_interval: None,
         }
     }
 
@@ -191,6 +195,19 @@ impl WorkerApplication {
     /// The policy engine deciding renewal (default: the built-in policy).
     pub fn policy(mut self, engine: Arc<dyn PolicyEngine>) -> Self {
         self.policy = Some(engine);
+        self
+    }
+
+    /// The platform registry to register with and send heartbeats to, instead of
+    /// `PLATFORM_URL`.
+    pub fn platform_url(mut self, url: impl Into<String>) -> Self {
+        self.platform_url = Some(url.into());
+        self
+    }
+
+    /// Heartbeat interval (default 10 s, or `CRANK_HEARTBEAT_INTERVAL`, e.g. `30s`).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
         self
     }
 
@@ -320,6 +337,31 @@ impl WorkerApplication {
         tokio::spawn(rotator.clone().run(stop_rx));
         let current = rotator.clone();
         metrics.set_expiry_source(move || current.current().metadata().not_after);
+        if let Some(platform) = self.platform_url.clone().or_else(|| env("PLATFORM_URL")) {
+            let platform: url::Url =
+                platform.parse().ok().filter(|u: &url::Url| u.scheme() == "https").ok_or_else(|| {
+                    RuntimeError::Config(format!("PLATFORM_URL {platform:?} must be an https:// URL"))
+                })?;
+            let interval = match self.heartbeat_interval {
+                Some(i) => i,
+                None => env("CRANK_HEARTBEAT_INTERVAL")
+                    .map(|v| {
+                        humantime::parse_duration(&v)
+                            .map_err(|e| RuntimeError::Config(format!("CRANK_HEARTBEAT_INTERVAL={v:?}: {e}")))
+                    })
+                    .transpose()?
+                    .unwrap_or(crate::platform::DEFAULT_HEARTBEAT_INTERVAL),
+            };
+            let load = metrics.clone();
+            tokio::spawn(crate::platform::heartbeat_loop(
+                client.clone(),
+                platform,
+                self.service_name.clone(),
+                interval,
+                move || load.in_flight() as f64,
+                stop_rotation.subscribe(),
+            ));
+        }
         let context = WorkerContext { worker_id: spiffe_id.worker_id.clone(), spiffe_id, client };
         let router = self
             .routes
