@@ -94,6 +94,32 @@ pub enum CaCommand {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         leaf_validity: Duration,
     },
+    /// Roll the CA root over without downtime (see docs/operations.md).
+    #[command(subcommand)]
+    Rollover(RolloverCommand),
+}
+
+/// `crank ca rollover ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloverCommand {
+    /// Make the next root and publish it beside the current one.
+    Prepare {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make the next root the signing root (the old one stays trusted).
+    Activate {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop trusting the old root once its last leaf has expired.
+    Finish {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// `crank token ...`
@@ -188,6 +214,7 @@ impl Cli {
                 let settings = CaSettings { environment, policy, ..CaSettings::default() };
                 runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings))
             }
+            Command::Ca(CaCommand::Rollover(step)) => rollover(step),
             Command::Token(TokenCommand::Create { dir, worker_id, ttl, capabilities }) => {
                 let token = create_token(&CaDir::new(dir), &WorkerId::new(worker_id)?, ttl, capabilities)?;
                 println!("{token}");
@@ -210,6 +237,35 @@ impl Cli {
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         }
     }
+}
+
+fn rollover(step: RolloverCommand) -> anyhow::Result<()> {
+    use crate::ca::rollover;
+    match step {
+        RolloverCommand::Prepare { dir } => {
+            let fp = rollover::prepare(&CaDir::new(&dir))?;
+            println!("next root created (sha256 {fp}) and published beside the current one.");
+            println!(
+                "Restart the CA, wait one certificate lifetime, then: crank ca rollover activate --dir {}",
+                dir.display()
+            );
+        }
+        RolloverCommand::Activate { dir } => {
+            let fp = rollover::activate(&CaDir::new(&dir))?;
+            println!("the new root (sha256 {fp}) signs from now on; the old root stays trusted.");
+            println!(
+                "Restart the CA. After the last old leaf expires: crank ca rollover finish --dir {}",
+                dir.display()
+            );
+        }
+        RolloverCommand::Finish { dir } => {
+            let ca = CaDir::new(&dir);
+            let store = SqliteStore::open(&ca.store())?;
+            runtime()?.block_on(rollover::finish(&ca, &store))?;
+            println!("the old root is no longer published. Restart the CA.");
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

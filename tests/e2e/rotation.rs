@@ -156,3 +156,109 @@ async fn expiry_while_the_ca_is_down_then_recovery_with_a_new_token() {
     assert_eq!(r.status(), 200);
     hello.shutdown().await.unwrap();
 }
+
+/// Waits until `cond` holds, polling; panics with `what` after `within`.
+async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_root_rollover_drill_keeps_workers_talking() {
+    use crank_runtime::ca::rollover;
+    let mut ca = TestCa::start_with_validity(Duration::from_secs(10)).await;
+    let addr = ca.addr();
+    let ping = || axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let alpha = ca.worker("alpha", ping()).await;
+    let beta = ca.worker("beta", ping()).await;
+    let old_root = alpha.trust.roots()[0].clone();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for (from, to) in [(&alpha, &beta), (&beta, &alpha)] {
+        let (client, url) = (fresh_connection_client(from), format!("https://127.0.0.1:{}/ping", to.addr().port()));
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("rollover drill request failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+
+    // 1. Publish the next root beside the current one; renewals spread it.
+    rollover::prepare(&ca.dir).unwrap();
+    ca.restart_on(addr).await;
+    wait_until("both workers to trust two roots", Duration::from_secs(20), || {
+        alpha.trust.roots().len() == 2 && beta.trust.roots().len() == 2
+    })
+    .await;
+
+    // 2. The next root signs; renewals bring leaves from it.
+    rollover::activate(&ca.dir).unwrap();
+    ca.restart_on(addr).await;
+    let new_root = ca.dir.root_der().unwrap();
+    assert_ne!(new_root, old_root);
+    let issued_by_new_root = |w: &crank_runtime::RunningWorker| {
+        let b = w.rotator.current();
+        let anchor = webpki::anchor_from_trusted_cert(&new_root).unwrap();
+        let ee = webpki::EndEntityCert::try_from(&b.chain()[0]).unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    };
+    wait_until("both workers to hold leaves from the new root", Duration::from_secs(20), || {
+        issued_by_new_root(&alpha) && issued_by_new_root(&beta)
+    })
+    .await;
+
+    // 3. Finish: refused while old leaves live, accepted once they expired.
+    let store = ca.ca.store().clone();
+    let mut refused_once = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rollover::finish(&ca.dir, store.as_ref()).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(e.to_string().contains("signed by the old root are valid until"), "{e}");
+                refused_once = true;
+            }
+        }
+        assert!(Instant::now() < deadline, "finish never became possible");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(refused_once, "finish must wait for the old root's leaves to expire");
+    ca.restart_on(addr).await;
+    wait_until("both workers to drop the old root", Duration::from_secs(20), || {
+        alpha.trust.roots() == vec![new_root.clone()] && beta.trust.roots() == vec![new_root.clone()]
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 200, "only {ok} requests");
+    alpha.shutdown().await.unwrap();
+    beta.shutdown().await.unwrap();
+}

@@ -145,6 +145,7 @@ pub struct LocalCa {
     config: LocalCaConfig,
     issuer: Issuer<'static, KeyPair>,
     root_der: CertificateDer<'static>,
+    /// The trust bundle handed out: the signing root, plus the other root during a rollover.
     root_pem: String,
     tokens: TokenAuthority,
     policy: PolicyGuard,
@@ -177,7 +178,7 @@ impl LocalCa {
         let root_der = dir.root_der()?;
         let root_key = CaDir::read_key(&dir.root_key())?;
         let issuer = Issuer::from_ca_cert_der(&root_der, root_key)?;
-        let root_pem = std::fs::read_to_string(dir.root_cert())?;
+        let root_pem = dir.trust_bundle_pem()?;
         // Metrics decorate the event sink: every event is also counted.
         let metrics = crate::metrics::Metrics::new();
         let sinks = crank_security_core::EventSinks::empty();

@@ -55,6 +55,35 @@ impl CaDir {
     pub fn trust_domain_file(&self) -> PathBuf {
         self.dir.join("trust-domain")
     }
+    /// The published trust bundle during a root rollover (all roots peers must trust);
+    /// absent otherwise, when the bundle is `root.crt` alone.
+    pub fn trust_bundle_file(&self) -> PathBuf {
+        self.dir.join("trust-bundle.crt")
+    }
+    /// The next root's key during a rollover (0600).
+    pub fn next_root_key(&self) -> PathBuf {
+        self.dir.join("next-root.key")
+    }
+    /// The next root during a rollover.
+    pub fn next_root_cert(&self) -> PathBuf {
+        self.dir.join("next-root.crt")
+    }
+    /// The previous root after a rollover was activated.
+    pub fn previous_root_cert(&self) -> PathBuf {
+        self.dir.join("previous-root.crt")
+    }
+    /// When the current root started signing (after a rollover).
+    pub fn activated_at_file(&self) -> PathBuf {
+        self.dir.join("rollover-activated-at")
+    }
+
+    /// The trust bundle peers must trust, PEM: `trust-bundle.crt` during a rollover,
+    /// else `root.crt`.
+    pub fn trust_bundle_pem(&self) -> anyhow::Result<String> {
+        let p = if self.trust_bundle_file().exists() { self.trust_bundle_file() } else { self.root_cert() };
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    }
+
     /// The embedded store.
     pub fn store(&self) -> PathBuf {
         self.dir.join("ca.db")
@@ -126,24 +155,10 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
     let root = root_params.self_signed(&root_key)?;
     let issuer = rcgen::Issuer::new(root_params, &root_key);
 
-    let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut sp = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "cert-authority");
-    dn.push(DnType::OrganizationName, opts.trust_domain.as_str());
-    sp.distinguished_name = dn;
-    sp.not_before = now - Duration::seconds(60);
-    sp.not_after = now + SERVER_VALIDITY;
-    sp.serial_number = Some(crate::ca::authority::random_serial());
-    sp.is_ca = IsCa::ExplicitNoCa;
-    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    sp.use_authority_key_identifier_extension = true;
     let mut sans: Vec<String> = DEFAULT_CA_SANS.iter().map(|s| (*s).to_owned()).collect();
     sans.extend(opts.extra_sans.iter().cloned());
     sans.dedup();
-    sp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<anyhow::Result<_>>()?;
-    let server = sp.signed_by(&server_key, &issuer)?;
+    let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now)?;
 
     let token_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
 
@@ -156,7 +171,32 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateParams {
+/// A key and TLS server certificate for the CA service, signed by `issuer`.
+pub(crate) fn server_certificate(
+    sans: &[String],
+    td: &TrustDomain,
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+    now: OffsetDateTime,
+) -> anyhow::Result<(KeyPair, rcgen::Certificate)> {
+    let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut sp = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "cert-authority");
+    dn.push(DnType::OrganizationName, td.as_str());
+    sp.distinguished_name = dn;
+    sp.not_before = now - Duration::seconds(60);
+    sp.not_after = now + SERVER_VALIDITY;
+    sp.serial_number = Some(crate::ca::authority::random_serial());
+    sp.is_ca = IsCa::ExplicitNoCa;
+    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sp.use_authority_key_identifier_extension = true;
+    sp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<anyhow::Result<_>>()?;
+    let server = sp.signed_by(&server_key, issuer)?;
+    Ok((server_key, server))
+}
+
+pub(crate) fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "Crank Platform CA");

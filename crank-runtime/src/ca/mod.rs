@@ -2,6 +2,7 @@
 
 pub mod authority;
 pub mod files;
+pub mod rollover;
 pub mod server;
 pub mod store;
 pub mod token;

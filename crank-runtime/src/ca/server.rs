@@ -74,7 +74,7 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
 pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
     let chain = std::fs::read(dir.server_cert())?;
     let key = std::fs::read(dir.server_key())?;
-    let root = std::fs::read(dir.root_cert())?;
+    let root = dir.trust_bundle_pem()?.into_bytes();
     let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
     let creds = Credentials::new(bundle.certified_key()?);
     ca.metrics().set_certificate_expiry(bundle.metadata().not_after);

@@ -118,6 +118,11 @@ pub trait CaStore: Debug + Send + Sync {
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
     /// Number of ledger rows.
     async fn certificate_count(&self) -> Result<u64, StoreError>;
+    /// The latest `not_after` among certificates issued before `before`.
+    async fn latest_expiry_issued_before(
+        &self,
+        before: time::OffsetDateTime,
+    ) -> Result<Option<time::OffsetDateTime>, StoreError>;
 }
 
 struct Job {
@@ -334,6 +339,29 @@ impl CaStore for SqliteStore {
                 },
             )
             .optional()?)
+        })
+        .await
+    }
+
+    async fn latest_expiry_issued_before(
+        &self,
+        before: time::OffsetDateTime,
+    ) -> Result<Option<time::OffsetDateTime>, StoreError> {
+        self.read(move |c| {
+            let parse =
+                |s: String| time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok();
+            let mut stmt = c.prepare("SELECT issued_at, not_after FROM certificates")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut latest: Option<time::OffsetDateTime> = None;
+            for row in rows {
+                let (issued, not_after) = row?;
+                if let (Some(issued), Some(not_after)) = (parse(issued), parse(not_after))
+                    && issued < before
+                {
+                    latest = Some(latest.map_or(not_after, |l| l.max(not_after)));
+                }
+            }
+            Ok(latest)
         })
         .await
     }
