@@ -111,7 +111,7 @@ fn classify(status: reqwest::StatusCode, msg: String) -> ProviderError {
 }
 
 /// An error with its sources, e.g. "error sending request: connection refused".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

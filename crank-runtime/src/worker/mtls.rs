@@ -35,7 +35,9 @@ impl MtlsClient {
     /// handshake time: rotation and CA root changes apply to new connections.
     pub fn following(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result<reqwest::Client, crate::RuntimeError> {
         let mut tls = client_config(trust, creds)?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 with a connection pool: under heavy multiplexing the h2 client gives up
+        // on a connection with "too_many_internal_resets" (see BENCHMARKS.md).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
