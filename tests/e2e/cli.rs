@@ -323,3 +323,45 @@ fn a_bad_port_is_reported_not_crashed_on() {
     assert!(err.contains("HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[tokio::test]
+async fn the_custom_sink_example_writes_every_event_to_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    let ca_dir_s = ca_dir.to_str().unwrap();
+    ok(&crank(&["ca", "init", "--dir", ca_dir_s]));
+    let ca_addr = free_addr();
+    let _ca = Proc(
+        Command::new(bin("crank"))
+            .args(["ca", "serve", "--dir", ca_dir_s, "--listen", &ca_addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(ca_addr).await;
+    let token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "audited"])).trim().to_owned();
+    let addr = free_addr();
+    let events = tmp.path().join("events.jsonl");
+    let _w = Proc(
+        example(
+            "custom-sink",
+            &[
+                ("CRANK_JOIN_TOKEN", &token),
+                ("CA_SERVICE_URL", &format!("https://{ca_addr}")),
+                ("CERT_DIR", tmp.path().join("w").to_str().unwrap()),
+                ("AUDITED_HTTPS_PORT", &addr.port().to_string()),
+                ("CRANK_LISTEN_HOST", "127.0.0.1"),
+                ("CRANK_EVENTS_FILE", events.to_str().unwrap()),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    wait_for_port(addr).await;
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = lines.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["CSR_GENERATED", "CSR_SUBMITTED", "CERT_ISSUED"], "{lines:?}");
+    assert_eq!(lines[2]["worker_id"], "audited");
+}
