@@ -36,3 +36,23 @@ impl EventSink for ChannelSink {
         let _ = self.tx.send(event.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crank_security_core::{CorrelationId, EventKind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_receive_events_in_order() {
+        let sink = ChannelSink::new(8);
+        let mut rx = sink.subscribe();
+        let cid = CorrelationId::new();
+        sink.emit(&CertificateEvent::new(EventKind::CsrGenerated, &cid));
+        sink.emit(&CertificateEvent::new(EventKind::CertIssued, &cid));
+        assert_eq!(rx.recv().await.unwrap().event, EventKind::CsrGenerated);
+        let second = rx.recv().await.unwrap();
+        assert_eq!(second.event, EventKind::CertIssued);
+        assert_eq!(second.correlation_id, cid);
+    }
+}

@@ -262,3 +262,23 @@ async fn ca_root_rollover_drill_keeps_workers_talking() {
     alpha.shutdown().await.unwrap();
     beta.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_written_by_cert_init_into_a_running_workers_dir_is_picked_up() {
+    let ca = TestCa::start().await;
+    let hello = ca.worker("hello-world", hello_routes()).await;
+    let loader = ca.worker("loader", axum::Router::new()).await;
+    let first = hello.rotator.current().metadata().serial.clone();
+    // What `crank cert init --cert-dir <the worker's dir>` does.
+    let mut opts = ca.bootstrap_options("hello-world");
+    opts.cert_dir = ca.tmp.path().join("workers/hello-world");
+    let written = crank_runtime::bootstrap(&opts, &crank_security_core::EventSinks::empty()).await.unwrap();
+    assert_ne!(written.metadata().serial, first);
+    wait_until("the worker to serve the certificate from disk", Duration::from_secs(60), || {
+        hello.rotator.current().metadata().serial == written.metadata().serial
+    })
+    .await;
+    assert_eq!(presented_serial(&loader, hello.addr()).await, written.metadata().serial);
+    hello.shutdown().await.unwrap();
+    loader.shutdown().await.unwrap();
+}
