@@ -81,7 +81,11 @@ async fn rotation_under_load_drops_no_request() {
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
     assert!(ok > 1000, "only {ok} requests were made");
-    assert!(hello_events.of(EventKind::CertRenewed).len() >= 5);
+    // The event follows the swap; give it a moment.
+    wait_until("five CERT_RENEWED events", Duration::from_secs(5), || {
+        hello_events.of(EventKind::CertRenewed).len() >= 5
+    })
+    .await;
     // Renewed certificates are in the CA's ledger as renewals.
     let last = seen.last().unwrap();
     assert_eq!(ca.ca.store().certificate(last).await.unwrap().unwrap().kind, "renew");
@@ -117,7 +121,7 @@ async fn a_ca_outage_during_renewal_is_ridden_out() {
         .expect("no renewal after the CA came back")
         .unwrap();
     assert_ne!(*serials.borrow(), first);
-    assert!(!events.of(EventKind::CertRenewed).is_empty());
+    wait_until("CERT_RENEWED", Duration::from_secs(5), || !events.of(EventKind::CertRenewed).is_empty()).await;
     assert!(events.of(EventKind::CertExpired).is_empty());
     hello.shutdown().await.unwrap();
 }
