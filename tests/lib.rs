@@ -2,7 +2,7 @@
 //! clients and the paths of the built binaries.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -170,6 +170,55 @@ fn load_ca(dir: &CaDir, events: &Arc<Recorder>, validity: Duration) -> Arc<Local
         events: Arc::new(sinks),
     };
     crank_runtime::cli::load_ca_with(dir, settings).unwrap()
+}
+
+/// A child process, killed and reaped when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `crank ARGS`: its trimmed stdout on success, an error carrying its stderr
+/// otherwise.
+pub fn crank(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
+    anyhow::ensure!(out.status.success(), "crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Waits (up to 20 s) until something listens on `addr`.
+pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Starts `crank ca serve --dir DIR --listen <free port> EXTRA...` as a process and waits
+/// until it listens.
+pub async fn serve_ca_process(dir: &Path, extra: &[&str]) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
+    let addr = free_addr();
+    let child = std::process::Command::new(bin("crank"))
+        .arg("ca")
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--listen", &addr.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let guard = KillOnDrop(child);
+    wait_for_port(addr).await?;
+    Ok((guard, addr))
 }
 
 /// A free port on 127.0.0.1.

@@ -14,10 +14,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use crank_runtime::MtlsClient;
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{bin, free_addr};
+use crank_tests::{KillOnDrop, bin, crank, free_addr, serve_ca_process};
 
 fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args()
@@ -31,41 +31,13 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(runs))
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn crank(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
-    if !out.status.success() {
-        bail!("crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
 async fn run(runs: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let ca_dir = tmp.path().join("ca");
     let ca = ca_dir.to_str().context("path")?;
     crank(&["ca", "init", "--dir", ca])?;
-    let ca_addr = free_addr();
-    let _ca = Kill(
-        Command::new(bin("crank"))
-            .args(["ca", "serve", "--dir", ca, "--listen", &ca_addr.to_string()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let (_ca, ca_addr) = serve_ca_process(&ca_dir, &[]).await?;
     let ca_url = format!("https://{ca_addr}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(ca_addr).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "CA did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let probe_dir = tmp.path().join("probe");
     let token = crank(&["token", "create", "--dir", ca, "--worker-id", "probe"])?;
     crank(&[
@@ -117,7 +89,7 @@ async fn start_once(
     // A client that opens a new connection per request, so each probe is a real handshake.
     let url = format!("https://127.0.0.1:{}/health", addr.port());
     let start = Instant::now();
-    let _child = Kill(cmd.spawn()?);
+    let _child = KillOnDrop(cmd.spawn()?);
     let client = MtlsClient::from_bundle(probe)?;
     loop {
         if let Ok(r) = client.get(&url).send().await

@@ -16,29 +16,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use crank_runtime::WorkerApplication;
 use crank_security_core::{CertMetadata, SecurityConfig};
-use crank_tests::{bin, free_addr};
+use crank_tests::{KillOnDrop, bin, crank, free_addr, serve_ca_process};
 
 const WINDOW: Duration = Duration::from_millis(250);
 const CONCURRENCY: usize = 8;
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn crank(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
-    if !out.status.success() {
-        bail!("crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -57,20 +41,11 @@ async fn run(duration: Duration) -> anyhow::Result<()> {
     let ca = tmp.path().join("ca");
     let ca_s = ca.to_str().context("path")?;
     crank(&["ca", "init", "--dir", ca_s])?;
-    let ca_addr = free_addr();
-    let _ca = Kill(
-        Command::new(bin("crank"))
-            .args(["ca", "serve", "--dir", ca_s, "--listen", &ca_addr.to_string(), "--leaf-validity", "20s"])
-            .env("RUST_LOG", "error")
-            .spawn()?,
-    );
+    let (_ca, ca_addr) = serve_ca_process(&ca, &["--leaf-validity", "20s"]).await?;
     let ca_url = format!("https://{ca_addr}");
-    while tokio::net::TcpStream::connect(ca_addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let hw_addr = free_addr();
     let token = crank(&["token", "create", "--dir", ca_s, "--worker-id", "hello-world"])?;
-    let hw = Kill(
+    let hw = KillOnDrop(
         Command::new(bin("hello-world"))
             .env_clear()
             .env("CRANK_JOIN_TOKEN", &token)

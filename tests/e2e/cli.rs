@@ -6,18 +6,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{bin, free_addr};
+use crank_tests::{KillOnDrop, bin, free_addr, serve_ca_process};
 
 /// Kills the child when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn crank(args: &[&str]) -> Output {
     Command::new(bin("crank")).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
@@ -33,11 +24,7 @@ fn ok(out: &Output) -> String {
 }
 
 async fn wait_for_port(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crank_tests::wait_for_port(addr).await.unwrap();
 }
 
 fn sigterm(child: &Child) {
@@ -89,16 +76,7 @@ async fn operator_flow_with_the_real_binaries() {
         String::from_utf8_lossy(&again.stderr)
     );
 
-    let ca_addr = free_addr();
-    let _ca = Proc(
-        Command::new(bin("crank"))
-            .args(["ca", "serve", "--dir", ca_dir_s, "--listen", &ca_addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(ca_addr).await;
+    let (_ca, ca_addr) = serve_ca_process(&ca_dir, &[]).await.unwrap();
     let ca_url = format!("https://{ca_addr}");
 
     // The hello-world worker, bootstrapped by its own runtime from CRANK_JOIN_TOKEN.
@@ -106,7 +84,7 @@ async fn operator_flow_with_the_real_binaries() {
     let worker_addr = free_addr();
     let worker_certs = tmp.path().join("hello-certs");
     let port = worker_addr.port().to_string();
-    let mut hw = Proc(
+    let mut hw = KillOnDrop(
         hello_world(&[
             ("CRANK_JOIN_TOKEN", &token),
             ("CA_SERVICE_URL", &ca_url),
@@ -148,7 +126,7 @@ async fn operator_flow_with_the_real_binaries() {
     let caller_addr = free_addr();
     let caller_port = caller_addr.port().to_string();
     let caller_certs = tmp.path().join("caller-certs");
-    let _caller = Proc(
+    let _caller = KillOnDrop(
         example(
             "caller",
             &[
@@ -264,7 +242,7 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let ca_addr = free_addr();
     let port = free_addr().port();
-    let mut demo = Proc(
+    let mut demo = KillOnDrop(
         Command::new(bin("crank"))
             .args(["demo", "--ca-listen", &ca_addr.to_string(), "--port", &port.to_string()])
             .current_dir(tmp.path())
@@ -330,20 +308,11 @@ async fn the_custom_sink_example_writes_every_event_to_its_file() {
     let ca_dir = tmp.path().join("ca");
     let ca_dir_s = ca_dir.to_str().unwrap();
     ok(&crank(&["ca", "init", "--dir", ca_dir_s]));
-    let ca_addr = free_addr();
-    let _ca = Proc(
-        Command::new(bin("crank"))
-            .args(["ca", "serve", "--dir", ca_dir_s, "--listen", &ca_addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(ca_addr).await;
+    let (_ca, ca_addr) = serve_ca_process(&ca_dir, &[]).await.unwrap();
     let token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "audited"])).trim().to_owned();
     let addr = free_addr();
     let events = tmp.path().join("events.jsonl");
-    let _w = Proc(
+    let _w = KillOnDrop(
         example(
             "custom-sink",
             &[
