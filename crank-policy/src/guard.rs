@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crank_security_core::{CertMetadata, IssuanceInput, PolicyEngine, RenewalDecision};
+use crank_security_core::{CertMetadata, IssuanceInput, PolicyEngine, RenewalDecision, RenewalInput};
 use time::OffsetDateTime;
 
 /// The longest validity any engine may grant; longer answers are treated as malformed.
@@ -71,7 +71,7 @@ impl PolicyGuard {
     /// policy never lets a certificate run out silently.
     pub fn renewal(&self, cert: &CertMetadata, now: OffsetDateTime) -> Result<RenewalDecision, Denied> {
         self.engine
-            .should_renew_certificate(cert, now)
+            .should_renew_certificate(&RenewalInput::new(cert, now))
             .map_err(|e| Denied::failed("should_renew_certificate", self.engine.name(), e))
     }
 
@@ -100,11 +100,7 @@ mod tests {
         fn certificate_validity_period(&self, _: &str, _: &str) -> Result<Duration, PolicyError> {
             Ok(Duration::from_secs(10 * 366 * 24 * 3600))
         }
-        fn should_renew_certificate(
-            &self,
-            _: &CertMetadata,
-            _: OffsetDateTime,
-        ) -> Result<RenewalDecision, PolicyError> {
+        fn should_renew_certificate(&self, _: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
             Err(PolicyError::Evaluation("boom".into()))
         }
         fn revoke_certificate(&self, _: &str, _: &str) -> Result<bool, PolicyError> {

@@ -53,7 +53,10 @@ pub use events::{
 };
 pub use identity::{SpiffeId, TrustDomain, WorkerId};
 pub use keys::{KeyType, build_csr, generate_key};
-pub use policy::{DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision};
+pub use policy::{
+    DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput,
+    default_renewal,
+};
 pub use provider::{CertificateProvider, IssueRequest, IssuedCertificate, ProviderError, RenewRequest};
 pub use token::{JoinTokenClaims, peek_token_claims};
 pub use write::{BundleWriter, CertFiles, StagedBundle, write_file_atomic};

@@ -52,6 +52,43 @@ impl IssuanceDecision {
     }
 }
 
+/// The input of `should_renew_certificate`, as policy engines other than the built-in
+/// one receive it: times are Unix seconds; `jitter` is a per-certificate number in
+/// [0, 1) derived from the serial, so every engine spreads renewals the same way.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenewalInput {
+    /// The certificate's serial (hex).
+    pub serial: String,
+    /// The worker id, if the certificate names one.
+    pub worker_id: Option<String>,
+    /// When the CA issued it (`not_before` plus the 60 s backdate).
+    pub issued_at: i64,
+    /// `not_before` as written in the certificate.
+    pub not_before: i64,
+    /// `not_after`.
+    pub not_after: i64,
+    /// The time of the decision.
+    pub now: i64,
+    /// Per-certificate jitter in [0, 1).
+    pub jitter: f64,
+}
+
+impl RenewalInput {
+    /// The input for `cert` at `now`.
+    pub fn new(cert: &CertMetadata, now: OffsetDateTime) -> Self {
+        let seed = cert.serial.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Self {
+            serial: cert.serial.clone(),
+            worker_id: cert.spiffe().map(|s| s.worker_id.to_string()),
+            issued_at: cert.issued_at().unix_timestamp(),
+            not_before: cert.not_before.unix_timestamp(),
+            not_after: cert.not_after.unix_timestamp(),
+            now: now.unix_timestamp(),
+            jitter: (seed % 1000) as f64 / 1000.0,
+        }
+    }
+}
+
 /// The answer of `should_renew_certificate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewalDecision {
@@ -84,12 +121,9 @@ pub trait PolicyEngine: Debug + Send + Sync {
     /// How long a new certificate for this worker stays valid.
     fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError>;
 
-    /// Should the holder of this certificate renew it now?
-    fn should_renew_certificate(
-        &self,
-        cert: &CertMetadata,
-        now: OffsetDateTime,
-    ) -> Result<RenewalDecision, PolicyError>;
+    /// Should the holder of this certificate renew it now? (`input` is built from the
+    /// certificate's metadata and the current time by [`RenewalInput::new`].)
+    fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError>;
 
     /// May this worker's certificates be revoked for this reason?
     fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError>;
@@ -161,22 +195,8 @@ impl PolicyEngine for DefaultPolicy {
         Ok(self.validity)
     }
 
-    fn should_renew_certificate(
-        &self,
-        cert: &CertMetadata,
-        now: OffsetDateTime,
-    ) -> Result<RenewalDecision, PolicyError> {
-        let lifetime = cert.granted_lifetime();
-        if lifetime <= time::Duration::ZERO {
-            return Ok(RenewalDecision { renew: true, expiring_soon: true });
-        }
-        let elapsed = now - cert.issued_at();
-        let remaining = cert.not_after - now;
-        // Jitter in [0, 1/20) of the lifetime, stable for a given serial.
-        let seed = cert.serial.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        let jitter = lifetime * ((seed % 1000) as f64 / 1000.0 / 20.0);
-        let threshold = lifetime * (2.0 / 3.0) + jitter;
-        Ok(RenewalDecision { renew: elapsed >= threshold, expiring_soon: remaining < lifetime / 4 })
+    fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+        Ok(default_renewal(input))
     }
 
     fn revoke_certificate(&self, _worker_id: &str, _reason: &str) -> Result<bool, PolicyError> {
@@ -186,6 +206,19 @@ impl PolicyEngine for DefaultPolicy {
     fn name(&self) -> &str {
         "builtin"
     }
+}
+
+/// The default renewal rule on a [`RenewalInput`]: renew once 2/3 of the granted
+/// lifetime plus `jitter`/20 of it has passed; expiring soon under 1/4 remaining.
+pub fn default_renewal(i: &RenewalInput) -> RenewalDecision {
+    let lifetime = (i.not_after - i.issued_at) as f64;
+    if lifetime <= 0.0 {
+        return RenewalDecision { renew: true, expiring_soon: true };
+    }
+    let elapsed = (i.now - i.issued_at) as f64;
+    let remaining = (i.not_after - i.now) as f64;
+    let threshold = lifetime * (2.0 / 3.0) + lifetime * i.jitter / 20.0;
+    RenewalDecision { renew: elapsed >= threshold, expiring_soon: remaining < lifetime / 4.0 }
 }
 
 #[cfg(test)]
@@ -237,7 +270,9 @@ mod tests {
             fingerprint_sha256: String::new(),
             is_ca: false,
         };
-        let at = |h: f64| p.should_renew_certificate(&meta, nb + time::Duration::seconds_f64(h * 3600.0)).unwrap();
+        let at = |h: f64| {
+            p.should_renew_certificate(&RenewalInput::new(&meta, nb + time::Duration::seconds_f64(h * 3600.0))).unwrap()
+        };
         assert!(!at(12.0).renew);
         assert!(!at(15.9).renew);
         assert!(at(17.3).renew, "past 2/3 + max jitter (1.2 h)");

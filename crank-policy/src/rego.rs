@@ -1,0 +1,171 @@
+//! The Rego engine, on regorus.
+//!
+//! Policies are `.rego` files in one directory, `package crank`, one rule per hook:
+//!
+//! | rule | input | value |
+//! |---|---|---|
+//! | `data.crank.can_issue_certificate` | [`IssuanceInput`] | `{"allow": bool, "reason": string}` |
+//! | `data.crank.certificate_validity_period` | `{"worker_id", "environment"}` | seconds (number) |
+//! | `data.crank.should_renew_certificate` | [`RenewalInput`] | `{"renew": bool, "expiring_soon": bool}` |
+//! | `data.crank.revoke_certificate` | `{"worker_id", "reason"}` | bool |
+//!
+//! The files are parsed and prepared once; every evaluation runs on a clone of the
+//! prepared engine (cheap: shared, reference-counted program), so evaluations run
+//! concurrently. Each evaluation is bounded by a wall-clock limit checked by regorus's
+//! execution timer. Any error, timeout, undefined rule or value of the wrong shape is a
+//! [`PolicyError`], which every call site treats as a denial.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput};
+use regorus::utils::limits::ExecutionTimerConfig;
+use serde::de::DeserializeOwned;
+
+/// Longest time one decision may take.
+pub const EVALUATION_LIMIT: Duration = Duration::from_millis(100);
+
+/// The rule paths, in hook order.
+pub const RULES: [&str; 4] = [
+    "data.crank.can_issue_certificate",
+    "data.crank.certificate_validity_period",
+    "data.crank.should_renew_certificate",
+    "data.crank.revoke_certificate",
+];
+
+/// A set of Rego policies, prepared once.
+#[derive(Debug, Clone)]
+pub struct RegoEngine {
+    engine: regorus::Engine,
+    files: Vec<PathBuf>,
+}
+
+/// Why a policy directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file does not parse or compile; the message names file, line and column.
+    #[error("policy rejected: {0}")]
+    Invalid(String),
+    /// The directory holds no policy.
+    #[error("{0}")]
+    Empty(String),
+}
+
+impl RegoEngine {
+    /// Loads every `.rego` file in `dir` (sorted by name).
+    pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+        let mut files = rego_files(dir)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(LoadError::Empty(format!("no .rego files in {}", dir.display())));
+        }
+        let sources = files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|s| (f.clone(), s))
+                    .map_err(|e| LoadError::Io { path: f.clone(), source: e })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_sources(sources)
+    }
+
+    /// Loads policies from `(file name, source)` pairs.
+    pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<Self, LoadError> {
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: EVALUATION_LIMIT,
+            check_interval: NonZeroU32::MIN,
+        });
+        let mut files = Vec::new();
+        for (path, source) in sources {
+            engine.add_policy(path.display().to_string(), source).map_err(|e| LoadError::Invalid(format!("{e}")))?;
+            files.push(path);
+        }
+        let mut this = Self { engine, files };
+        // Prepare every rule once (this also type-checks the program); the prepared
+        // engine is what evaluations clone.
+        this.engine.set_input(regorus::Value::new_object());
+        for rule in RULES {
+            this.engine.eval_rule(rule.to_owned()).map_err(|e| LoadError::Invalid(format!("{e}")))?;
+        }
+        Ok(this)
+    }
+
+    /// The files the policy came from.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    fn eval<T: DeserializeOwned>(&self, rule: &str, input: &impl serde::Serialize) -> Result<T, PolicyError> {
+        let json = serde_json::to_value(input).map_err(|e| PolicyError::Other(e.to_string()))?;
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(json));
+        let value = engine.eval_rule(rule.to_owned()).map_err(|e| PolicyError::Evaluation(format!("{rule}: {e}")))?;
+        if value == regorus::Value::Undefined {
+            return Err(PolicyError::MalformedOutput(format!("{rule} is undefined for this input")));
+        }
+        let text = value.to_json_str().map_err(|e| PolicyError::MalformedOutput(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| PolicyError::MalformedOutput(format!("{rule} = {text}: {e}")))
+    }
+}
+
+fn rego_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rego") && p.is_file())
+        .collect())
+}
+
+#[derive(serde::Serialize)]
+struct ValidityInput<'a> {
+    worker_id: &'a str,
+    environment: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct RevokeInput<'a> {
+    worker_id: &'a str,
+    reason: &'a str,
+}
+
+impl PolicyEngine for RegoEngine {
+    fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
+        self.eval(RULES[0], input)
+    }
+
+    fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError> {
+        let secs: f64 = self.eval(RULES[1], &ValidityInput { worker_id, environment })?;
+        if !secs.is_finite() || secs <= 0.0 {
+            return Err(PolicyError::MalformedOutput(format!(
+                "{} = {secs}: must be a positive number of seconds",
+                RULES[1]
+            )));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+        self.eval(RULES[2], input)
+    }
+
+    fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError> {
+        self.eval(RULES[3], &RevokeInput { worker_id, reason })
+    }
+
+    fn name(&self) -> &str {
+        "rego"
+    }
+}

@@ -1,0 +1,120 @@
+//! Hot reload of a policy directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput};
+
+use crate::rego::{LoadError, RegoEngine};
+
+/// How often the directory is checked for changes.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A Rego engine that follows its directory: when the `.rego` files change, the new set
+/// is compiled and swapped in atomically; a set that fails to compile is rejected (the
+/// error, naming file and line, is logged) and the previous policy stays active.
+#[derive(Debug)]
+pub struct ReloadingEngine {
+    dir: PathBuf,
+    current: ArcSwap<RegoEngine>,
+    stamp: std::sync::Mutex<Vec<(PathBuf, SystemTime, u64)>>,
+}
+
+impl ReloadingEngine {
+    /// Loads `dir` and starts a background thread that reloads it on change. The thread
+    /// ends when the engine is dropped.
+    pub fn start(dir: &Path) -> Result<Arc<Self>, LoadError> {
+        let engine = RegoEngine::from_dir(dir)?;
+        let this = Arc::new(Self {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(engine),
+            stamp: std::sync::Mutex::new(stamp(dir)),
+        });
+        let weak = Arc::downgrade(&this);
+        std::thread::Builder::new()
+            .name("crank-policy-reload".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(POLL_INTERVAL);
+                    match weak.upgrade() {
+                        Some(engine) => {
+                            let _ = engine.reload_if_changed();
+                        }
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?;
+        Ok(this)
+    }
+
+    /// Checks the directory now; reloads if anything changed. `Ok(true)` when a new
+    /// policy went live, `Err` when the new files were rejected (the old stay active).
+    pub fn reload_if_changed(&self) -> Result<bool, LoadError> {
+        let now = stamp(&self.dir);
+        {
+            let Ok(mut last) = self.stamp.lock() else { return Ok(false) };
+            if *last == now {
+                return Ok(false);
+            }
+            *last = now;
+        }
+        match RegoEngine::from_dir(&self.dir) {
+            Ok(engine) => {
+                tracing::info!(dir = %self.dir.display(), files = engine.files().len(), "policy reloaded");
+                self.current.store(Arc::new(engine));
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "new policy rejected; the previous policy stays active");
+                Err(e)
+            }
+        }
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<RegoEngine> {
+        self.current.load_full()
+    }
+}
+
+/// Names, modification times and sizes of the `.rego` files: what a change looks like.
+fn stamp(dir: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "rego"))
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.path(), m.modified().ok()?, m.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl PolicyEngine for ReloadingEngine {
+    fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
+        self.current.load().can_issue_certificate(input)
+    }
+
+    fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError> {
+        self.current.load().certificate_validity_period(worker_id, environment)
+    }
+
+    fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+        self.current.load().should_renew_certificate(input)
+    }
+
+    fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError> {
+        self.current.load().revoke_certificate(worker_id, reason)
+    }
+
+    fn name(&self) -> &str {
+        "rego"
+    }
+}
