@@ -20,6 +20,7 @@
 //! # Ok::<(), crank_policy::Denied>(())
 //! ```
 
+pub mod cases;
 mod guard;
 pub mod rego;
 mod reload;

@@ -97,7 +97,17 @@ impl RegoEngine {
         // engine is what evaluations clone.
         this.engine.set_input(regorus::Value::new_object());
         for rule in RULES {
-            this.engine.eval_rule(rule.to_owned()).map_err(|e| LoadError::Invalid(format!("{e}")))?;
+            this.engine.eval_rule(rule.to_owned()).map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("not a valid rule path") {
+                    LoadError::Invalid(format!(
+                        "the policy defines no rule {rule}; every hook needs one (e.g. `default {} := ...`)",
+                        rule.trim_start_matches("data.crank.")
+                    ))
+                } else {
+                    LoadError::Invalid(msg)
+                }
+            })?;
         }
         Ok(this)
     }

@@ -33,13 +33,13 @@ dns_allowed(name) if name == input.worker_id
 
 dns_allowed(name) if name == sprintf("%s.%s", [input.worker_id, input.trust_domain])
 
-dns_allowed("localhost")
+dns_allowed(name) if name == "localhost"
 
 dns_allowed(name) if granted(name)
 
 ip_allowed(ip) if net.cidr_contains("127.0.0.0/8", ip)
 
-ip_allowed("::1")
+ip_allowed(ip) if ip == "::1"
 
 ip_allowed(ip) if granted(ip)
 

@@ -1,0 +1,97 @@
+//! The shipped policies and cases, run against every engine that can run them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crank_policy::{PolicyEngine, RegoEngine, ReloadingEngine, builtin, cases};
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+#[test]
+fn builtin_and_rego_agree_on_every_default_case() {
+    let all = cases::load_dir(&policies().join("cases")).unwrap();
+    assert!(all.len() >= 10, "only {} cases", all.len());
+    let rego = RegoEngine::from_dir(&policies().join("default")).unwrap();
+    let builtin = builtin();
+    let engines: [(&str, &dyn PolicyEngine); 2] = [("builtin", builtin.as_ref()), ("rego", &rego)];
+    let mut failures = Vec::new();
+    for (name, engine) in engines {
+        for case in &all {
+            if let Err(e) = cases::run(engine, case) {
+                failures.push(format!("{name}: {}: {e}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn a_broken_policy_is_rejected_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.rego"), "package crank\nimport rego.v1\n\nallow if {\n  input.x ==\n}\n")
+        .unwrap();
+    let err = RegoEngine::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("bad.rego") && err.contains(":5") || err.contains("bad.rego:6"), "{err}");
+}
+
+#[test]
+fn hot_reload_swaps_good_policies_and_keeps_the_old_one_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crank.rego");
+    let policy = |secs: u32| {
+        format!(
+            "package crank\nimport rego.v1\ndefault can_issue_certificate := {{\"allow\": true}}\n\
+             default certificate_validity_period := {secs}\n\
+             default should_renew_certificate := {{\"renew\": false, \"expiring_soon\": false}}\n\
+             default revoke_certificate := true\n"
+        )
+    };
+    std::fs::write(&file, policy(3600)).unwrap();
+    let engine = ReloadingEngine::start(dir.path()).unwrap();
+    assert_eq!(engine.certificate_validity_period("w", "e").unwrap(), Duration::from_secs(3600));
+
+    // A new policy goes live.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&file, policy(7200)).unwrap();
+    assert!(engine.reload_if_changed().unwrap());
+    assert_eq!(engine.certificate_validity_period("w", "e").unwrap(), Duration::from_secs(7200));
+
+    // A broken one is rejected; the previous policy keeps deciding.
+    std::fs::write(&file, "package crank\nthis is not rego\n").unwrap();
+    let err = engine.reload_if_changed().unwrap_err().to_string();
+    assert!(err.contains("crank.rego"), "{err}");
+    assert_eq!(engine.certificate_validity_period("w", "e").unwrap(), Duration::from_secs(7200));
+}
+
+#[test]
+fn undefined_or_malformed_rules_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package crank\nimport rego.v1\ncan_issue_certificate := \"yes\"\ncertificate_validity_period := -5\n\
+         should_renew_certificate := {\"renew\": \"maybe\"}\nrevoke_certificate if input.reason == \"never\"\n",
+    )
+    .unwrap();
+    let e = RegoEngine::from_dir(dir.path()).unwrap();
+    let input = serde_json::json!({"worker_id": "w", "capabilities": [], "requested_dns_sans": [], "requested_ip_sans": [],
+        "key_type": "ecdsa-p256", "environment": "e", "trust_domain": "td", "renewal": false});
+    assert!(cases::evaluate(&e, "can_issue_certificate", &input).is_err());
+    assert!(e.certificate_validity_period("w", "e").is_err());
+    assert!(e.revoke_certificate("w", "r").is_err(), "a rule undefined for the input must be an error");
+    let guard = crank_policy::PolicyGuard::new(std::sync::Arc::new(e));
+    assert!(guard.may_revoke("w", "keyCompromise").is_err());
+}
+
+#[test]
+fn a_policy_missing_a_hook_is_rejected_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package crank\nimport rego.v1\ndefault can_issue_certificate := {\"allow\": true}\n",
+    )
+    .unwrap();
+    let err = RegoEngine::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("defines no rule data.crank.certificate_validity_period"), "{err}");
+}
