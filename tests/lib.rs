@@ -11,8 +11,8 @@ use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
 use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
-    CertificateBundle, CertificateEvent, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType, SecurityConfig,
-    TrustDomain, WorkerId,
+    CertificateBundle, CertificateEvent, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType, PolicyEngine,
+    SecurityConfig, TrustDomain, WorkerId,
 };
 use tempfile::TempDir;
 
@@ -50,8 +50,8 @@ pub struct TestCa {
     pub server: Option<ServerHandle>,
     /// CA-side events.
     pub events: Arc<Recorder>,
-    /// Validity of issued certificates.
-    pub validity: Duration,
+    /// The CA's policy engine.
+    pub policy: Arc<dyn PolicyEngine>,
 }
 
 impl TestCa {
@@ -62,13 +62,18 @@ impl TestCa {
 
     /// Inits and serves a new CA issuing certificates valid for `validity`.
     pub async fn start_with_validity(validity: Duration) -> Self {
+        Self::start_with_policy(Arc::new(DefaultPolicy { validity })).await
+    }
+
+    /// Inits and serves a new CA deciding with `policy`.
+    pub async fn start_with_policy(policy: Arc<dyn PolicyEngine>) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = CaDir::new(tmp.path().join("ca"));
         init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
         let events = Arc::default();
-        let ca = load_ca(&dir, &events, validity);
+        let ca = load_ca(&dir, &events, policy.clone());
         let server = Some(crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone()).await.unwrap());
-        Self { tmp, dir, ca, server, events, validity }
+        Self { tmp, dir, ca, server, events, policy }
     }
 
     /// (Re)loads the CA from its directory and serves it on `addr`.
@@ -76,7 +81,7 @@ impl TestCa {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
         }
-        self.ca = load_ca(&self.dir, &self.events, self.validity);
+        self.ca = load_ca(&self.dir, &self.events, self.policy.clone());
         self.server = Some(crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone()).await.unwrap());
     }
 
@@ -161,14 +166,10 @@ impl TestCa {
     }
 }
 
-fn load_ca(dir: &CaDir, events: &Arc<Recorder>, validity: Duration) -> Arc<LocalCa> {
+fn load_ca(dir: &CaDir, events: &Arc<Recorder>, policy: Arc<dyn PolicyEngine>) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    let settings = crank_runtime::cli::CaSettings {
-        environment: "test".into(),
-        policy: Arc::new(DefaultPolicy { validity }),
-        events: Arc::new(sinks),
-    };
+    let settings = crank_runtime::cli::CaSettings { environment: "test".into(), policy, events: Arc::new(sinks) };
     crank_runtime::cli::load_ca_with(dir, settings).unwrap()
 }
 

@@ -82,6 +82,11 @@ impl RegoEngine {
 
     /// Loads policies from `(file name, source)` pairs.
     pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<Self, LoadError> {
+        std::panic::catch_unwind(move || Self::load(sources))
+            .unwrap_or_else(|_| Err(LoadError::Invalid("the Rego engine panicked while loading the policy".into())))
+    }
+
+    fn load(sources: Vec<(PathBuf, String)>) -> Result<Self, LoadError> {
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: EVALUATION_LIMIT,
@@ -121,7 +126,10 @@ impl RegoEngine {
         let json = serde_json::to_value(input).map_err(|e| PolicyError::Other(e.to_string()))?;
         let mut engine = self.engine.clone();
         engine.set_input(regorus::Value::from(json));
-        let value = engine.eval_rule(rule.to_owned()).map_err(|e| PolicyError::Evaluation(format!("{rule}: {e}")))?;
+        // A bug in the engine must deny, not take the CA down.
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.eval_rule(rule.to_owned())))
+            .map_err(|_| PolicyError::Evaluation(format!("{rule}: the Rego engine panicked")))?
+            .map_err(|e| PolicyError::Evaluation(format!("{rule}: {e}")))?;
         if value == regorus::Value::Undefined {
             return Err(PolicyError::MalformedOutput(format!("{rule} is undefined for this input")));
         }

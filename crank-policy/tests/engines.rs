@@ -95,3 +95,22 @@ fn a_policy_missing_a_hook_is_rejected_at_load() {
     let err = RegoEngine::from_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("defines no rule data.crank.certificate_validity_period"), "{err}");
 }
+
+#[test]
+fn the_example_policies_pass_their_cases_on_top_of_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    for src in [policies().join("default"), policies().join("examples")] {
+        for entry in std::fs::read_dir(src).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rego") {
+                std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let rego = RegoEngine::from_dir(dir.path()).unwrap();
+    let all = cases::load_dir(&policies().join("examples/cases")).unwrap();
+    assert!(all.len() >= 10);
+    let failures: Vec<String> =
+        all.iter().filter_map(|c| cases::run(&rego, c).err().map(|e| format!("{}: {e}", c.name))).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}

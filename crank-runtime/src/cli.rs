@@ -39,11 +39,40 @@ pub enum Command {
     /// Bootstrap and inspect worker certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Evaluate and test policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Run the platform registry that workers send heartbeats to.
     #[command(subcommand)]
     Platform(PlatformCommand),
     /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
     Demo(DemoArgs),
+}
+
+/// `crank policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print one hook's decision as JSON.
+    Eval {
+        /// Policy directory (`.rego` files); omitted: the built-in policy.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
+        /// can_issue_certificate, certificate_validity_period, should_renew_certificate or revoke_certificate.
+        #[arg(long)]
+        hook: String,
+        /// The input document (JSON file; `-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Run the table-driven cases in DIR/cases (or DIR itself) against DIR's policy;
+    /// exits non-zero on any mismatch.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+        /// Case directory (default: DIR/cases, else DIR).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
 }
 
 /// `crank platform ...`
@@ -93,6 +122,9 @@ pub enum CaCommand {
         /// Validity of issued certificates under the built-in policy, e.g. `24h`, `20s`.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         leaf_validity: Duration,
+        /// Policy directory: `.rego` files replace the built-in policy (hot-reloaded).
+        #[arg(long, env = "CRANK_POLICY_DIR")]
+        policy_dir: Option<PathBuf>,
     },
     /// Roll the CA root over without downtime (see docs/operations.md).
     #[command(subcommand)]
@@ -209,8 +241,15 @@ impl Cli {
                 println!("next: crank ca serve --dir {}", dir.dir.display());
                 Ok(())
             }
-            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity }) => {
-                let policy: Arc<dyn PolicyEngine> = Arc::new(DefaultPolicy { validity: leaf_validity });
+            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity, policy_dir }) => {
+                let policy: Arc<dyn PolicyEngine> = match policy_dir {
+                    Some(p) => {
+                        let engine = crank_policy::from_dir(&p)?;
+                        tracing::info!(dir = %p.display(), "policy: Rego files (hot-reloaded)");
+                        engine
+                    }
+                    None => Arc::new(DefaultPolicy { validity: leaf_validity }),
+                };
                 let settings = CaSettings { environment, policy, ..CaSettings::default() };
                 runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings))
             }
@@ -222,6 +261,7 @@ impl Cli {
             }
             Command::Cert(CertCommand::Init(args)) => runtime()?.block_on(cert_init(args)),
             Command::Cert(CertCommand::Inspect { file, json }) => inspect(&file, json),
+            Command::Policy(cmd) => policy(cmd),
             Command::Platform(PlatformCommand::Serve { port, expire_after }) => {
                 let registry = crate::platform::Registry::new(expire_after);
                 let routes = crate::platform::routes(registry.clone());
@@ -235,6 +275,58 @@ impl Cli {
                 })
             }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+        }
+    }
+}
+
+fn load_policy(dir: Option<&std::path::Path>) -> anyhow::Result<Arc<dyn PolicyEngine>> {
+    Ok(match dir {
+        Some(d) => Arc::new(crank_policy::RegoEngine::from_dir(d)?),
+        None => crank_policy::builtin(),
+    })
+}
+
+fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Eval { policy_dir, hook, input } => {
+            let engine = load_policy(policy_dir.as_deref())?;
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
+            };
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
+            match crank_policy::cases::evaluate(engine.as_ref(), &hook, &doc) {
+                Ok(decision) => println!("{}", serde_json::to_string_pretty(&decision)?),
+                Err(e) => {
+                    // Fail closed, visibly: this is what the CA would do with this input.
+                    println!("{}", serde_json::json!({"error": e, "effect": "deny"}));
+                    anyhow::bail!("{e}");
+                }
+            }
+            Ok(())
+        }
+        PolicyCommand::Test { dir, cases } => {
+            let engine = load_policy(Some(&dir))?;
+            let case_dir =
+                cases.unwrap_or_else(|| if dir.join("cases").is_dir() { dir.join("cases") } else { dir.clone() });
+            let all = crank_policy::cases::load_dir(&case_dir).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(!all.is_empty(), "no cases (*.json) in {}", case_dir.display());
+            let mut failed = 0;
+            for case in &all {
+                match crank_policy::cases::run(engine.as_ref(), case) {
+                    Ok(()) => println!("PASS: {}", case.name),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAIL: {}: {e}", case.name);
+                    }
+                }
+            }
+            println!("{}", "-".repeat(40));
+            println!("PASS: {}/{}", all.len() - failed, all.len());
+            anyhow::ensure!(failed == 0, "{failed} case(s) failed");
+            Ok(())
         }
     }
 }

@@ -37,6 +37,13 @@ dns_allowed(name) if name == "localhost"
 
 dns_allowed(name) if granted(name)
 
+# Extension point: other policy files may add domain suffixes under which any name is
+# allowed (see policies/examples/capability_sans.rego).
+dns_allowed(name) if {
+	some suffix in data.crank.allowed_suffixes
+	endswith(name, concat("", [".", suffix]))
+}
+
 ip_allowed(ip) if net.cidr_contains("127.0.0.0/8", ip)
 
 ip_allowed(ip) if ip == "::1"
@@ -57,12 +64,22 @@ default certificate_validity_period := 86400
 
 lifetime := input.not_after - input.issued_at
 
-should_renew_certificate := {"renew": true, "expiring_soon": true} if lifetime <= 0
+# Relative windows, unless a policy file defines `absolute_windows` (see
+# policies/examples/absolute_renewal_windows.rego).
+default absolute_windows := false
+
+should_renew_certificate := {"renew": true, "expiring_soon": true} if {
+	not absolute_windows
+	lifetime <= 0
+}
 
 should_renew_certificate := {
 	"renew": (input.now - input.issued_at) >= ((lifetime * 2) / 3) + ((lifetime * input.jitter) / 20),
 	"expiring_soon": (input.not_after - input.now) < lifetime / 4,
-} if lifetime > 0
+} if {
+	not absolute_windows
+	lifetime > 0
+}
 
 # revoke_certificate ---------------------------------------------------------------
 

@@ -57,7 +57,8 @@ pub struct WorkerContext {
 /// `HTTPS_ONLY` (only `true` accepted), `CRANK_JOIN_TOKEN` (first start, or recovery),
 /// `CRANK_WORKER_ID` (default: the token's worker id, else the service name),
 /// `CRANK_SANS` (comma-separated), `CRANK_KEY_TYPE` (default `ecdsa-p256`),
-/// `CRANK_BOOTSTRAP_ATTEMPTS` (default 5), `CRANK_LISTEN_HOST` (default `0.0.0.0`).
+/// `CRANK_BOOTSTRAP_ATTEMPTS` (default 5), `CRANK_LISTEN_HOST` (default `0.0.0.0`),
+/// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -330,7 +331,13 @@ impl WorkerApplication {
             key_type,
             sans: sans_for_rotation,
         };
-        let policy = PolicyGuard::new(self.policy.clone().unwrap_or_else(crank_policy::builtin));
+        let engine: Arc<dyn PolicyEngine> = match (self.policy.clone(), env("CRANK_POLICY_DIR")) {
+            (Some(p), _) => p,
+            (None, Some(dir)) => crank_policy::from_dir(std::path::Path::new(&dir))
+                .map_err(|e| RuntimeError::Config(format!("CRANK_POLICY_DIR={dir}: {e}")))?,
+            (None, None) => crank_policy::builtin(),
+        };
+        let policy = PolicyGuard::new(engine);
         let events: Arc<dyn EventSink> = Arc::new(self.events.clone());
         let rotator = Rotator::new(bundle.clone(), rotation, policy, events, credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
