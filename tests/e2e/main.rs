@@ -6,6 +6,7 @@ mod cli;
 mod issuance;
 mod metrics;
 mod platform;
+mod policy;
 mod refusals;
 mod rotation;
 mod transport;

@@ -1,0 +1,172 @@
+//! Policy hooks evaluated by Rego change real behaviour, and follow file changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crank_policy::{RegoEngine, ReloadingEngine};
+use crank_runtime::BootstrapError;
+use crank_runtime::demo::hello_routes;
+use crank_security_core::{EventKind, EventSinks, ProviderError};
+use crank_tests::{Recorder, TestCa, bin};
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A policy directory: the default policy plus `extra` files.
+fn policy_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(policies().join("default/crank.rego"), dir.path().join("crank.rego")).unwrap();
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn lifetime_secs(b: &crank_security_core::CertificateBundle) -> i64 {
+    b.metadata().granted_lifetime().whole_seconds()
+}
+
+#[tokio::test]
+async fn a_rego_deny_list_makes_bootstrap_fail_with_a_policy_error() {
+    let deny = std::fs::read_to_string(policies().join("examples/deny_workers.rego")).unwrap();
+    let dir = policy_dir(&[("deny.rego", &deny)]);
+    let ca = TestCa::start_with_policy(Arc::new(RegoEngine::from_dir(dir.path()).unwrap())).await;
+    match crank_runtime::bootstrap(&ca.bootstrap_options("mallory"), &EventSinks::empty()).await.unwrap_err() {
+        BootstrapError::Refused(ProviderError::PolicyDenied(m)) => {
+            assert!(m.contains("mallory") && m.contains("deny list"), "{m}")
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(ca.events.of(EventKind::CsrFailed).len(), 1);
+    // Everyone else still gets a certificate.
+    ca.bootstrap("alice").await;
+}
+
+#[tokio::test]
+async fn a_rego_validity_of_one_hour_yields_one_hour_certificates() {
+    let dir = policy_dir(&[]);
+    let text = std::fs::read_to_string(dir.path().join("crank.rego")).unwrap();
+    std::fs::write(
+        dir.path().join("crank.rego"),
+        text.replace("default certificate_validity_period := 86400", "default certificate_validity_period := 3600"),
+    )
+    .unwrap();
+    let ca = TestCa::start_with_policy(Arc::new(RegoEngine::from_dir(dir.path()).unwrap())).await;
+    assert_eq!(lifetime_secs(&ca.bootstrap("hourly").await), 3600);
+}
+
+#[tokio::test]
+async fn replacing_the_policy_file_while_serving_takes_effect_and_a_broken_file_is_ignored() {
+    let dir = policy_dir(&[]);
+    let file = dir.path().join("crank.rego");
+    let default = std::fs::read_to_string(&file).unwrap();
+    let with_validity = |secs: u32| {
+        default.replace(
+            "default certificate_validity_period := 86400",
+            &format!("default certificate_validity_period := {secs}"),
+        )
+    };
+    std::fs::write(&file, with_validity(3600)).unwrap();
+    let engine = ReloadingEngine::start(dir.path()).unwrap();
+    let ca = TestCa::start_with_policy(engine.clone()).await;
+    assert_eq!(lifetime_secs(&ca.bootstrap("first").await), 3600);
+
+    // The next issuance follows the new file (the reloader polls every second).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&file, with_validity(7200)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(lifetime_secs(&ca.bootstrap("second").await), 7200);
+
+    // A broken file is rejected: the previous policy keeps deciding.
+    std::fs::write(&file, "package crank\nimport rego.v1\nthis is not rego\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(engine.reload_if_changed().is_ok(), "already handled by the reloader");
+    assert_eq!(lifetime_secs(&ca.bootstrap("third").await), 7200);
+}
+
+#[tokio::test]
+async fn should_renew_certificate_drives_the_workers_renewal() {
+    let ca = TestCa::start().await;
+    // Renew as soon as a certificate is 2 seconds old (24 h certificates otherwise).
+    let dir = policy_dir(&[]);
+    let text = std::fs::read_to_string(dir.path().join("crank.rego")).unwrap();
+    let eager = text.replace(
+        "\"renew\": (input.now - input.issued_at) >= ((lifetime * 2) / 3) + ((lifetime * input.jitter) / 20),",
+        "\"renew\": (input.now - input.issued_at) >= 2,",
+    );
+    assert_ne!(eager, text);
+    std::fs::write(dir.path().join("crank.rego"), eager).unwrap();
+    let events = Arc::new(Recorder::default());
+    let worker = ca
+        .app("eager", hello_routes())
+        .policy(Arc::new(RegoEngine::from_dir(dir.path()).unwrap()))
+        .event_sink(events.clone())
+        .start()
+        .await
+        .unwrap();
+    let first = worker.rotator.current().metadata().serial.clone();
+    let mut serials = worker.rotator.subscribe();
+    // The rotator looks every 30 s at a 24 h certificate.
+    tokio::time::timeout(Duration::from_secs(40), serials.changed())
+        .await
+        .expect("the policy did not drive a renewal")
+        .unwrap();
+    assert_ne!(*serials.borrow(), first);
+    worker.shutdown().await.unwrap();
+
+    // And with the default policy, a fresh 24 h certificate is not renewed.
+    let calm = ca.worker("calm", hello_routes()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calm.rotator.current().metadata().serial, calm.bundle.metadata().serial);
+    calm.shutdown().await.unwrap();
+}
+
+#[test]
+fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
+    let ok = std::process::Command::new(bin("crank"))
+        .args(["policy", "test"])
+        .arg(policies().join("default"))
+        .arg("--cases")
+        .arg(policies().join("cases"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains("PASS: 12/12"), "{out}");
+
+    let cases = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cases.path().join("wrong.json"),
+        r#"[{"name": "validity is one minute", "hook": "certificate_validity_period", "input": {"worker_id": "w", "environment": "e"}, "expected": {"seconds": 60}}]"#,
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin("crank"))
+        .args(["policy", "test"])
+        .arg(policies().join("default"))
+        .arg("--cases")
+        .arg(cases.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("FAIL: validity is one minute: seconds: expected 60, got 86400"), "{out}");
+
+    let eval = std::process::Command::new(bin("crank"))
+        .args(["policy", "eval", "--policy-dir"])
+        .arg(policies().join("default"))
+        .args(["--hook", "revoke_certificate", "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(br#"{"worker_id": "w", "reason": "keyCompromise"}"#)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(eval.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"allow": true}));
+}
