@@ -16,6 +16,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
+# The WebAssembly policy written in Rust is compiled by the test command itself.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+fi
+cargo build --release --locked --target wasm32-unknown-unknown --manifest-path policies/wasm/default-policy/Cargo.toml
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real `crank` and `hello-world` binaries.

@@ -24,6 +24,7 @@ pub mod cases;
 mod guard;
 pub mod rego;
 mod reload;
+pub mod wasm;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,32 +33,43 @@ pub use crank_security_core::{DefaultPolicy, PolicyEngine};
 pub use guard::{Denied, PolicyGuard};
 pub use rego::{LoadError, RegoEngine};
 pub use reload::ReloadingEngine;
+pub use wasm::WasmEngine;
 
 /// The built-in default engine (no files needed), see [`DefaultPolicy`].
 pub fn builtin() -> Arc<dyn PolicyEngine> {
     Arc::new(DefaultPolicy::default())
 }
 
-/// The engine configured by a policy directory: `.rego` files mean the Rego engine,
-/// reloaded when the files change. Fails with a clear error when the directory is
-/// missing, empty, or holds a policy that does not compile.
+/// The engine configured by a policy directory, hot-reloaded: `.rego` files mean the
+/// Rego engine, one `.wasm` module means the WebAssembly engine. Fails with a clear
+/// error when the directory is missing, empty, ambiguous, or holds a policy that does
+/// not compile.
 pub fn from_dir(dir: &Path) -> Result<Arc<ReloadingEngine>, LoadError> {
-    let has = |ext: &str| {
-        std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == ext)))
-            .unwrap_or(false)
-    };
+    ReloadingEngine::start(dir)
+}
+
+/// Loads a policy directory once (no reloading); see [`from_dir`].
+pub fn load_dir(dir: &Path) -> Result<Arc<dyn PolicyEngine>, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::Empty(format!("policy directory {} does not exist", dir.display())));
     }
-    if has("rego") {
-        return ReloadingEngine::start(dir);
-    }
-    if has("wasm") {
-        return Err(LoadError::Empty(format!(
-            "{} holds a .wasm module, but this build has no WebAssembly policy engine yet; use .rego files",
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    let with =
+        |ext: &str| files.iter().filter(|p| p.extension().is_some_and(|x| x == ext)).cloned().collect::<Vec<_>>();
+    let (rego, wasm) = (with("rego"), with("wasm"));
+    match (rego.is_empty(), wasm.as_slice()) {
+        (false, []) => Ok(Arc::new(RegoEngine::from_dir(dir)?)),
+        (true, [module]) => Ok(Arc::new(WasmEngine::from_file(module)?)),
+        (true, []) => {
+            Err(LoadError::Empty(format!("no .rego files or .wasm module in policy directory {}", dir.display())))
+        }
+        _ => Err(LoadError::Empty(format!(
+            "policy directory {} must hold either .rego files or one .wasm module, not both or several modules",
             dir.display()
-        )));
+        ))),
     }
-    Err(LoadError::Empty(format!("no .rego files in policy directory {}", dir.display())))
 }

@@ -54,7 +54,7 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Print one hook's decision as JSON.
     Eval {
-        /// Policy directory (`.rego` files); omitted: the built-in policy.
+        /// Policy directory (`.rego` files or one `.wasm` module); omitted: the built-in policy.
         #[arg(long)]
         policy_dir: Option<PathBuf>,
         /// can_issue_certificate, certificate_validity_period, should_renew_certificate or revoke_certificate.
@@ -122,7 +122,8 @@ pub enum CaCommand {
         /// Validity of issued certificates under the built-in policy, e.g. `24h`, `20s`.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         leaf_validity: Duration,
-        /// Policy directory: `.rego` files replace the built-in policy (hot-reloaded).
+        /// Policy directory: `.rego` files or one `.wasm` module replace the built-in
+        /// policy (hot-reloaded).
         #[arg(long, env = "CRANK_POLICY_DIR")]
         policy_dir: Option<PathBuf>,
     },
@@ -245,7 +246,7 @@ impl Cli {
                 let policy: Arc<dyn PolicyEngine> = match policy_dir {
                     Some(p) => {
                         let engine = crank_policy::from_dir(&p)?;
-                        tracing::info!(dir = %p.display(), "policy: Rego files (hot-reloaded)");
+                        tracing::info!(dir = %p.display(), engine = engine.current().name(), "policy loaded (hot-reloaded)");
                         engine
                     }
                     None => Arc::new(DefaultPolicy { validity: leaf_validity }),
@@ -281,7 +282,7 @@ impl Cli {
 
 fn load_policy(dir: Option<&std::path::Path>) -> anyhow::Result<Arc<dyn PolicyEngine>> {
     Ok(match dir {
-        Some(d) => Arc::new(crank_policy::RegoEngine::from_dir(d)?),
+        Some(d) => crank_policy::load_dir(d)?,
         None => crank_policy::builtin(),
     })
 }

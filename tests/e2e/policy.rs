@@ -170,3 +170,29 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
     let v: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"allow": true}));
 }
+
+#[tokio::test]
+async fn a_looping_wasm_policy_denies_and_the_ca_stays_responsive() {
+    let wat = r#"(module
+        (memory (export "memory") 1)
+        (func (export "crank_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "crank_evaluate") (param i32 i32 i32 i32) (result i64) (loop (br 0)) (i64.const 0)))"#;
+    let engine = crank_policy::WasmEngine::from_bytes(Path::new("loop.wat"), wat.as_bytes()).unwrap();
+    let ca = TestCa::start_with_policy(Arc::new(engine)).await;
+    let roots = vec![ca.dir.root_der().unwrap()];
+    let started = std::time::Instant::now();
+    let issuing = tokio::spawn({
+        let opts = ca.bootstrap_options("looped");
+        async move { crank_runtime::bootstrap(&opts, &EventSinks::empty()).await }
+    });
+    // While the policy spins, the CA answers health checks.
+    let client = super::no_client_cert(&roots);
+    let r = client.get(format!("{}health", ca.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    match issuing.await.unwrap().unwrap_err() {
+        BootstrapError::Refused(ProviderError::PolicyDenied(m)) => assert!(m.contains("fuel"), "{m}"),
+        other => panic!("{other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(ca.events.of(EventKind::CertValidationFailed).len(), 1, "an engine failure is CERT_VALIDATION_FAILED");
+}
