@@ -14,6 +14,7 @@
 //! token, so nothing is skipped as a replay.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,11 +29,16 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 const CONCURRENCY: usize = 64;
 
 fn setup() -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
+    setup_with(crank_policy::builtin())
+}
+
+fn setup_with(policy: Arc<dyn crank_security_core::PolicyEngine>) -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = CaDir::new(tmp.path().join("ca"));
     let opts = InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
     init_ca(&dir, &opts).expect("init");
-    let settings = crank_runtime::cli::CaSettings { events: Arc::new(EventSinks::empty()), ..Default::default() };
+    let settings =
+        crank_runtime::cli::CaSettings { events: Arc::new(EventSinks::empty()), policy, ..Default::default() };
     let ca = crank_runtime::cli::load_ca_with(&dir, settings).expect("load");
     (tmp, dir, ca)
 }
@@ -113,6 +119,30 @@ fn bench(c: &mut Criterion) {
             })
         });
     });
+
+    // The same concurrent issuance with each policy engine deciding.
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let rego = crank_policy::RegoEngine::from_dir(&policies.join("default")).expect("rego");
+    let wasm = crank_policy::WasmEngine::from_file(
+        &policies.join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm"),
+    )
+    .expect("wasm module (build it first, see policies/README.md)");
+    let engines: [(&str, Arc<dyn crank_security_core::PolicyEngine>); 2] =
+        [("rego", Arc::new(rego)), ("wasm", Arc::new(wasm))];
+    for (name, engine) in engines {
+        let (_t, _d, ca_e) = setup_with(engine);
+        g.bench_function(format!("in_process_x64_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let ca2 = ca_e.clone();
+                rt.block_on(time_concurrent(ca_e.clone(), csr.clone(), iters, move |r| {
+                    let ca = ca2.clone();
+                    async move {
+                        ca.issue(r).await.expect("issue");
+                    }
+                }))
+            });
+        });
+    }
 
     let listen = "127.0.0.1:0".parse().expect("addr");
     let server = rt.block_on(crank_runtime::ca::server::bind_and_spawn(&dir, listen, ca.clone())).expect("serve");
