@@ -21,6 +21,7 @@
 //! ```
 
 pub mod cases;
+mod documents;
 mod guard;
 pub mod rego;
 mod reload;

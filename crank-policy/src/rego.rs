@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput};
 use regorus::utils::limits::ExecutionTimerConfig;
+
+use crate::documents::{RevokeInput, ValidityInput};
 use serde::de::DeserializeOwned;
 
 /// Longest time one decision may take.
@@ -147,18 +149,6 @@ fn rego_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         .collect())
 }
 
-#[derive(serde::Serialize)]
-struct ValidityInput<'a> {
-    worker_id: &'a str,
-    environment: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct RevokeInput<'a> {
-    worker_id: &'a str,
-    reason: &'a str,
-}
-
 impl PolicyEngine for RegoEngine {
     fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
         self.eval(RULES[0], input)
@@ -166,13 +156,7 @@ impl PolicyEngine for RegoEngine {
 
     fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError> {
         let secs: f64 = self.eval(RULES[1], &ValidityInput { worker_id, environment })?;
-        if !secs.is_finite() || secs <= 0.0 {
-            return Err(PolicyError::MalformedOutput(format!(
-                "{} = {secs}: must be a positive number of seconds",
-                RULES[1]
-            )));
-        }
-        Ok(Duration::from_secs_f64(secs))
+        crate::documents::validity(secs, RULES[1])
     }
 
     fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {

@@ -20,6 +20,7 @@ use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyE
 use serde::de::DeserializeOwned;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 
+use crate::documents::{RevokeInput, ValidityInput};
 use crate::rego::LoadError;
 
 /// Fuel (roughly, wasm instructions) one decision may use.
@@ -127,18 +128,6 @@ impl WasmEngine {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ValidityInput<'a> {
-    worker_id: &'a str,
-    environment: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct RevokeInput<'a> {
-    worker_id: &'a str,
-    reason: &'a str,
-}
-
 impl PolicyEngine for WasmEngine {
     fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
         self.eval("can_issue_certificate", input)
@@ -146,10 +135,7 @@ impl PolicyEngine for WasmEngine {
 
     fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError> {
         let secs: f64 = self.eval("certificate_validity_period", &ValidityInput { worker_id, environment })?;
-        if !secs.is_finite() || secs <= 0.0 {
-            return Err(PolicyError::MalformedOutput(format!("validity {secs} must be a positive number of seconds")));
-        }
-        Ok(Duration::from_secs_f64(secs))
+        crate::documents::validity(secs, "certificate_validity_period")
     }
 
     fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
