@@ -127,7 +127,7 @@ impl Rotator {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut delay: Option<Duration> = None;
+        let mut delay = Retry::default();
         let (mut warned_soon, mut warned_expired) = (false, false);
         loop {
             let wait = match self.step(&mut delay, &mut warned_soon, &mut warned_expired).await {
@@ -144,11 +144,11 @@ impl Rotator {
         }
     }
 
-    async fn step(&self, delay: &mut Option<Duration>, warned_soon: &mut bool, warned_expired: &mut bool) -> Step {
+    async fn step(&self, delay: &mut Retry, warned_soon: &mut bool, warned_expired: &mut bool) -> Step {
         if self.pick_up_from_disk() {
             *warned_soon = false;
             *warned_expired = false;
-            *delay = None;
+            *delay = Retry::default();
         }
         let bundle = self.current();
         let meta = bundle.metadata();
@@ -172,7 +172,7 @@ impl Rotator {
                 Some(()) => {
                     *warned_soon = false;
                     *warned_expired = false;
-                    *delay = None;
+                    *delay = Retry::default();
                     Step::Again
                 }
                 None => Step::Sleep(tick),
@@ -185,15 +185,23 @@ impl Rotator {
         if !decision.renew {
             return Step::Sleep(tick);
         }
+        // Between retries the loop still wakes every tick, so expiry warnings are never
+        // skipped by a long backoff.
+        if let Some(at) = delay.at {
+            let now = std::time::Instant::now();
+            if now < at {
+                return Step::Sleep((at - now).min(tick));
+            }
+        }
         match self.renew(&bundle, &cid).await {
             Ok(()) => {
-                *delay = None;
+                *delay = Retry::default();
                 *warned_soon = false;
                 Step::Sleep(tick)
             }
             Err(e) => {
-                let next = delay.map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY_DELAY));
-                *delay = Some(next);
+                let next = delay.delay.map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY_DELAY));
+                delay.delay = Some(next);
                 let kind = if matches!(e, ProviderError::Unavailable(_)) {
                     EventKind::CaUnavailable
                 } else {
@@ -207,7 +215,9 @@ impl Rotator {
                 );
                 // Never wait past expiry: the last attempts happen while still valid.
                 let left = (meta.not_after - now).try_into().unwrap_or(Duration::ZERO);
-                Step::Sleep(jitter(next).min(left.max(Duration::from_millis(100))))
+                let wait = jitter(next).min(left.max(Duration::from_millis(100)));
+                delay.at = Some(std::time::Instant::now() + wait);
+                Step::Sleep(wait.min(tick))
             }
         }
     }
@@ -290,6 +300,13 @@ impl Rotator {
         let bundle = bootstrap(&opts, self.events.as_ref()).await.ok()?;
         self.install(bundle).ok()
     }
+}
+
+/// Backoff between failed renewals: the current delay and when the next attempt is due.
+#[derive(Debug, Default)]
+struct Retry {
+    delay: Option<Duration>,
+    at: Option<std::time::Instant>,
 }
 
 enum Step {
