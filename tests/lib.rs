@@ -169,7 +169,8 @@ impl TestCa {
 fn load_ca(dir: &CaDir, events: &Arc<Recorder>, policy: Arc<dyn PolicyEngine>) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    let settings = crank_runtime::cli::CaSettings { environment: "test".into(), policy, events: Arc::new(sinks) };
+    let settings =
+        crank_runtime::cli::CaSettings { environment: "test".into(), policy, events: Arc::new(sinks), replica: None };
     crank_runtime::cli::load_ca_with(dir, settings).unwrap()
 }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crank_security_core::{
-    CertMetadata, DefaultPolicy, EventSink, EventSinks, KeyType, PolicyEngine, SecurityConfig, TrustDomain, WorkerId,
-    parse_pem_certs,
+    CertMetadata, CertificateBundle, DefaultPolicy, EventSink, EventSinks, KeyType, PolicyEngine, SecurityConfig,
+    TrustDomain, WorkerId, parse_pem_certs,
 };
 
-use crate::ca::authority::{LocalCa, LocalCaConfig};
+use crate::ca::authority::{LocalCa, LocalCaConfig, admin_spiffe_id};
 use crate::ca::files::{CaDir, InitOptions, init_ca};
-use crate::ca::store::SqliteStore;
+use crate::ca::store::{CaStore, SqliteStore};
 use crate::ca::token::{DEFAULT_TOKEN_TTL, TokenAuthority};
 use crate::worker::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 
@@ -45,8 +45,33 @@ pub enum Command {
     /// Run the platform registry that workers send heartbeats to.
     #[command(subcommand)]
     Platform(PlatformCommand),
+    /// Revoke a certificate, or every live certificate of a worker, at the CA (needs an
+    /// administrator certificate from `crank ca admin-cert`).
+    Revoke(RevokeArgs),
     /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
     Demo(DemoArgs),
+}
+
+/// `crank revoke`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "worker_id"])))]
+pub struct RevokeArgs {
+    /// Serial of the certificate (as `crank cert inspect` prints it).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Revoke every unexpired certificate of this worker.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
+    #[arg(long)]
+    pub reason: String,
+    /// CA URL(s), comma-separated (default: CA_SERVICE_URL).
+    #[arg(long)]
+    pub ca_url: Option<String>,
+    /// Folder with admin.crt, admin.key and ca.crt from `crank ca admin-cert`.
+    #[arg(long, env = "CRANK_ADMIN_DIR")]
+    pub admin_dir: PathBuf,
 }
 
 /// `crank policy ...`
@@ -126,6 +151,32 @@ pub enum CaCommand {
         /// policy (hot-reloaded).
         #[arg(long, env = "CRANK_POLICY_DIR")]
         policy_dir: Option<PathBuf>,
+        /// Where CA state lives: `sqlite://PATH` (default: DIR/ca.db) or
+        /// `postgres://USER[:PASSWORD]@HOST:PORT/DB` (several replicas may share it).
+        #[arg(long, env = "CRANK_CA_STORE", hide_env_values = true)]
+        store: Option<String>,
+        /// Name of this replica in the ledger (default: host name and process id).
+        #[arg(long, env = "CRANK_CA_REPLICA")]
+        replica: Option<String>,
+    },
+    /// Issue an administrator client certificate (for `crank revoke`), signed by the
+    /// root and recorded in the ledger. Run it where the CA's key is.
+    AdminCert {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Administrator name (becomes spiffe://<trust domain>/admin/<name>).
+        #[arg(long)]
+        name: String,
+        /// Folder to write admin.crt, admin.key (0600) and ca.crt into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. `8h`, `30d`.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        validity: Duration,
+        /// The CA's store (as for `crank ca serve`).
+        #[arg(long, env = "CRANK_CA_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Roll the CA root over without downtime (see docs/operations.md).
     #[command(subcommand)]
@@ -152,6 +203,9 @@ pub enum RolloverCommand {
         /// CA data directory.
         #[arg(long)]
         dir: PathBuf,
+        /// The CA's store (as for `crank ca serve`).
+        #[arg(long, env = "CRANK_CA_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
 }
 
@@ -242,7 +296,7 @@ impl Cli {
                 println!("next: crank ca serve --dir {}", dir.dir.display());
                 Ok(())
             }
-            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity, policy_dir }) => {
+            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity, policy_dir, store, replica }) => {
                 let policy: Arc<dyn PolicyEngine> = match policy_dir {
                     Some(p) => {
                         let engine = crank_policy::from_dir(&p)?;
@@ -251,9 +305,13 @@ impl Cli {
                     }
                     None => Arc::new(DefaultPolicy { validity: leaf_validity }),
                 };
-                let settings = CaSettings { environment, policy, ..CaSettings::default() };
-                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings))
+                let settings = CaSettings { environment, policy, replica, ..CaSettings::default() };
+                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store))
             }
+            Command::Ca(CaCommand::AdminCert { dir, name, out, validity, store }) => {
+                runtime()?.block_on(admin_cert(CaDir::new(dir), name, out, validity, store))
+            }
+            Command::Revoke(args) => runtime()?.block_on(revoke(args)),
             Command::Ca(CaCommand::Rollover(step)) => rollover(step),
             Command::Token(TokenCommand::Create { dir, worker_id, ttl, capabilities }) => {
                 let token = create_token(&CaDir::new(dir), &WorkerId::new(worker_id)?, ttl, capabilities)?;
@@ -351,10 +409,12 @@ fn rollover(step: RolloverCommand) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        RolloverCommand::Finish { dir } => {
+        RolloverCommand::Finish { dir, store } => {
             let ca = CaDir::new(&dir);
-            let store = SqliteStore::open(&ca.store())?;
-            runtime()?.block_on(rollover::finish(&ca, &store))?;
+            runtime()?.block_on(async {
+                let store = open_store(&ca, store.as_deref()).await?;
+                rollover::finish(&ca, store.as_ref()).await
+            })?;
             println!("the old root is no longer published. Restart the CA.");
         }
     }
@@ -395,6 +455,8 @@ pub struct CaSettings {
     pub policy: Arc<dyn PolicyEngine>,
     /// Where events go (default: the JSON log).
     pub events: Arc<dyn EventSink>,
+    /// Name of this replica in the ledger (default: host name and process id).
+    pub replica: Option<String>,
 }
 
 impl Default for CaSettings {
@@ -403,6 +465,7 @@ impl Default for CaSettings {
             environment: "development".into(),
             policy: crank_policy::builtin(),
             events: Arc::new(EventSinks::default()),
+            replica: None,
         }
     }
 }
@@ -411,18 +474,81 @@ impl Default for CaSettings {
 pub fn load_ca_with(dir: &CaDir, settings: CaSettings) -> anyhow::Result<Arc<LocalCa>> {
     let store =
         SqliteStore::open(&dir.store()).with_context(|| format!("opening the CA store {}", dir.store().display()))?;
-    let policy = crank_policy::PolicyGuard::new(settings.policy);
-    let config = LocalCaConfig { environment: settings.environment, ..LocalCaConfig::default() };
-    Ok(Arc::new(LocalCa::load(dir, config, policy, Arc::new(store), settings.events)?))
+    load_ca_with_store(dir, settings, Arc::new(store))
 }
 
-async fn serve_ca(dir: CaDir, listen: SocketAddr, settings: CaSettings) -> anyhow::Result<()> {
-    let ca = load_ca_with(&dir, settings)?;
+/// Loads a CA with `store` and `settings`.
+pub fn load_ca_with_store(dir: &CaDir, settings: CaSettings, store: Arc<dyn CaStore>) -> anyhow::Result<Arc<LocalCa>> {
+    let policy = crank_policy::PolicyGuard::new(settings.policy);
+    let mut config = LocalCaConfig { environment: settings.environment, ..LocalCaConfig::default() };
+    if let Some(r) = settings.replica {
+        config.replica = r;
+    }
+    Ok(Arc::new(LocalCa::load(dir, config, policy, store, settings.events)?))
+}
+
+/// Opens the store named by `url` (default: the CA directory's embedded store).
+pub async fn open_store(dir: &CaDir, url: Option<&str>) -> anyhow::Result<Arc<dyn CaStore>> {
+    let shown = url.map_or_else(|| format!("sqlite://{}", dir.store().display()), crate::ca::store::redact);
+    crate::ca::store::open(url, &dir.store()).await.with_context(|| format!("opening the CA store {shown}"))
+}
+
+async fn serve_ca(dir: CaDir, listen: SocketAddr, settings: CaSettings, store: Option<String>) -> anyhow::Result<()> {
+    let store = open_store(&dir, store.as_deref()).await?;
+    let backend = store.backend();
+    let ca = load_ca_with_store(&dir, settings, store)?;
     let server = crate::ca::server::bind_and_spawn(&dir, listen, ca.clone()).await?;
-    tracing::info!(addr = %server.addr(), trust_domain = %ca.trust_domain(), "CA service listening (HTTPS)");
+    tracing::info!(addr = %server.addr(), trust_domain = %ca.trust_domain(), store = backend, "CA service listening (HTTPS)");
     crate::tls::shutdown_signal().await;
     server.shutdown().await?;
     tracing::info!("CA service stopped");
+    Ok(())
+}
+
+async fn admin_cert(
+    dir: CaDir,
+    name: String,
+    out: PathBuf,
+    validity: Duration,
+    store: Option<String>,
+) -> anyhow::Result<()> {
+    let name = WorkerId::new(name).context("administrator name")?;
+    let validity = time::Duration::try_from(validity).context("validity is too long")?;
+    let store = open_store(&dir, store.as_deref()).await?;
+    let settings = CaSettings { events: Arc::new(crank_security_core::NoEvents), ..CaSettings::default() };
+    let ca = load_ca_with_store(&dir, settings, store)?;
+    let (cert, key) = ca.issue_admin(&name, validity).await?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    crank_security_core::write_file_atomic(&out.join("admin.key"), key.as_bytes(), 0o600)?;
+    crank_security_core::write_file_atomic(&out.join("admin.crt"), cert.as_bytes(), 0o644)?;
+    crank_security_core::write_file_atomic(&out.join("ca.crt"), dir.trust_bundle_pem()?.as_bytes(), 0o644)?;
+    println!(
+        "administrator certificate for {} written to {}",
+        admin_spiffe_id(ca.trust_domain(), name.as_str()),
+        out.display()
+    );
+    println!("next: crank revoke --admin-dir {} --serial SERIAL --reason keyCompromise", out.display());
+    Ok(())
+}
+
+async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let ca_urls = match &args.ca_url {
+        Some(list) => crank_security_core::parse_ca_urls(list)?,
+        None => SecurityConfig::from_env()?.ca_urls,
+    };
+    let read = |f: &str| {
+        let p = args.admin_dir.join(f);
+        std::fs::read(&p).with_context(|| format!("reading {} (made by `crank ca admin-cert`)", p.display()))
+    };
+    let bundle = CertificateBundle::from_pem(&read("admin.crt")?, &read("admin.key")?, &read("ca.crt")?)?;
+    let client = crate::worker::ca_client::CaClient::mtls(
+        ca_urls,
+        bundle.ca(),
+        crate::tls::Credentials::new(bundle.certified_key()?),
+    )?;
+    let body = crate::ca::server::RevokeBody { serial: args.serial, worker_id: args.worker_id, reason: args.reason };
+    let answer = client.revoke(&body).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 

@@ -56,6 +56,11 @@ impl ApiError {
         Self { status: StatusCode::NOT_FOUND, code: "not_found", message: "no such endpoint".into() }
     }
 
+    /// A 404 naming what was not found.
+    pub fn missing(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, code, message: message.into() }
+    }
+
     /// A 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
@@ -68,6 +73,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::BadRequest(m) => Self::bad_request("bad_request", m),
             ProviderError::Unauthorized(m) => Self::unauthorized("unauthorized", m),
             ProviderError::PolicyDenied(m) => Self::forbidden("policy_denied", m),
+            ProviderError::Revoked(m) => Self::forbidden("certificate_revoked", m),
             ProviderError::Unavailable(m) => Self::unavailable(m),
             other => Self { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: other.to_string() },
         }

@@ -295,10 +295,14 @@ pub async fn serve_tls(
                 }
             };
             let peer = peer_identity(&tls);
+            let peer_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
             let svc = tower::ServiceExt::map_request(
                 router,
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer.clone());
+                    if let Some(c) = &peer_cert {
+                        req.extensions_mut().insert(PeerCertificate(c.clone()));
+                    }
                     req.extensions_mut().insert(RemoteAddr(remote));
                     req
                 },
@@ -315,6 +319,11 @@ pub async fn serve_tls(
     }
     Ok(())
 }
+
+/// The client certificate rustls verified for this connection (any identity, not only
+/// workers), as a request extension.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub CertificateDer<'static>);
 
 /// The remote socket address of a connection, as a request extension.
 #[derive(Clone, Copy, Debug)]

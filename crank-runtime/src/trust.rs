@@ -1,7 +1,13 @@
 //! Trust that can change while connections are served: the CA roots a process
-//! verifies peers against. Verifiers built from a [`TrustStore`] read the current
-//! roots at every handshake, so a CA root rollover (and later, CRLs) reaches the server
-//! and the mTLS client without rebuilding either.
+//! verifies peers against, and the CA's revocation list. Verifiers built from a
+//! [`TrustStore`] read the current roots and CRL at every handshake, so a CA root
+//! rollover or a revocation reaches the server and the mTLS client without rebuilding
+//! either.
+//!
+//! Revocation is checked for the peer's leaf certificate. A leaf whose issuer has no CRL
+//! here (before the first CRL arrives, or a leaf of the previous root during a
+//! rollover) is accepted; a leaf listed in the CRL is refused in the handshake. A CRL
+//! past its nextUpdate is still applied (a stale list is better than none).
 
 use std::sync::Arc;
 
@@ -12,12 +18,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 
 use crate::tls::{provider, root_store};
 
 struct Verifiers {
     roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
     server: Arc<WebPkiServerVerifier>,
     client: Arc<dyn ClientCertVerifier>,
 }
@@ -36,15 +43,32 @@ impl std::fmt::Debug for TrustStore {
 impl TrustStore {
     /// Trusts `roots`.
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, rustls::Error> {
-        Ok(Arc::new(Self { current: ArcSwap::from_pointee(build(roots)?) }))
+        Ok(Arc::new(Self { current: ArcSwap::from_pointee(build(roots, Vec::new())?) }))
     }
 
-    /// Replaces the trusted roots for every later handshake.
+    /// Replaces the trusted roots for every later handshake (the CRLs stay).
     pub fn set_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
-        if self.current.load().roots.as_slice() != roots {
-            self.current.store(Arc::new(build(roots)?));
+        let cur = self.current.load();
+        if cur.roots.as_slice() != roots {
+            self.current.store(Arc::new(build(roots, cur.crls.clone())?));
         }
         Ok(())
+    }
+
+    /// Replaces the revocation lists for every later handshake. Verify a CRL's
+    /// signature before installing it (see [`crate::worker::crl::verify_crl`]): a CRL
+    /// that does not verify makes every handshake with its issuer's leaves fail.
+    pub fn set_crls(&self, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<(), rustls::Error> {
+        let cur = self.current.load();
+        if cur.crls != crls {
+            self.current.store(Arc::new(build(&cur.roots, crls)?));
+        }
+        Ok(())
+    }
+
+    /// The revocation lists in use.
+    pub fn crls(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.current.load().crls.clone()
     }
 
     /// The trusted roots.
@@ -64,16 +88,25 @@ impl TrustStore {
     }
 }
 
-fn build(roots: &[CertificateDer<'static>]) -> Result<Verifiers, rustls::Error> {
+fn build(
+    roots: &[CertificateDer<'static>],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Verifiers, rustls::Error> {
     let store = root_store(roots)?;
     let server = WebPkiServerVerifier::builder_with_provider(store.clone(), provider())
+        .with_crls(crls.clone())
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(|e| rustls::Error::General(format!("server verifier: {e}")))?;
     let client = WebPkiClientVerifier::builder_with_provider(store, provider())
+        .with_crls(crls.clone())
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .allow_unauthenticated()
         .build()
         .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
-    Ok(Verifiers { roots: roots.to_vec(), server, client })
+    Ok(Verifiers { roots: roots.to_vec(), crls, server, client })
 }
 
 #[derive(Debug)]

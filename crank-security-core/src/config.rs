@@ -59,7 +59,7 @@ impl SecurityConfig {
 }
 
 /// Parses a comma-separated list of CA URLs; each must be an absolute `https://` URL.
-pub(crate) fn parse_ca_urls(list: &str) -> Result<Vec<Url>, Error> {
+pub fn parse_ca_urls(list: &str) -> Result<Vec<Url>, Error> {
     let urls = list
         .split(',')
         .map(str::trim)

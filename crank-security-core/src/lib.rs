@@ -45,7 +45,7 @@ mod token;
 mod write;
 
 pub use bundle::{CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, fingerprint_sha256, parse_pem_certs};
-pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig};
+pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig, parse_ca_urls};
 pub use dirs::{CertDirResolver, DefaultCertDirResolver, FixedCertDir};
 pub use error::Error;
 pub use events::{

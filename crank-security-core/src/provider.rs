@@ -60,6 +60,9 @@ pub enum ProviderError {
     /// Policy denied the request.
     #[error("denied by policy: {0}")]
     PolicyDenied(String),
+    /// The certificate presented was revoked; only a new join token can help.
+    #[error("certificate revoked: {0}")]
+    Revoked(String),
     /// The CA could not be reached or is not ready.
     #[error("CA unavailable: {0}")]
     Unavailable(String),

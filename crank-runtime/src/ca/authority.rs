@@ -20,9 +20,13 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
 use x509_parser::public_key::PublicKey;
 
+use super::crl::{CRL_REFRESH_AFTER, SignedCrl};
 use super::files::CaDir;
-use super::store::{CaStore, CertificateRecord, StoreError, TokenUse};
+use super::store::{
+    CaStore, CertificateRecord, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError, TokenUse,
+};
 use super::token::TokenAuthority;
+use crate::ApiError;
 
 /// Clock-skew allowance: not-before is set this far in the past.
 pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
@@ -152,6 +156,8 @@ pub struct LocalCa {
     store: Arc<dyn CaStore>,
     events: Arc<dyn EventSink>,
     metrics: Arc<crate::metrics::Metrics>,
+    crl: arc_swap::ArcSwapOption<SignedCrl>,
+    crl_regen: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for LocalCa {
@@ -190,7 +196,20 @@ impl LocalCa {
             trust_domain.clone(),
             fingerprint_sha256(&root_der),
         )?;
-        Ok(Self { trust_domain, config, issuer, root_der, root_pem, tokens, policy, store, events, metrics })
+        Ok(Self {
+            trust_domain,
+            config,
+            issuer,
+            root_der,
+            root_pem,
+            tokens,
+            policy,
+            store,
+            events,
+            metrics,
+            crl: arc_swap::ArcSwapOption::empty(),
+            crl_regen: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The token authority (for `crank token create` and tests).
@@ -216,6 +235,175 @@ impl LocalCa {
     /// The store.
     pub fn store(&self) -> &Arc<dyn CaStore> {
         &self.store
+    }
+
+    /// The current CRL, regenerated when a revocation was recorded anywhere since it was
+    /// made, or when it is older than [`CRL_REFRESH_AFTER`]. With the store unreachable,
+    /// the last CRL made (still signed, still within its nextUpdate) is served.
+    pub async fn crl(&self) -> Result<Arc<SignedCrl>, ApiError> {
+        let cached = self.crl.load_full();
+        let generation = match self.store.revocation_generation().await {
+            Ok(g) => g,
+            Err(e) => {
+                return match cached {
+                    Some(c) if c.next_update > OffsetDateTime::now_utc() => {
+                        tracing::warn!(error = %e, crl_number = c.number, "store unreachable; serving the last CRL");
+                        Ok(c)
+                    }
+                    _ => Err(ApiError::unavailable(format!("cannot build the CRL: {e}"))),
+                };
+            }
+        };
+        if let Some(c) = cached.filter(|c| fresh(c, generation)) {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.crl_regen.lock().await;
+        if let Some(c) = self.crl.load_full().filter(|c| fresh(c, generation)) {
+            return Ok(c);
+        }
+        self.regenerate_crl(generation).await
+    }
+
+    async fn regenerate_crl(&self, generation: u64) -> Result<Arc<SignedCrl>, ApiError> {
+        let now = OffsetDateTime::now_utc();
+        let unavailable = |e: StoreError| ApiError::unavailable(format!("cannot build the CRL: {e}"));
+        let entries = self.store.revoked_unexpired(now).await.map_err(unavailable)?;
+        let number = self.store.next_crl_number().await.map_err(unavailable)?;
+        let crl = super::crl::sign(&self.issuer, &entries, number, generation, now).map_err(|e| ApiError {
+            status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            code: "crl_failed",
+            message: e,
+        })?;
+        tracing::info!(crl_number = number, entries = crl.entries, "CRL generated");
+        let crl = Arc::new(crl);
+        self.crl.store(Some(crl.clone()));
+        Ok(crl)
+    }
+
+    /// Revokes a certificate (or every live certificate of a worker) for an
+    /// administrator, after asking the `revoke_certificate` hook for each worker
+    /// concerned; then regenerates the CRL.
+    pub async fn revoke(
+        &self,
+        target: RevokeTarget,
+        reason: RevocationReason,
+        admin: &str,
+        cid: &CorrelationId,
+    ) -> Result<Vec<RevocationRecord>, ApiError> {
+        let worker = match &target {
+            RevokeTarget::Worker(w) => w.clone(),
+            RevokeTarget::Serial(serial) => match self.store.certificate(serial).await {
+                Ok(Some(r)) => r.worker_id,
+                Ok(None) => {
+                    return Err(ApiError::missing(
+                        "unknown_serial",
+                        format!("no certificate with serial {serial} in the ledger"),
+                    ));
+                }
+                Err(e) => return Err(ApiError::unavailable(e.to_string())),
+            },
+        };
+        if let Err(d) = self.policy.may_revoke(&worker, reason.as_str()) {
+            if d.engine_failure {
+                let ev = CertificateEvent::new(EventKind::CertValidationFailed, cid)
+                    .worker(worker.as_str())
+                    .error("policy", &ProviderError::PolicyDenied(d.reason.clone()))
+                    .detail("component", "ca")
+                    .detail("operation", "revoke");
+                self.events.emit(&ev);
+            }
+            tracing::warn!(worker_id = %worker, reason = %reason, admin, correlation_id = %cid, "revocation denied by policy");
+            return Err(ApiError::forbidden("policy_denied", format!("denied by policy: {}", d.reason)));
+        }
+        let revocation = Revocation { target, reason, revoked_by: admin.to_owned(), at: OffsetDateTime::now_utc() };
+        let records = self.store.revoke(&revocation).await.map_err(|e| match e {
+            StoreError::NotFound(m) => ApiError::missing("nothing_to_revoke", m),
+            other => ApiError::unavailable(format!("the CA could not record the revocation: {other}")),
+        })?;
+        for r in &records {
+            self.events.emit(
+                &CertificateEvent::new(EventKind::CertRevoked, cid)
+                    .worker(r.worker_id.as_str())
+                    .detail("component", "ca")
+                    .detail("serial", r.serial.clone())
+                    .detail("reason", r.reason.as_str())
+                    .detail("revoked_by", admin),
+            );
+        }
+        // Publish at once; a failure here leaves the revocation recorded, and the next
+        // CRL request regenerates.
+        let _one_at_a_time = self.crl_regen.lock().await;
+        match self.store.revocation_generation().await {
+            Ok(g) => {
+                if let Err(e) = self.regenerate_crl(g).await {
+                    tracing::warn!(error = %e.message, "CRL not regenerated after revocation; next request retries");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "CRL not regenerated after revocation; next request retries"),
+        }
+        Ok(records)
+    }
+
+    /// Issues an administrator certificate (`spiffe://<td>/admin/<name>`, client auth
+    /// only) for a key made here, and records it in the ledger. Returns the certificate
+    /// and key, PEM.
+    pub async fn issue_admin(&self, name: &WorkerId, validity: time::Duration) -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let uri = admin_spiffe_id(&self.trust_domain, name.as_str());
+        let now = OffsetDateTime::now_utc();
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("admin {name}"));
+        dn.push(DnType::OrganizationName, self.trust_domain.as_str());
+        params.distinguished_name = dn;
+        params.serial_number = Some(random_serial());
+        params.not_before = now - BACKDATE;
+        params.not_after = now + validity;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let meta = CertMetadata::from_der(cert.der())?;
+        let record = CertificateRecord {
+            serial: meta.serial.clone(),
+            worker_id: name.to_string(),
+            spiffe_id: uri.clone(),
+            sans: vec![uri],
+            capabilities: vec!["admin".into()],
+            not_before: rfc3339(meta.not_before),
+            not_after: rfc3339(meta.not_after),
+            fingerprint: meta.fingerprint_sha256.clone(),
+            issued_by: self.config.replica.clone(),
+            kind: "admin".into(),
+            correlation_id: CorrelationId::new().to_string(),
+            issued_at: super::store::now_rfc3339(),
+            status: "valid".into(),
+        };
+        self.store.record_issuance(None, record).await?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The administrator name of a verified client certificate: its SPIFFE ID must be
+    /// `spiffe://<td>/admin/<name>` and its ledger row an unrevoked admin certificate.
+    pub async fn admin_of(&self, leaf: &CertificateDer<'_>) -> Result<String, ApiError> {
+        let refuse = |m: String| ApiError::forbidden("admin_required", m);
+        let meta = CertMetadata::from_der(leaf).map_err(|e| refuse(format!("unreadable client certificate: {e}")))?;
+        let prefix = format!("spiffe://{}/admin/", self.trust_domain);
+        let Some(name) = meta.uri_sans.iter().find_map(|u| u.strip_prefix(&prefix)) else {
+            return Err(refuse(format!(
+                "this endpoint needs an administrator certificate ({prefix}<name>, from `crank ca admin-cert`); the client certificate is not one"
+            )));
+        };
+        match self.store.certificate(&meta.serial).await {
+            Ok(Some(r)) if r.kind == "admin" && r.status == "valid" && r.worker_id == name => Ok(name.to_owned()),
+            Ok(Some(r)) => {
+                Err(refuse(format!("administrator certificate {} is {} ({})", meta.serial, r.status, r.kind)))
+            }
+            Ok(None) => Err(refuse(format!("administrator certificate {} is not in the ledger", meta.serial))),
+            Err(e) => Err(ApiError::unavailable(e.to_string())),
+        }
     }
 
     fn fail(
@@ -338,9 +526,7 @@ impl LocalCa {
                     "join token {jti} was already used; create a new one with `crank token create`"
                 )),
                 StoreError::DuplicateSerial(s) => ProviderError::Unavailable(format!("serial collision on {s}; retry")),
-                StoreError::Database(m) => {
-                    ProviderError::Unavailable(format!("the CA could not record the certificate: {m}"))
-                }
+                other => ProviderError::Unavailable(format!("the CA could not record the certificate: {other}")),
             };
             self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "ledger", err)
         })?;
@@ -360,6 +546,15 @@ impl LocalCa {
             not_after: rfc3339(meta.not_after),
         })
     }
+}
+
+fn fresh(crl: &SignedCrl, generation: u64) -> bool {
+    crl.generation == generation && OffsetDateTime::now_utc() < crl.this_update + CRL_REFRESH_AFTER
+}
+
+/// The SPIFFE ID of an administrator.
+pub fn admin_spiffe_id(td: &TrustDomain, name: &str) -> String {
+    format!("spiffe://{td}/admin/{name}")
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -402,10 +597,22 @@ impl CertificateProvider for LocalCa {
         if record.worker_id != worker {
             return Err(unauthorized(format!("client certificate {} belongs to another worker", req.current_serial)));
         }
-        if record.status != "valid" {
+        if record.status == "revoked" {
+            return Err(self.fail(
+                EventKind::CsrFailed,
+                cid,
+                Some(worker),
+                "auth",
+                ProviderError::Revoked(format!(
+                    "client certificate {} was revoked and cannot renew; the worker needs a new join token",
+                    req.current_serial
+                )),
+            ));
+        }
+        if record.status != "valid" || record.kind == "admin" {
             return Err(unauthorized(format!(
-                "client certificate {} is {} and cannot renew",
-                req.current_serial, record.status
+                "client certificate {} ({}, {}) cannot renew",
+                req.current_serial, record.kind, record.status
             )));
         }
         let worker_id = WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;

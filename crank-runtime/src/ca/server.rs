@@ -2,10 +2,12 @@
 //!
 //! | method | path | authorisation | |
 //! |---|---|---|---|
-//! | GET  | `/health` | none (TLS) | `{"status":"healthy"}` |
+//! | GET  | `/health` | none (TLS) | `{"status":"healthy"}`, or 503 `{"status":"degraded"}` when the store is unreachable |
 //! | GET  | `/v1/trust-bundle` | none (TLS) | root certificate(s), PEM |
 //! | POST | `/v1/certificates` | join token in the body | `{"csr": PEM, "token": JWT}` |
 //! | POST | `/v1/certificates/renew` | current client certificate (mTLS) | `{"csr": PEM}` |
+//! | GET  | `/v1/crl` | none (TLS) | the CRL, DER (`application/pkix-crl`) |
+//! | POST | `/v1/revocations` | an administrator certificate (mTLS) | `{"serial" or "worker_id", "reason"}` |
 //! | GET  | `/metrics` | a client certificate from this CA | Prometheus metrics |
 
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crank_security_core::{
-    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest,
+    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest, WorkerId,
     parse_pem_certs,
 };
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::authority::LocalCa;
 use super::files::CaDir;
+use super::store::{RevocationReason, RevokeTarget};
 use crate::tls::{Credentials, PeerIdentity, optional_mtls_server_config};
 use crate::{ApiError, ServerHandle};
 
@@ -62,6 +65,8 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .route("/v1/trust-bundle", get(trust_bundle))
         .route("/v1/certificates", post(issue))
         .route("/v1/certificates/renew", post(renew))
+        .route("/v1/crl", get(crl))
+        .route("/v1/revocations", post(revoke))
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
         .merge(metrics_route)
@@ -90,8 +95,78 @@ pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -
     spawn(dir, listener, ca)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "healthy"}))
+async fn health(State(ca): State<Arc<LocalCa>>) -> (StatusCode, Json<serde_json::Value>) {
+    let backend = ca.store().backend();
+    match tokio::time::timeout(Duration::from_secs(3), ca.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"status": "healthy", "store": backend}))),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "degraded", "store": backend, "error": e.to_string()})),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "degraded", "store": backend, "error": "the store did not answer within 3 s"}),
+            ),
+        ),
+    }
+}
+
+async fn crl(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiError> {
+    let crl = ca.crl().await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der.clone()))
+}
+
+/// Body of `POST /v1/revocations`: exactly one of `serial` and `worker_id`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Serial of one certificate (hex, `:`-separated as `crank cert inspect` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// A worker: every unexpired certificate of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// RFC 5280 reason (`keyCompromise`, `superseded`, ...).
+    pub reason: String,
+}
+
+/// Answer of `POST /v1/revocations`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokeAnswer {
+    /// What is now revoked.
+    pub revoked: Vec<serde_json::Value>,
+    /// Number of the CRL that lists them (absent if it could not be regenerated yet).
+    pub crl_number: Option<u64>,
+}
+
+async fn revoke(
+    State(ca): State<Arc<LocalCa>>,
+    peer: Option<axum::Extension<crate::tls::PeerCertificate>>,
+    headers: HeaderMap,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Json<RevokeAnswer>, ApiError> {
+    let Some(axum::Extension(peer)) = peer else {
+        return Err(ApiError::unauthorized(
+            "client_certificate_required",
+            "revocation needs an administrator client certificate (`crank ca admin-cert`)",
+        ));
+    };
+    let admin = ca.admin_of(&peer.0).await?;
+    let Json(body) = body.map_err(json_error)?;
+    let cid = correlation(&headers);
+    let target = match (body.serial, body.worker_id) {
+        (Some(s), None) => RevokeTarget::Serial(s.trim().to_ascii_lowercase()),
+        (None, Some(w)) => RevokeTarget::Worker(
+            WorkerId::new(w).map_err(|e| ApiError::bad_request("bad_worker_id", e.to_string()))?.to_string(),
+        ),
+        _ => return Err(ApiError::bad_request("bad_target", "give exactly one of \"serial\" and \"worker_id\"")),
+    };
+    let reason: RevocationReason = body.reason.parse().map_err(|e: String| ApiError::bad_request("bad_reason", e))?;
+    let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await?;
+    let crl_number = ca.crl().await.ok().map(|c| c.number);
+    let revoked = records.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+    Ok(Json(RevokeAnswer { revoked, crl_number }))
 }
 
 async fn trust_bundle(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiError> {

@@ -58,7 +58,8 @@ pub struct WorkerContext {
 /// `CRANK_WORKER_ID` (default: the token's worker id, else the service name),
 /// `CRANK_SANS` (comma-separated), `CRANK_KEY_TYPE` (default `ecdsa-p256`),
 /// `CRANK_BOOTSTRAP_ATTEMPTS` (default 5), `CRANK_LISTEN_HOST` (default `0.0.0.0`),
-/// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in).
+/// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in),
+/// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -75,6 +76,7 @@ pub struct WorkerApplication {
     policy: Option<Arc<dyn PolicyEngine>>,
     platform_url: Option<String>,
     heartbeat_interval: Option<Duration>,
+    crl_refresh: Option<Duration>,
 }
 
 /// A started worker.
@@ -126,6 +128,7 @@ impl WorkerApplication {
             policy: None,
             platform_url: None,
             heartbeat_interval: None,
+            crl_refresh: None,
         }
     }
 
@@ -203,6 +206,14 @@ impl WorkerApplication {
     /// `PLATFORM_URL`.
     pub fn platform_url(mut self, url: impl Into<String>) -> Self {
         self.platform_url = Some(url.into());
+        self
+    }
+
+    /// How often the CA's revocation list is fetched (default 30 s, or
+    /// `CRANK_CRL_REFRESH`, e.g. `10s`); also the longest time a revoked peer can still
+    /// open new connections to this worker.
+    pub fn crl_refresh(mut self, interval: Duration) -> Self {
+        self.crl_refresh = Some(interval);
         self
     }
 
@@ -342,6 +353,27 @@ impl WorkerApplication {
         let rotator = Rotator::new(bundle.clone(), rotation, policy, events, credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
         tokio::spawn(rotator.clone().run(stop_rx));
+        let crl_refresh = match self.crl_refresh {
+            Some(i) => i,
+            None => env("CRANK_CRL_REFRESH")
+                .map(|v| {
+                    humantime::parse_duration(&v)
+                        .map_err(|e| RuntimeError::Config(format!("CRANK_CRL_REFRESH={v:?}: {e}")))
+                })
+                .transpose()?
+                .unwrap_or(super::crl::DEFAULT_CRL_REFRESH),
+        };
+        if crl_refresh < Duration::from_secs(1) {
+            return Err(RuntimeError::Config(format!("the CRL refresh interval {crl_refresh:?} is below 1 s")));
+        }
+        let watcher = super::crl::CrlWatcher::new(
+            config.ca_urls.clone(),
+            trust.clone(),
+            credentials.clone(),
+            rotator.clone(),
+            crl_refresh,
+        );
+        tokio::spawn(watcher.run(stop_rotation.subscribe()));
         let current = rotator.clone();
         metrics.set_expiry_source(move || current.current().metadata().not_after);
         if let Some(platform) = self.platform_url.clone().or_else(|| env("PLATFORM_URL")) {

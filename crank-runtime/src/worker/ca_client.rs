@@ -64,29 +64,60 @@ impl CaClient {
         &self.urls
     }
 
-    async fn post<B: Serialize + Sync>(
+    /// Asks the CA to revoke (the client certificate must be an administrator's).
+    pub async fn revoke(
+        &self,
+        body: &crate::ca::server::RevokeBody,
+    ) -> Result<crate::ca::server::RevokeAnswer, ProviderError> {
+        self.post("/v1/revocations", body, &CorrelationId::new()).await
+    }
+
+    /// Fetches the CA's CRL (DER) from the first CA URL that answers. The caller
+    /// verifies it before use.
+    pub async fn crl(&self) -> Result<Vec<u8>, ProviderError> {
+        let mut last = None;
+        for base in &self.urls {
+            let url = base.join("/v1/crl").map_err(|e| ProviderError::Other(e.to_string()))?;
+            match self.http.get(url.clone()).send().await {
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(b) => return Ok(b.to_vec()),
+                    Err(e) => last = Some(ProviderError::Unavailable(format!("{url}: {}", error_chain(&e)))),
+                },
+                Ok(r) => last = Some(classify(r.status(), format!("{url}: HTTP {}", r.status()))),
+                Err(e) => last = Some(ProviderError::Unavailable(format!("{url}: {}", error_chain(&e)))),
+            }
+        }
+        Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
+    }
+
+    async fn post<B: Serialize + Sync, T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         cid: &CorrelationId,
-    ) -> Result<IssuedCertificate, ProviderError> {
+    ) -> Result<T, ProviderError> {
         let mut last = None;
         for base in &self.urls {
             let url = base.join(path).map_err(|e| ProviderError::Other(e.to_string()))?;
             let res = self.http.post(url.clone()).header(CorrelationId::HEADER, cid.as_str()).json(body).send().await;
             match res {
                 Ok(resp) if resp.status().is_success() => {
-                    return resp.json::<IssuedCertificate>().await.map_err(|e| {
-                        ProviderError::Other(format!("{url} answered with an unreadable certificate: {e}"))
-                    });
+                    return resp
+                        .json::<T>()
+                        .await
+                        .map_err(|e| ProviderError::Other(format!("{url} answered with an unreadable body: {e}")));
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let msg = match resp.json::<ErrorBody>().await {
-                        Ok(b) => b.error.message,
-                        Err(_) => format!("HTTP {status}"),
+                    let (code, msg) = match resp.json::<ErrorBody>().await {
+                        Ok(b) => (b.error.code, b.error.message),
+                        Err(_) => (String::new(), format!("HTTP {status}")),
                     };
-                    let err = classify(status, format!("{url}: {msg}"));
+                    let err = if code == "certificate_revoked" {
+                        ProviderError::Revoked(format!("{url}: {msg}"))
+                    } else {
+                        classify(status, format!("{url}: {msg}"))
+                    };
                     if !matches!(err, ProviderError::Unavailable(_)) {
                         return Err(err);
                     }

@@ -3,5 +3,6 @@
 pub mod app;
 pub mod bootstrap;
 pub mod ca_client;
+pub mod crl;
 pub mod mtls;
 pub mod rotation;

@@ -51,6 +51,9 @@ pub struct Rotator {
     trust: Arc<TrustStore>,
     current: ArcSwap<CertificateBundle>,
     serial_tx: watch::Sender<String>,
+    /// Serial of the certificate in use when it was found revoked.
+    revoked: arc_swap::ArcSwapOption<String>,
+    wake: tokio::sync::Notify,
 }
 
 /// Settings of a [`Rotator`].
@@ -96,12 +99,31 @@ impl Rotator {
             trust,
             current: ArcSwap::from_pointee(bundle),
             serial_tx,
+            revoked: arc_swap::ArcSwapOption::empty(),
+            wake: tokio::sync::Notify::new(),
         }))
     }
 
     /// The certificate in use.
     pub fn current(&self) -> Arc<CertificateBundle> {
         self.current.load_full()
+    }
+
+    /// Records that the certificate with `serial` was revoked (seen in the CRL, or told
+    /// by the CA). If it is the one in use, the rotator stops renewing, emits
+    /// CERT_REVOKED, and waits for a join token in the token file.
+    pub fn mark_revoked(&self, serial: &str) {
+        if self.current().metadata().serial == serial
+            && self.revoked.load().as_deref().map(String::as_str) != Some(serial)
+        {
+            self.revoked.store(Some(Arc::new(serial.to_owned())));
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether the certificate in use is known to be revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load().as_deref().map(String::as_str) == Some(self.current().metadata().serial.as_str())
     }
 
     /// Follows the serial of the certificate in use.
@@ -129,19 +151,68 @@ impl Rotator {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut delay = Retry::default();
         let (mut warned_soon, mut warned_expired) = (false, false);
+        let mut announced_revoked: Option<String> = None;
         loop {
+            if let Some(step) = self.revoked_step(&mut announced_revoked).await {
+                match step {
+                    Step::Again => {
+                        delay = Retry::default();
+                        (warned_soon, warned_expired) = (false, false);
+                        continue;
+                    }
+                    Step::Sleep(wait) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        if *shutdown.borrow() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             let wait = match self.step(&mut delay, &mut warned_soon, &mut warned_expired).await {
                 Step::Again => continue,
                 Step::Sleep(d) => d,
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
                 return;
             }
         }
+    }
+
+    /// While the certificate in use is revoked: announce it once, never renew, and
+    /// bootstrap again only with a join token from the token file (if policy still
+    /// allows this worker, the CA issues a new certificate). `None` when not revoked.
+    async fn revoked_step(&self, announced: &mut Option<String>) -> Option<Step> {
+        if self.pick_up_from_disk() || !self.is_revoked() {
+            return None;
+        }
+        let bundle = self.current();
+        let meta = bundle.metadata();
+        if announced.as_deref() != Some(meta.serial.as_str()) {
+            *announced = Some(meta.serial.clone());
+            self.emit(
+                CertificateEvent::new(EventKind::CertRevoked, &CorrelationId::new())
+                    .cert(meta)
+                    .detail("severity", "critical")
+                    .detail(
+                        "action",
+                        "renewal stopped; drop a new join token into the token file to get a new certificate",
+                    )
+                    .detail("token_file", self.token_file.display().to_string()),
+            );
+        }
+        Some(match self.recover_with_token().await {
+            Some(()) => Step::Again,
+            None => Step::Sleep(tick(meta.granted_lifetime()).min(Duration::from_secs(5))),
+        })
     }
 
     async fn step(&self, delay: &mut Retry, warned_soon: &mut bool, warned_expired: &mut bool) -> Step {
@@ -198,6 +269,10 @@ impl Rotator {
                 *delay = Retry::default();
                 *warned_soon = false;
                 Step::Sleep(tick)
+            }
+            Err(ProviderError::Revoked(_)) => {
+                self.mark_revoked(&meta.serial);
+                Step::Again
             }
             Err(e) => {
                 let next = delay.delay.map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY_DELAY));

@@ -1,6 +1,4 @@
-//! Durable CA state: the ledger of issued certificates and the set of used join tokens.
-//!
-//! The embedded default is SQLite in WAL mode with `synchronous=FULL`: a commit is on
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`: a commit is on
 //! disk before it returns. Writes go through one writer thread that commits whatever
 //! requests are waiting as one transaction (group commit), so many concurrent issuances
 //! share one fsync while each still returns only after its own row is durable.
@@ -12,8 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
+
+use super::{
+    CaStore, CertificateRecord, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, now_rfc3339,
+    parse_rfc3339,
+};
 
 /// Versioned schema migrations, applied in order at start; `PRAGMA user_version` holds
 /// how many have run.
@@ -41,88 +44,28 @@ const MIGRATIONS: &[&str] = &[
         used_at TEXT NOT NULL,
         expires_at TEXT NOT NULL
     );",
+    // 2: revocations and the CRL counters
+    "CREATE TABLE revocations (
+        serial TEXT PRIMARY KEY REFERENCES certificates(serial),
+        worker_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        revoked_by TEXT NOT NULL,
+        not_after INTEGER NOT NULL
+    );
+    CREATE INDEX revocations_not_after ON revocations(not_after);
+    CREATE TABLE crl_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        generation INTEGER NOT NULL,
+        crl_number INTEGER NOT NULL
+    );
+    INSERT INTO crl_state (id, generation, crl_number) VALUES (1, 0, 0);",
 ];
-
-/// One row of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertificateRecord {
-    /// Serial, hex with `:`.
-    pub serial: String,
-    /// Worker id.
-    pub worker_id: String,
-    /// SPIFFE ID.
-    pub spiffe_id: String,
-    /// All SANs (JSON array text).
-    pub sans: Vec<String>,
-    /// Capabilities the certificate was issued under (carried over on renewal).
-    pub capabilities: Vec<String>,
-    /// RFC 3339.
-    pub not_before: String,
-    /// RFC 3339.
-    pub not_after: String,
-    /// SHA-256 of the DER, hex.
-    pub fingerprint: String,
-    /// Which CA replica issued it.
-    pub issued_by: String,
-    /// `issue` or `renew`.
-    pub kind: String,
-    /// Correlation id of the issuance.
-    pub correlation_id: String,
-    /// When it was recorded, RFC 3339.
-    pub issued_at: String,
-    /// `valid` (or `revoked`).
-    pub status: String,
-}
-
-/// A used join token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenUse {
-    /// Token id.
-    pub jti: String,
-    /// Worker it was bound to.
-    pub worker_id: String,
-    /// Token expiry, RFC 3339.
-    pub expires_at: String,
-}
-
-/// Why the store refused or failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The join token was already used.
-    #[error("join token {0} was already used")]
-    TokenUsed(String),
-    /// A certificate with this serial is already recorded.
-    #[error("serial {0} is already recorded")]
-    DuplicateSerial(String),
-    /// The database failed.
-    #[error("CA store error: {0}")]
-    Database(String),
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Database(e.to_string())
     }
-}
-
-/// Durable CA state. Every method returns only after its change is durable.
-#[async_trait]
-pub trait CaStore: Debug + Send + Sync {
-    /// Records an issued certificate, consuming `token` first when given, atomically:
-    /// either both are recorded or neither.
-    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError>;
-    /// Whether a token id has been used.
-    async fn token_used(&self, jti: &str) -> Result<bool, StoreError>;
-    /// The ledger row of a serial.
-    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
-    /// Number of ledger rows.
-    async fn certificate_count(&self) -> Result<u64, StoreError>;
-    /// The latest `not_after` among certificates issued before `before`.
-    async fn latest_expiry_issued_before(
-        &self,
-        before: time::OffsetDateTime,
-    ) -> Result<Option<time::OffsetDateTime>, StoreError>;
 }
 
 struct Job {
@@ -167,7 +110,7 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn read<T: Send + 'static>(
+    async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -290,12 +233,12 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
 #[async_trait]
 impl CaStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -306,7 +249,7 @@ impl CaStore for SqliteStore {
 
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError> {
         let jti = jti.to_owned();
-        self.read(move |c| {
+        self.with_conn(move |c| {
             Ok(c.query_row("SELECT 1 FROM used_tokens WHERE jti = ?1", [jti], |_| Ok(())).optional()?.is_some())
         })
         .await
@@ -314,7 +257,7 @@ impl CaStore for SqliteStore {
 
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let serial = serial.to_owned();
-        self.read(move |c| {
+        self.with_conn(move |c| {
             Ok(c.query_row(
                 "SELECT serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status FROM certificates WHERE serial = ?1",
                 [serial],
@@ -343,11 +286,8 @@ impl CaStore for SqliteStore {
         .await
     }
 
-    async fn latest_expiry_issued_before(
-        &self,
-        before: time::OffsetDateTime,
-    ) -> Result<Option<time::OffsetDateTime>, StoreError> {
-        self.read(move |c| {
+    async fn latest_expiry_issued_before(&self, before: OffsetDateTime) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.with_conn(move |c| {
             let parse =
                 |s: String| time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok();
             let mut stmt = c.prepare("SELECT issued_at, not_after FROM certificates")?;
@@ -367,11 +307,152 @@ impl CaStore for SqliteStore {
     }
 
     async fn certificate_count(&self) -> Result<u64, StoreError> {
-        self.read(|c| {
+        self.with_conn(|c| {
             Ok(c.query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0))
         })
         .await
     }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<Vec<RevocationRecord>, StoreError> {
+        let rev = revocation.clone();
+        // Revocations are rare: they write through the second connection (its busy
+        // timeout waits out a group commit in progress).
+        self.with_conn(move |c| {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let out = revoke_in(c, &rev).and_then(|records| {
+                c.execute_batch("COMMIT")?;
+                Ok(records)
+            });
+            if out.is_err() && !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+            out
+        })
+        .await
+    }
+
+    async fn revoked_unexpired(&self, now: OffsetDateTime) -> Result<Vec<RevocationRecord>, StoreError> {
+        let now = now.unix_timestamp();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT serial, worker_id, reason, revoked_at, revoked_by, not_after FROM revocations
+                 WHERE not_after > ?1 ORDER BY revoked_at, serial",
+            )?;
+            let rows = stmt.query_map([now], revocation_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revocation_generation(&self) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            let g: i64 = c.query_row("SELECT generation FROM crl_state WHERE id = 1", [], |r| r.get(0))?;
+            Ok(u64::try_from(g).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            let n: i64 = c.query_row(
+                "UPDATE crl_state SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+}
+
+type RowResult = Result<RevocationRecord, StoreError>;
+
+fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
+    let reason: String = r.get(2)?;
+    let serial: String = r.get(0)?;
+    Ok(match reason.parse() {
+        Ok(reason) => Ok(RevocationRecord {
+            serial,
+            worker_id: r.get(1)?,
+            reason,
+            revoked_at: r.get(3)?,
+            revoked_by: r.get(4)?,
+            not_after: r.get(5)?,
+        }),
+        Err(e) => Err(StoreError::Database(format!("revocation of {serial}: {e}"))),
+    })
+}
+
+fn revoke_in(c: &Connection, rev: &Revocation) -> Result<Vec<RevocationRecord>, StoreError> {
+    let now = rev.at.unix_timestamp();
+    // (serial, worker, not_after) of the certificates to revoke.
+    let mut targets = Vec::new();
+    match &rev.target {
+        RevokeTarget::Serial(serial) => {
+            let row = c
+                .query_row("SELECT worker_id, not_after, status FROM certificates WHERE serial = ?1", [serial], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })
+                .optional()?;
+            let Some((worker, not_after, status)) = row else {
+                return Err(StoreError::NotFound(format!("no certificate with serial {serial} in the ledger")));
+            };
+            if status == "revoked" {
+                let existing = c
+                    .query_row(
+                        "SELECT serial, worker_id, reason, revoked_at, revoked_by, not_after FROM revocations WHERE serial = ?1",
+                        [serial],
+                        revocation_row,
+                    )
+                    .optional()?;
+                if let Some(existing) = existing {
+                    return Ok(vec![existing?]);
+                }
+            }
+            targets.push((serial.clone(), worker, parse_rfc3339("not_after", &not_after)?.unix_timestamp()));
+        }
+        RevokeTarget::Worker(worker) => {
+            let mut stmt =
+                c.prepare("SELECT serial, not_after FROM certificates WHERE worker_id = ?1 AND status = 'valid'")?;
+            let rows = stmt.query_map([worker], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (serial, not_after) = row?;
+                let not_after = parse_rfc3339("not_after", &not_after)?.unix_timestamp();
+                if not_after > now {
+                    targets.push((serial, worker.clone(), not_after));
+                }
+            }
+            if targets.is_empty() {
+                return Err(StoreError::NotFound(format!("worker {worker} has no unexpired valid certificate")));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for (serial, worker_id, not_after) in targets {
+        c.execute(
+            "INSERT INTO revocations (serial, worker_id, reason, revoked_at, revoked_by, not_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![serial, worker_id, rev.reason.as_str(), now, rev.revoked_by, not_after],
+        )?;
+        c.execute("UPDATE certificates SET status = 'revoked' WHERE serial = ?1", [&serial])?;
+        out.push(RevocationRecord {
+            serial,
+            worker_id,
+            reason: rev.reason,
+            revoked_at: now,
+            revoked_by: rev.revoked_by.clone(),
+            not_after,
+        });
+    }
+    c.execute("UPDATE crl_state SET generation = generation + 1 WHERE id = 1", [])?;
+    Ok(out)
 }
 
 #[cfg(test)]
