@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, build, unit, integration and doc tests.
-# Installs the system tools the tests call (openssl, curl) when they are missing.
+# Installs the system tools the tests call (openssl, curl, the PostgreSQL server) when
+# they are missing. Tests that need PostgreSQL start their own server on 127.0.0.1 on a
+# free port (initdb + pg_ctl, as the postgres user when run as root) and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +10,9 @@ missing=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+if [ -z "${CRANK_PG_BINDIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    missing+=(postgresql)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]}"
     sudo_cmd=""

@@ -246,3 +246,136 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// A PostgreSQL server of its own on 127.0.0.1 and a free port, in a temporary data
+/// directory; stopped (immediate mode) and deleted when dropped. Run as root, the
+/// server runs as the `postgres` user, as PostgreSQL requires.
+#[derive(Debug)]
+pub struct PgServer {
+    data: TempDir,
+    bindir: PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl PgServer {
+    /// initdb + start. Panics with what to install when PostgreSQL is missing.
+    pub fn start() -> Self {
+        let bindir = pg_bindir();
+        let data = tempfile::Builder::new().prefix("crank-pg-").tempdir().unwrap();
+        let port = free_addr().port();
+        let as_root = running_as_root();
+        if as_root {
+            let st = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(data.path()).status();
+            assert!(st.is_ok_and(|s| s.success()), "chown of the PostgreSQL data dir to postgres failed");
+        }
+        let pgdata = data.path().join("data");
+        let out = pg_command(&bindir, "initdb", as_root)
+            .args(["-D"])
+            .arg(&pgdata)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("running initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let server = Self { data, bindir, port };
+        server.start_again();
+        server
+    }
+
+    fn pgdata(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c max_connections=200",
+            self.port,
+            self.data.path().display()
+        );
+        let log = self.data.path().join("server.log");
+        let out = pg_command(&self.bindir, "pg_ctl", running_as_root())
+            .args(["-D"])
+            .arg(self.pgdata())
+            .args(["-o", &opts, "-l"])
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .expect("running pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (like a crash: `-m immediate`).
+    pub fn stop(&self) {
+        let _ = pg_command(&self.bindir, "pg_ctl", running_as_root())
+            .args(["-D"])
+            .arg(self.pgdata())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub fn create_db(&self, name: &str) -> String {
+        let out = std::process::Command::new(self.bindir.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .output()
+            .expect("running createdb");
+        assert!(out.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.url(name)
+    }
+
+    /// URL of database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn pg_command(bindir: &Path, tool: &str, as_root: bool) -> std::process::Command {
+    if as_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bindir.join(tool));
+        c
+    } else {
+        std::process::Command::new(bindir.join(tool))
+    }
+}
+
+/// The PostgreSQL server binaries: `CRANK_PG_BINDIR`, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CRANK_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p).expect(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (`apt-get install postgresql`, as scripts/test.sh does) or set CRANK_PG_BINDIR",
+    )
+}

@@ -9,6 +9,7 @@ mod platform;
 mod policy;
 mod refusals;
 mod rotation;
+mod store;
 mod transport;
 
 use std::sync::Arc;

@@ -1,0 +1,193 @@
+//! One storage test suite, run against both backends: the embedded SQLite store and
+//! PostgreSQL (a server of the test's own on 127.0.0.1).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crank_runtime::ca::store::{
+    self, CaStore, CertificateRecord, PostgresStore, Revocation, RevocationReason, RevokeTarget, SqliteStore,
+    StoreError, TokenUse,
+};
+use crank_tests::PgServer;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+fn at(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap()
+}
+
+fn rec(serial: &str, worker: &str, not_after: OffsetDateTime) -> CertificateRecord {
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    CertificateRecord {
+        serial: serial.into(),
+        worker_id: worker.into(),
+        spiffe_id: format!("spiffe://crank.local/worker/{worker}"),
+        sans: vec![format!("spiffe://crank.local/worker/{worker}"), "svc.example.internal".into()],
+        capabilities: vec!["san:svc.example.internal".into()],
+        not_before: at(now - time::Duration::minutes(1)),
+        not_after: at(not_after.replace_nanosecond(0).unwrap()),
+        fingerprint: format!("fp-{serial}"),
+        issued_by: "replica-a".into(),
+        kind: "issue".into(),
+        correlation_id: format!("req_{serial}"),
+        issued_at: at(now),
+        status: "valid".into(),
+    }
+}
+
+fn tok(jti: &str, worker: &str) -> TokenUse {
+    TokenUse { jti: jti.into(), worker_id: worker.into(), expires_at: at(OffsetDateTime::now_utc()) }
+}
+
+fn revocation(target: RevokeTarget, reason: RevocationReason) -> Revocation {
+    Revocation { target, reason, revoked_by: "admin/alice".into(), at: OffsetDateTime::now_utc() }
+}
+
+/// The behaviour every backend must have.
+async fn suite(s: Arc<dyn CaStore>) {
+    let now = OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+
+    // Issuance: the row round-trips field for field; the token is consumed with it.
+    let r1 = rec("01:aa", "w1", now + hour);
+    s.record_issuance(Some(tok("t1", "w1")), r1.clone()).await.unwrap();
+    assert_eq!(s.certificate("01:aa").await.unwrap().unwrap(), r1);
+    assert!(s.token_used("t1").await.unwrap());
+    assert!(!s.token_used("t2").await.unwrap());
+    assert!(s.certificate("ff").await.unwrap().is_none());
+
+    // A used token is refused and leaves nothing behind; a duplicate serial is refused.
+    let e = s.record_issuance(Some(tok("t1", "w1")), rec("02:bb", "w1", now + hour)).await.unwrap_err();
+    assert!(matches!(e, StoreError::TokenUsed(ref j) if j == "t1"), "{e}");
+    assert!(s.certificate("02:bb").await.unwrap().is_none());
+    let e = s.record_issuance(Some(tok("t9", "w1")), rec("01:aa", "w1", now + hour)).await.unwrap_err();
+    assert!(matches!(e, StoreError::DuplicateSerial(_)), "{e}");
+    assert!(!s.token_used("t9").await.unwrap(), "the refused issuance must not consume its token");
+
+    // More certificates: w1 has a second live one and an expired one; w2 has one.
+    s.record_issuance(None, rec("02:bb", "w1", now + hour)).await.unwrap();
+    s.record_issuance(None, rec("03:cc", "w1", now - time::Duration::minutes(5))).await.unwrap();
+    s.record_issuance(None, rec("04:dd", "w2", now + hour)).await.unwrap();
+    assert_eq!(s.certificate_count().await.unwrap(), 4);
+    let latest = s.latest_expiry_issued_before(now + hour).await.unwrap().unwrap();
+    assert_eq!(latest.unix_timestamp(), (now + hour).unix_timestamp());
+    assert!(s.latest_expiry_issued_before(now - hour).await.unwrap().is_none());
+
+    // Revocation of one serial: recorded, status changes, generation moves; idempotent.
+    let g0 = s.revocation_generation().await.unwrap();
+    let out = s.revoke(&revocation(RevokeTarget::Serial("04:dd".into()), RevocationReason::KeyCompromise)).await;
+    let out = out.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].serial.as_str(), out[0].worker_id.as_str()), ("04:dd", "w2"));
+    assert_eq!(out[0].reason, RevocationReason::KeyCompromise);
+    assert_eq!(out[0].revoked_by, "admin/alice");
+    assert_eq!(out[0].not_after, (now + hour).unix_timestamp());
+    assert_eq!(s.certificate("04:dd").await.unwrap().unwrap().status, "revoked");
+    let g1 = s.revocation_generation().await.unwrap();
+    assert!(g1 > g0);
+    let again = s.revoke(&revocation(RevokeTarget::Serial("04:dd".into()), RevocationReason::Superseded)).await;
+    assert_eq!(again.unwrap(), out, "revoking twice returns the first revocation");
+
+    // Unknown serial / worker without live certificates: NotFound, nothing changes.
+    let e = s.revoke(&revocation(RevokeTarget::Serial("77".into()), RevocationReason::Unspecified)).await;
+    assert!(matches!(e, Err(StoreError::NotFound(ref m)) if m.contains("77")), "{e:?}");
+    let e = s.revoke(&revocation(RevokeTarget::Worker("w2".into()), RevocationReason::Unspecified)).await;
+    assert!(matches!(e, Err(StoreError::NotFound(ref m)) if m.contains("w2")), "{e:?}");
+
+    // Revoking a worker revokes its live certificates only.
+    let out = s.revoke(&revocation(RevokeTarget::Worker("w1".into()), RevocationReason::CessationOfOperation)).await;
+    let got: HashSet<String> = out.unwrap().into_iter().map(|r| r.serial).collect();
+    assert_eq!(got, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned()]));
+    assert_eq!(s.certificate("03:cc").await.unwrap().unwrap().status, "valid", "expired ones are left alone");
+    assert!(s.revocation_generation().await.unwrap() > g1);
+
+    // The CRL's view: revoked and unexpired.
+    let listed: HashSet<String> = s.revoked_unexpired(now).await.unwrap().into_iter().map(|r| r.serial).collect();
+    assert_eq!(listed, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned(), "04:dd".to_owned()]));
+    assert!(s.revoked_unexpired(now + hour + time::Duration::seconds(1)).await.unwrap().is_empty());
+
+    // CRL numbers strictly increase.
+    let a = s.next_crl_number().await.unwrap();
+    let b = s.next_crl_number().await.unwrap();
+    assert!(b > a, "{a} then {b}");
+    s.ping().await.unwrap();
+
+    // Concurrency: 200 issuances at once, all recorded; 20 racers for one token, one wins.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.record_issuance(Some(tok(&format!("c{i}"), "wc")), rec(&format!("c0:{i:04x}"), "wc", now + hour)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.certificate_count().await.unwrap(), 204);
+    let mut racers = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            s.record_issuance(Some(tok("contended", "wr")), rec(&format!("d0:{i:02x}"), "wr", now + hour)).await
+        }));
+    }
+    let mut wins = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(StoreError::TokenUsed(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one issuance may consume a token");
+    assert_eq!(s.certificate_count().await.unwrap(), 205);
+}
+
+#[tokio::test]
+async fn sqlite_store_passes_the_suite_and_keeps_state_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.db");
+    suite(Arc::new(SqliteStore::open(&path).unwrap())).await;
+    let reopened = store::open(Some(&format!("sqlite://{}", path.display())), &path).await.unwrap();
+    assert_eq!(reopened.backend(), "sqlite");
+    assert_eq!(reopened.certificate_count().await.unwrap(), 205);
+    assert!(reopened.token_used("t1").await.unwrap());
+    assert_eq!(reopened.revoked_unexpired(OffsetDateTime::now_utc()).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn postgres_store_passes_the_suite_and_keeps_state_across_reconnect() {
+    let pg = PgServer::start();
+    let url = pg.create_db("suite");
+    let s = store::open(Some(&url), std::path::Path::new("unused")).await.unwrap();
+    assert_eq!(s.backend(), "postgres");
+    suite(s).await;
+    let again = PostgresStore::connect(&url).await.unwrap();
+    assert_eq!(again.certificate_count().await.unwrap(), 205);
+    assert!(again.token_used("t1").await.unwrap());
+}
+
+#[tokio::test]
+async fn postgres_replicas_starting_together_migrate_once_and_share_state() {
+    let pg = PgServer::start();
+    let url = pg.create_db("replicas");
+    let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let now = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    a.record_issuance(Some(tok("shared", "w")), rec("0a", "w", now)).await.unwrap();
+    let e = b.record_issuance(Some(tok("shared", "w")), rec("0b", "w", now)).await.unwrap_err();
+    assert!(matches!(e, StoreError::TokenUsed(_)), "a token used at one replica is refused at the other: {e}");
+    assert!(b.certificate("0a").await.unwrap().is_some());
+    let n1 = a.next_crl_number().await.unwrap();
+    let n2 = b.next_crl_number().await.unwrap();
+    assert!(n2 > n1, "CRL numbers increase across replicas");
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_error_without_the_password() {
+    let port = crank_tests::free_addr().port();
+    let url = format!("postgres://crank:hunter2@127.0.0.1:{port}/ca");
+    let e = store::open(Some(&url), std::path::Path::new("unused")).await.unwrap_err().to_string();
+    assert!(e.contains("PostgreSQL"), "{e}");
+    assert!(!e.contains("hunter2"), "the password leaked: {e}");
+}
