@@ -8,6 +8,7 @@ mod metrics;
 mod platform;
 mod policy;
 mod refusals;
+mod revocation;
 mod rotation;
 mod store;
 mod transport;

@@ -1,0 +1,283 @@
+//! Revocation: the admin API, the signed CRL, and enforcement by every peer in the TLS
+//! handshake, in both directions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crank_runtime::RunningWorker;
+use crank_runtime::demo::hello_routes;
+use crank_runtime::tls::client_config;
+use crank_runtime::worker::ca_client::{CaClient, error_chain};
+use crank_security_core::{
+    CertificateBundle, CertificateProvider, CorrelationId, EventKind, IssuanceDecision, IssuanceInput, PolicyEngine,
+    PolicyError, ProviderError, RenewRequest, RenewalDecision, RenewalInput, WorkerId, build_csr, generate_key,
+};
+use crank_tests::{Recorder, TestCa};
+use serde_json::json;
+
+/// A reqwest client holding an administrator certificate of `ca`.
+async fn admin_client(ca: &TestCa) -> reqwest::Client {
+    let (cert, key) = ca.ca.issue_admin(&WorkerId::new("alice").unwrap(), time::Duration::hours(1)).await.unwrap();
+    let roots = ca.dir.trust_bundle_pem().unwrap();
+    let bundle = CertificateBundle::from_pem(cert.as_bytes(), key.as_bytes(), roots.as_bytes()).unwrap();
+    super::mtls(&bundle, bundle.ca())
+}
+
+async fn start(ca: &TestCa, name: &str, events: Arc<Recorder>) -> RunningWorker {
+    ca.app(name, hello_routes()).crl_refresh(Duration::from_secs(1)).event_sink(events).start().await.unwrap()
+}
+
+/// One request from `from` to `to` on a new connection (a full handshake), verified
+/// with `from`'s current trust (roots and CRL) and identity.
+async fn call(from: &RunningWorker, to: &RunningWorker) -> Result<(), String> {
+    let mut cfg = client_config(&from.trust, from.credentials.clone()).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/health", to.addr().port());
+    match client.get(&url).send().await {
+        Ok(r) if r.status() == 200 => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status())),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn serial_of(w: &RunningWorker) -> String {
+    w.rotator.current().metadata().serial.clone()
+}
+
+async fn revoke(ca: &TestCa, admin: &reqwest::Client, body: serde_json::Value) -> reqwest::Response {
+    admin.post(ca.url().join("/v1/revocations").unwrap()).json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_with_a_new_token() {
+    let ca = TestCa::start().await;
+    let a_events = Arc::new(Recorder::default());
+    let a = start(&ca, "wa", a_events.clone()).await;
+    let b = start(&ca, "wb", Arc::default()).await;
+    let c = start(&ca, "wc", Arc::default()).await;
+    for (x, y) in [(&a, &b), (&b, &a), (&c, &b), (&b, &c)] {
+        call(x, y).await.unwrap();
+    }
+    let revoked_serial = serial_of(&a);
+
+    let admin = admin_client(&ca).await;
+    let resp = revoke(&ca, &admin, json!({"worker_id": "wa", "reason": "keyCompromise"})).await;
+    assert_eq!(resp.status(), 200);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["revoked"][0]["serial"], revoked_serial);
+    assert_eq!(answer["revoked"][0]["reason"], "keyCompromise");
+    assert_eq!(answer["revoked"][0]["revoked_by"], "admin/alice");
+    assert!(answer["crl_number"].as_u64().is_some());
+    let t0 = Instant::now();
+
+    // Within the refresh interval (1 s here) plus a fetch, new connections fail in the
+    // handshake: b refuses a as a client, and b refuses a as a server.
+    let (ab, ba) = loop {
+        let (ab, ba) = (call(&a, &b).await, call(&b, &a).await);
+        if ab.is_err() && ba.is_err() {
+            break (ab.unwrap_err(), ba.unwrap_err());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "still accepted after {:?}: {ab:?} {ba:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("enforced after {:?}", t0.elapsed());
+    assert!(ab.to_lowercase().contains("revoked"), "a -> b should fail with a revoked-certificate alert: {ab}");
+    assert!(ba.to_lowercase().contains("revoked"), "b -> a should fail as the server certificate is revoked: {ba}");
+    // Unrevoked workers keep working, in both directions.
+    for (x, y) in [(&c, &b), (&b, &c)] {
+        call(x, y).await.unwrap();
+    }
+
+    // a knows: CERT_REVOKED, and the CA refuses its renewal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a_events.of(EventKind::CertRevoked).is_empty() {
+        assert!(Instant::now() < deadline, "no CERT_REVOKED from the revoked worker");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.rotator.is_revoked());
+    let client = CaClient::mtls(vec![ca.url()], &a.trust.roots(), a.credentials.clone()).unwrap();
+    let key = generate_key(Default::default()).unwrap();
+    let csr = build_csr(&key, &WorkerId::new("wa").unwrap(), &["wa".to_owned()]).unwrap();
+    let req = RenewRequest {
+        csr_pem: csr,
+        worker_id: "wa".into(),
+        current_serial: revoked_serial.clone(),
+        correlation_id: CorrelationId::new(),
+    };
+    match client.renew(req).await {
+        Err(ProviderError::Revoked(m)) => assert!(m.contains(&revoked_serial), "{m}"),
+        other => panic!("renewal with a revoked certificate must be refused as revoked: {other:?}"),
+    }
+
+    // Recovery: a new join token in the token file gives a new identity.
+    let token_file = ca.tmp.path().join("workers/wa/join-token");
+    std::fs::write(&token_file, ca.token("wa")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while serial_of(&a) == revoked_serial {
+        assert!(Instant::now() < deadline, "the revoked worker did not recover with the new token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!a.rotator.is_revoked());
+    call(&a, &b).await.unwrap();
+    call(&b, &a).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_revocation_api_needs_an_administrator_and_names_bad_input() {
+    let ca = TestCa::start().await;
+    let worker = ca.bootstrap("plain").await;
+    let url = ca.url().join("/v1/revocations").unwrap();
+    let body = json!({"worker_id": "plain", "reason": "keyCompromise"});
+
+    let anonymous = super::no_client_cert(worker.ca());
+    let r = anonymous.post(url.clone()).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let as_worker = super::mtls(&worker, worker.ca());
+    let r = as_worker.post(url.clone()).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("admin_required"), "{text}");
+
+    let admin = admin_client(&ca).await;
+    for (bad, code, needle) in [
+        (json!({"reason": "keyCompromise"}), 400, "exactly one"),
+        (json!({"serial": "01", "worker_id": "plain", "reason": "keyCompromise"}), 400, "exactly one"),
+        (json!({"worker_id": "plain", "reason": "because"}), 400, "keyCompromise"),
+        (json!({"serial": "7f:7f", "reason": "superseded"}), 404, "7f:7f"),
+        (json!({"worker_id": "nobody", "reason": "superseded"}), 404, "nobody"),
+    ] {
+        let r = revoke(&ca, &admin, bad.clone()).await;
+        assert_eq!(r.status(), code, "{bad}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{bad}: {text}");
+    }
+    // Nothing was revoked by any of that.
+    assert_eq!(ca.ca.store().certificate(&worker.metadata().serial).await.unwrap().unwrap().status, "valid");
+    assert!(ca.events.of(EventKind::CertRevoked).is_empty());
+
+    // Revoking by serial works and emits CERT_REVOKED at the CA.
+    let r = revoke(&ca, &admin, json!({"serial": worker.metadata().serial, "reason": "superseded"})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(ca.events.of(EventKind::CertRevoked).len(), 1);
+}
+
+#[tokio::test]
+async fn a_revocation_the_policy_denies_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    std::fs::copy(policies.join("default/crank.rego"), dir.path().join("crank.rego")).unwrap();
+    std::fs::write(
+        dir.path().join("protect.rego"),
+        "package crank\n\nrevoke_certificate := false if input.worker_id == \"protected\"\n",
+    )
+    .unwrap();
+    let engine = crank_policy::RegoEngine::from_dir(dir.path()).unwrap();
+    let ca = TestCa::start_with_policy(Arc::new(engine)).await;
+    let protected = ca.bootstrap("protected").await;
+    let other = ca.bootstrap("other").await;
+    let admin = admin_client(&ca).await;
+
+    let r = revoke(&ca, &admin, json!({"worker_id": "protected", "reason": "keyCompromise"})).await;
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("policy_denied"), "{text}");
+    let r = revoke(&ca, &admin, json!({"serial": protected.metadata().serial, "reason": "superseded"})).await;
+    assert_eq!(r.status(), 403, "by serial too: the hook sees the certificate's worker");
+    assert_eq!(ca.ca.store().certificate(&protected.metadata().serial).await.unwrap().unwrap().status, "valid");
+
+    let r = revoke(&ca, &admin, json!({"worker_id": "other", "reason": "keyCompromise"})).await;
+    assert_eq!(r.status(), 200, "other workers can still be revoked");
+    assert_eq!(ca.ca.store().certificate(&other.metadata().serial).await.unwrap().unwrap().status, "revoked");
+}
+
+/// A policy giving workers named `short-*` 5 s certificates and everyone else 1 h.
+#[derive(Debug)]
+struct ShortAndLong;
+
+impl PolicyEngine for ShortAndLong {
+    fn can_issue_certificate(&self, _: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
+        Ok(IssuanceDecision::allow())
+    }
+    fn certificate_validity_period(&self, worker: &str, _: &str) -> Result<Duration, PolicyError> {
+        Ok(if worker.starts_with("short-") { Duration::from_secs(5) } else { Duration::from_secs(3600) })
+    }
+    fn should_renew_certificate(&self, _: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+        Ok(RenewalDecision { renew: false, expiring_soon: false })
+    }
+    fn revoke_certificate(&self, _: &str, _: &str) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+}
+
+/// `openssl crl` on DER bytes: (verify output, listed serials as lowercase hex).
+fn openssl_crl(der: &[u8], root_pem: &std::path::Path) -> (String, HashSet<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.der");
+    std::fs::write(&path, der).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-verify", "-in"])
+        .arg(&path)
+        .arg("-CAfile")
+        .arg(root_pem)
+        .output()
+        .expect("running openssl");
+    assert!(out.status.success(), "openssl crl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let serials = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    (format!("{}{text}", String::from_utf8_lossy(&out.stderr)), serials)
+}
+
+fn plain_hex(serial: &str) -> String {
+    serial.replace(':', "").to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn the_crl_verifies_with_openssl_and_lists_exactly_the_revoked_unexpired_serials() {
+    let ca = TestCa::start_with_policy(Arc::new(ShortAndLong)).await;
+    let short = ca.bootstrap("short-lived").await;
+    let long1 = ca.bootstrap("long-1").await;
+    let long2 = ca.bootstrap("long-2").await;
+    let kept = ca.bootstrap("long-kept").await;
+    let admin = admin_client(&ca).await;
+    for w in [&short, &long1, &long2] {
+        let r = revoke(&ca, &admin, json!({"serial": w.metadata().serial, "reason": "keyCompromise"})).await;
+        assert_eq!(r.status(), 200);
+    }
+    let anonymous = super::no_client_cert(kept.ca());
+    let fetch = || async {
+        let r = anonymous.get(ca.url().join("/v1/crl").unwrap()).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pkix-crl");
+        r.bytes().await.unwrap().to_vec()
+    };
+    let root = ca.dir.root_cert();
+    let (verify, listed) = openssl_crl(&fetch().await, &root);
+    assert!(verify.contains("verify OK"), "{verify}");
+    let expect: HashSet<String> = [&short, &long1, &long2].iter().map(|w| plain_hex(&w.metadata().serial)).collect();
+    assert_eq!(listed, expect);
+    assert!(verify.contains("Next Update"), "{verify}");
+    assert!(verify.contains("X509v3 CRL Number"), "{verify}");
+    assert!(verify.contains("Key Compromise"), "{verify}");
+
+    // Once the short certificate has expired it drops off the next CRL.
+    let wait = (short.metadata().not_after - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait + 1100)).await;
+    // A new revocation regenerates the CRL at once.
+    let r = revoke(&ca, &admin, json!({"serial": kept.metadata().serial, "reason": "superseded"})).await;
+    assert_eq!(r.status(), 200);
+    let (verify, listed) = openssl_crl(&fetch().await, &root);
+    assert!(verify.contains("verify OK"), "{verify}");
+    let expect: HashSet<String> = [&long1, &long2, &kept].iter().map(|w| plain_hex(&w.metadata().serial)).collect();
+    assert_eq!(listed, expect, "exactly the revoked, unexpired serials");
+}
