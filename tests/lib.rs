@@ -342,10 +342,7 @@ impl Drop for PgServer {
 }
 
 fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn pg_command(bindir: &Path, tool: &str, as_root: bool) -> std::process::Command {

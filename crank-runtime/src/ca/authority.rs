@@ -307,7 +307,7 @@ impl LocalCa {
             if d.engine_failure {
                 let ev = CertificateEvent::new(EventKind::CertValidationFailed, cid)
                     .worker(worker.as_str())
-                    .error("policy", &ProviderError::PolicyDenied(d.reason.clone()))
+                    .error("policy", ProviderError::PolicyDenied(d.reason.clone()))
                     .detail("component", "ca")
                     .detail("operation", "revoke");
                 self.events.emit(&ev);

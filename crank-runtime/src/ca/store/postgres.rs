@@ -63,7 +63,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
-const MIGRATION_LOCK: i64 = 0x6372_616e_6b;
+const MIGRATION_LOCK: i64 = 0x0063_7261_6e6b;
 /// Connections per replica.
 const POOL_SIZE: usize = 16;
 /// How long to wait for a connection (to connect, or for a free pooled one).
