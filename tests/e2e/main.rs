@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod cli;
+mod ha;
 mod issuance;
 mod metrics;
 mod platform;

@@ -32,11 +32,17 @@ fn rec(serial: &str, worker: &str, not_after: OffsetDateTime) -> CertificateReco
         correlation_id: format!("req_{serial}"),
         issued_at: at(now),
         status: "valid".into(),
+        pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
     }
 }
 
 fn tok(jti: &str, worker: &str) -> TokenUse {
-    TokenUse { jti: jti.into(), worker_id: worker.into(), expires_at: at(OffsetDateTime::now_utc()) }
+    TokenUse {
+        jti: jti.into(),
+        worker_id: worker.into(),
+        expires_at: at(OffsetDateTime::now_utc()),
+        request_sha256: format!("sha-of-{jti}"),
+    }
 }
 
 fn revocation(target: RevokeTarget, reason: RevocationReason) -> Revocation {
@@ -55,6 +61,10 @@ async fn suite(s: Arc<dyn CaStore>) {
     assert!(s.token_used("t1").await.unwrap());
     assert!(!s.token_used("t2").await.unwrap());
     assert!(s.certificate("ff").await.unwrap().is_none());
+    // The token remembers its request and certificate (for answering a retry).
+    let (hash, cert) = s.issued_with_token("t1").await.unwrap().unwrap();
+    assert_eq!((hash.as_str(), &cert), ("sha-of-t1", &r1));
+    assert!(s.issued_with_token("t2").await.unwrap().is_none());
 
     // A used token is refused and leaves nothing behind; a duplicate serial is refused.
     let e = s.record_issuance(Some(tok("t1", "w1")), rec("02:bb", "w1", now + hour)).await.unwrap_err();

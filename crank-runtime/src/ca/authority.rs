@@ -380,6 +380,7 @@ impl LocalCa {
             correlation_id: CorrelationId::new().to_string(),
             issued_at: super::store::now_rfc3339(),
             status: "valid".into(),
+            pem: cert.pem(),
         };
         self.store.record_issuance(None, record).await?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -422,16 +423,43 @@ impl LocalCa {
         err
     }
 
-    async fn check_token(&self, token: &str) -> Result<JoinTokenClaims, ProviderError> {
+    /// Verifies the token. A used token is refused, except for the very request it was
+    /// used for (same CSR): that gets the certificate already issued for it, so a client
+    /// whose answer was lost (a replica died, the connection broke) can retry safely.
+    async fn check_token(
+        &self,
+        token: &str,
+        request_sha256: &str,
+    ) -> Result<Result<JoinTokenClaims, IssuedCertificate>, ProviderError> {
         let claims = self.tokens.verify(token).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         match self.store.token_used(&claims.jti).await {
-            Ok(true) => Err(ProviderError::Unauthorized(format!(
-                "join token {} was already used; a join token is single use, create a new one with `crank token create`",
-                claims.jti
-            ))),
-            Ok(false) => Ok(claims),
+            Ok(true) => self.replay(&claims.jti, request_sha256).await.map(Err),
+            Ok(false) => Ok(Ok(claims)),
             Err(e) => Err(ProviderError::Unavailable(e.to_string())),
         }
+    }
+
+    async fn replay(&self, jti: &str, request_sha256: &str) -> Result<IssuedCertificate, ProviderError> {
+        let used = || {
+            ProviderError::Unauthorized(format!(
+                "join token {jti} was already used; a join token is single use, create a new one with `crank token create`"
+            ))
+        };
+        let found = self.store.issued_with_token(jti).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let Some((hash, record)) = found else { return Err(used()) };
+        let live = time::OffsetDateTime::parse(&record.not_after, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| t > OffsetDateTime::now_utc());
+        if hash != request_sha256 || record.status != "valid" || !live || record.pem.is_empty() {
+            return Err(used());
+        }
+        tracing::info!(serial = %record.serial, worker_id = %record.worker_id, "same request retried with its token; answering with the certificate already issued");
+        Ok(IssuedCertificate {
+            certificate_chain: record.pem,
+            ca_bundle: self.root_pem.clone(),
+            serial: record.serial,
+            spiffe_id: record.spiffe_id,
+            not_after: record.not_after,
+        })
     }
 
     /// Decides, signs and records. `token` is consumed in the same durable write.
@@ -519,6 +547,7 @@ impl LocalCa {
             correlation_id: cid.to_string(),
             issued_at: super::store::now_rfc3339(),
             status: "valid".into(),
+            pem: cert.pem(),
         };
         self.store.record_issuance(token, record).await.map_err(|e| {
             let err = match e {
@@ -565,16 +594,25 @@ fn rfc3339(t: OffsetDateTime) -> String {
 impl CertificateProvider for LocalCa {
     async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
         let cid = &req.correlation_id;
-        let claims = self.check_token(&req.token).await.map_err(|e| {
-            let kind = EventKind::CsrFailed;
-            self.fail(kind, cid, None, "token", e)
-        })?;
+        let request_sha256 = fingerprint_sha256(req.csr_pem.trim().as_bytes());
+        let claims = match self.check_token(&req.token, &request_sha256).await {
+            Ok(Ok(claims)) => claims,
+            Ok(Err(already_issued)) => return Ok(already_issued),
+            Err(e) => return Err(self.fail(EventKind::CsrFailed, cid, None, "token", e)),
+        };
         let worker = WorkerId::new(claims.sub.clone()).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem)
             .map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "csr", e))?;
         let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map(rfc3339).unwrap_or_default();
-        let token = TokenUse { jti: claims.jti, worker_id: worker.to_string(), expires_at };
-        self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid).await
+        let jti = claims.jti.clone();
+        let token = TokenUse { jti: claims.jti, worker_id: worker.to_string(), expires_at, request_sha256 };
+        let hash = token.request_sha256.clone();
+        match self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid).await {
+            // Another replica (or a concurrent retry) consumed the token first: if it was
+            // for this very request, answer with that certificate.
+            Err(ProviderError::Unauthorized(m)) if m.contains(&jti) => self.replay(&jti, &hash).await,
+            other => other,
+        }
     }
 
     /// Renewal: the authenticating certificate must be in the ledger, valid, and belong

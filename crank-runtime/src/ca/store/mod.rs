@@ -55,6 +55,8 @@ pub struct CertificateRecord {
     pub issued_at: String,
     /// `valid` or `revoked`.
     pub status: String,
+    /// The certificate, PEM (so a retried request can be answered with it).
+    pub pem: String,
 }
 
 /// A used join token.
@@ -66,6 +68,9 @@ pub struct TokenUse {
     pub worker_id: String,
     /// Token expiry, RFC 3339.
     pub expires_at: String,
+    /// SHA-256 of the request the token was used for (the CSR), hex: the same request
+    /// retried with the same token gets the same certificate back.
+    pub request_sha256: String,
 }
 
 /// RFC 5280 CRL reason codes (section 5.3.1). `removeFromCRL` (8) only makes sense for
@@ -250,6 +255,9 @@ pub trait CaStore: Debug + Send + Sync {
     async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError>;
     /// Whether a token id has been used.
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError>;
+    /// For a used token: the SHA-256 of the request it was used for, and the ledger row
+    /// of the certificate issued for it.
+    async fn issued_with_token(&self, jti: &str) -> Result<Option<(String, CertificateRecord)>, StoreError>;
     /// The ledger row of a serial.
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
     /// Number of ledger rows.

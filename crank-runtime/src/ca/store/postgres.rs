@@ -36,14 +36,17 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         correlation_id TEXT NOT NULL,
         issued_at TIMESTAMPTZ NOT NULL,
-        status TEXT NOT NULL DEFAULT 'valid'
+        status TEXT NOT NULL DEFAULT 'valid',
+        pem TEXT NOT NULL
     );
     CREATE INDEX certificates_worker ON certificates(worker_id);
     CREATE TABLE used_tokens (
         jti TEXT PRIMARY KEY,
         worker_id TEXT NOT NULL,
         used_at TIMESTAMPTZ NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL
+        expires_at TIMESTAMPTZ NOT NULL,
+        serial TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL
     );
     CREATE TABLE revocations (
         serial TEXT PRIMARY KEY REFERENCES certificates(serial),
@@ -178,6 +181,28 @@ fn from_json_list(v: &serde_json::Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
+const CERT_COLUMNS: &str = "serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, \
+     issued_by, kind, correlation_id, issued_at, status, pem";
+
+fn cert_row(r: &tokio_postgres::Row) -> CertificateRecord {
+    CertificateRecord {
+        serial: r.get(0),
+        worker_id: r.get(1),
+        spiffe_id: r.get(2),
+        sans: from_json_list(&r.get(3)),
+        capabilities: from_json_list(&r.get(4)),
+        not_before: rfc3339(r.get(5)),
+        not_after: rfc3339(r.get(6)),
+        fingerprint: r.get(7),
+        issued_by: r.get(8),
+        kind: r.get(9),
+        correlation_id: r.get(10),
+        issued_at: rfc3339(r.get(11)),
+        status: r.get(12),
+        pem: r.get(13),
+    }
+}
+
 fn revocation(row: &tokio_postgres::Row) -> Result<RevocationRecord, StoreError> {
     let serial: String = row.get(0);
     let reason: String = row.get(2);
@@ -205,9 +230,9 @@ impl CaStore for PostgresStore {
             let expires = ts("token expiry", &t.expires_at)?;
             let n = tx
                 .execute(
-                    "INSERT INTO used_tokens (jti, worker_id, used_at, expires_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (jti) DO NOTHING",
-                    &[&t.jti, &t.worker_id, &now, &expires],
+                    "INSERT INTO used_tokens (jti, worker_id, used_at, expires_at, serial, request_sha256)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jti) DO NOTHING",
+                    &[&t.jti, &t.worker_id, &now, &expires, &cert.serial, &t.request_sha256],
                 )
                 .await?;
             if n == 0 {
@@ -218,8 +243,8 @@ impl CaStore for PostgresStore {
         let res = tx
             .execute(
                 "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after,
-                     fingerprint, issued_by, kind, correlation_id, issued_at, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     fingerprint, issued_by, kind, correlation_id, issued_at, status, pem)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 &[
                     &c.serial,
                     &c.worker_id,
@@ -234,6 +259,7 @@ impl CaStore for PostgresStore {
                     &c.correlation_id,
                     &ts("issued_at", &c.issued_at)?,
                     &c.status,
+                    &c.pem,
                 ],
             )
             .await;
@@ -263,31 +289,20 @@ impl CaStore for PostgresStore {
 
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint,
-                        issued_by, kind, correlation_id, issued_at, status
-                 FROM certificates WHERE serial = $1",
-            )
-            .await?;
-        let Some(r) = client.query_opt(&stmt, &[&serial]).await? else {
+        let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
+        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(cert_row))
+    }
+
+    async fn issued_with_token(&self, jti: &str) -> Result<Option<(String, CertificateRecord)>, StoreError> {
+        let client = self.client().await?;
+        let Some(t) =
+            client.query_opt("SELECT serial, request_sha256 FROM used_tokens WHERE jti = $1", &[&jti]).await?
+        else {
             return Ok(None);
         };
-        Ok(Some(CertificateRecord {
-            serial: r.get(0),
-            worker_id: r.get(1),
-            spiffe_id: r.get(2),
-            sans: from_json_list(&r.get(3)),
-            capabilities: from_json_list(&r.get(4)),
-            not_before: rfc3339(r.get(5)),
-            not_after: rfc3339(r.get(6)),
-            fingerprint: r.get(7),
-            issued_by: r.get(8),
-            kind: r.get(9),
-            correlation_id: r.get(10),
-            issued_at: rfc3339(r.get(11)),
-            status: r.get(12),
-        }))
+        let (serial, hash): (String, String) = (t.get(0), t.get(1));
+        let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
+        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(|r| (hash, cert_row(r))))
     }
 
     async fn certificate_count(&self) -> Result<u64, StoreError> {

@@ -60,6 +60,10 @@ const MIGRATIONS: &[&str] = &[
         crl_number INTEGER NOT NULL
     );
     INSERT INTO crl_state (id, generation, crl_number) VALUES (1, 0, 0);",
+    // 3: answering a retried request: which certificate a token was used for
+    "ALTER TABLE used_tokens ADD COLUMN serial TEXT;
+    ALTER TABLE used_tokens ADD COLUMN request_sha256 TEXT;
+    ALTER TABLE certificates ADD COLUMN pem TEXT NOT NULL DEFAULT '';",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -197,8 +201,9 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let now = now_rfc3339();
     if let Some(t) = &job.token {
         let n = conn.execute(
-            "INSERT INTO used_tokens (jti, worker_id, used_at, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(jti) DO NOTHING",
-            params![t.jti, t.worker_id, now, t.expires_at],
+            "INSERT INTO used_tokens (jti, worker_id, used_at, expires_at, serial, request_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(jti) DO NOTHING",
+            params![t.jti, t.worker_id, now, t.expires_at, job.cert.serial, t.request_sha256],
         )?;
         if n == 0 {
             return Err(StoreError::TokenUsed(t.jti.clone()));
@@ -206,8 +211,8 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     }
     let c = &job.cert;
     let res = conn.execute(
-        "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status, pem)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             c.serial,
             c.worker_id,
@@ -221,7 +226,8 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             c.kind,
             c.correlation_id,
             c.issued_at,
-            c.status
+            c.status,
+            c.pem
         ],
     );
     match res {
@@ -258,30 +264,25 @@ impl CaStore for SqliteStore {
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let serial = serial.to_owned();
         self.with_conn(move |c| {
-            Ok(c.query_row(
-                "SELECT serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status FROM certificates WHERE serial = ?1",
-                [serial],
-                |r| {
-                    let sans: String = r.get(3)?;
-                    let caps: String = r.get(4)?;
-                    Ok(CertificateRecord {
-                        serial: r.get(0)?,
-                        worker_id: r.get(1)?,
-                        spiffe_id: r.get(2)?,
-                        sans: serde_json::from_str(&sans).unwrap_or_default(),
-                        capabilities: serde_json::from_str(&caps).unwrap_or_default(),
-                        not_before: r.get(5)?,
-                        not_after: r.get(6)?,
-                        fingerprint: r.get(7)?,
-                        issued_by: r.get(8)?,
-                        kind: r.get(9)?,
-                        correlation_id: r.get(10)?,
-                        issued_at: r.get(11)?,
-                        status: r.get(12)?,
-                    })
-                },
-            )
-            .optional()?)
+            Ok(c.query_row(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn issued_with_token(&self, jti: &str) -> Result<Option<(String, CertificateRecord)>, StoreError> {
+        let jti = jti.to_owned();
+        self.with_conn(move |c| {
+            let found = c
+                .query_row("SELECT serial, request_sha256 FROM used_tokens WHERE jti = ?1", [jti], |r| {
+                    Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .optional()?;
+            let Some((Some(serial), Some(hash))) = found else { return Ok(None) };
+            let cert = c
+                .query_row(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
+                .optional()?;
+            Ok(cert.map(|c| (hash, c)))
         })
         .await
     }
@@ -371,6 +372,30 @@ impl CaStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
+}
+
+const CERT_COLUMNS: &str = "serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, \
+     issued_by, kind, correlation_id, issued_at, status, pem";
+
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
+    let sans: String = r.get(3)?;
+    let caps: String = r.get(4)?;
+    Ok(CertificateRecord {
+        serial: r.get(0)?,
+        worker_id: r.get(1)?,
+        spiffe_id: r.get(2)?,
+        sans: serde_json::from_str(&sans).unwrap_or_default(),
+        capabilities: serde_json::from_str(&caps).unwrap_or_default(),
+        not_before: r.get(5)?,
+        not_after: r.get(6)?,
+        fingerprint: r.get(7)?,
+        issued_by: r.get(8)?,
+        kind: r.get(9)?,
+        correlation_id: r.get(10)?,
+        issued_at: r.get(11)?,
+        status: r.get(12)?,
+        pem: r.get(13)?,
+    })
 }
 
 type RowResult = Result<RevocationRecord, StoreError>;
@@ -474,11 +499,12 @@ mod tests {
             correlation_id: "req_1".into(),
             issued_at: now_rfc3339(),
             status: "valid".into(),
+            pem: String::new(),
         }
     }
 
     fn tok(jti: &str) -> TokenUse {
-        TokenUse { jti: jti.into(), worker_id: "w".into(), expires_at: now_rfc3339() }
+        TokenUse { jti: jti.into(), worker_id: "w".into(), expires_at: now_rfc3339(), request_sha256: "h".into() }
     }
 
     #[tokio::test]

@@ -1,0 +1,275 @@
+//! Durable CA state and highly available replicas: `crank ca serve` processes on
+//! PostgreSQL (a server of the test's own) and on the embedded store, killed with
+//! SIGKILL mid-stream.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
+use crank_runtime::ca::store::{CaStore, PostgresStore, SqliteStore};
+use crank_runtime::worker::ca_client::CaClient;
+use crank_security_core::{
+    CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
+    TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
+};
+use crank_tests::{PgServer, serve_ca_process};
+use tokio::sync::Mutex;
+
+fn new_ca() -> (tempfile::TempDir, CaDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CaDir::new(tmp.path().join("ca"));
+    init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
+    (tmp, dir)
+}
+
+fn url(addr: SocketAddr) -> url::Url {
+    format!("https://{addr}").parse().unwrap()
+}
+
+/// One worker's first contact: a join token, a fresh key and CSR.
+struct Bootstrap {
+    token: String,
+    csr: String,
+}
+
+fn bootstrap_request(dir: &CaDir, worker: &str) -> Bootstrap {
+    let id = WorkerId::new(worker).unwrap();
+    let token = crank_runtime::cli::create_token(dir, &id, Duration::from_secs(600), vec![]).unwrap();
+    let key = generate_key(KeyType::default()).unwrap();
+    Bootstrap { token, csr: build_csr(&key, &id, &[worker.to_owned()]).unwrap() }
+}
+
+async fn submit(client: &CaClient, b: &Bootstrap) -> Result<IssuedCertificate, ProviderError> {
+    client
+        .issue(IssueRequest { csr_pem: b.csr.clone(), token: b.token.clone(), correlation_id: CorrelationId::new() })
+        .await
+}
+
+/// Submits `b` until it succeeds (retrying only what a worker retries: unavailability),
+/// for up to 60 s.
+async fn submit_until_issued(client: &CaClient, b: &Bootstrap) -> IssuedCertificate {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match submit(client, b).await {
+            Ok(issued) => return issued,
+            Err(ProviderError::Unavailable(e)) if Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bootstrap failed for good: {e}"),
+        }
+    }
+}
+
+fn serial_of(issued: &IssuedCertificate) -> (String, String) {
+    let der = parse_pem_certs("certificate", issued.certificate_chain.as_bytes()).unwrap().remove(0);
+    let m = CertMetadata::from_der(&der).unwrap();
+    assert_eq!(m.serial, issued.serial);
+    (m.serial, m.fingerprint_sha256)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_lose_nothing_when_one_is_killed_mid_stream() {
+    let pg = PgServer::start();
+    let db = pg.create_db("ha");
+    let (_tmp, dir) = new_ca();
+    let (r1, a1) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r1"]).await.unwrap();
+    let (_r2, a2) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r2"]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let total = 120;
+    let next = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let r1 = Arc::new(std::sync::Mutex::new(Some(r1)));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        // Half the workers list r1 first, half r2: both replicas carry the stream.
+        let urls = if t % 2 == 0 { vec![url(a1), url(a2)] } else { vec![url(a2), url(a1)] };
+        let client = CaClient::pinned(urls, &fp).unwrap();
+        let (dir, next, received, r1) = (dir.clone(), next.clone(), received.clone(), r1.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                if i == total / 3 {
+                    // SIGKILL replica r1 while the other tasks have requests in flight.
+                    drop(r1.lock().unwrap().take());
+                    eprintln!("killed r1 at bootstrap {i}");
+                }
+                let b = bootstrap_request(&dir, &format!("ha-{i}"));
+                let issued = submit_until_issued(&client, &b).await;
+                received.lock().await.push(serial_of(&issued));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(r1.lock().unwrap().is_none(), "r1 was killed during the stream");
+    let received = received.lock().await.clone();
+    assert_eq!(received.len(), total, "every bootstrap eventually succeeded");
+    let unique: HashSet<&String> = received.iter().map(|(s, _)| s).collect();
+    assert_eq!(unique.len(), total, "no serial was handed out twice");
+    let ledger = PostgresStore::connect(&db).await.unwrap();
+    let mut replicas = HashSet::new();
+    for (serial, fingerprint) in &received {
+        let row = ledger.certificate(serial).await.unwrap().unwrap_or_else(|| panic!("{serial} not in the ledger"));
+        assert_eq!(&row.fingerprint, fingerprint);
+        replicas.insert(row.issued_by);
+    }
+    assert!(replicas.contains("r1") && replicas.contains("r2"), "both replicas issued: {replicas:?}");
+    // Rows without a receiver are possible (an answer lost in the kill); never fewer.
+    assert!(ledger.certificate_count().await.unwrap() >= total as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_tokens_and_revocations_and_a_retry_gets_the_same_certificate() {
+    let pg = PgServer::start();
+    let db = pg.create_db("shared");
+    let (tmp, dir) = new_ca();
+    let (_r1, a1) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r1"]).await.unwrap();
+    let (_r2, a2) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r2"]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let at1 = CaClient::pinned(vec![url(a1)], &fp).unwrap();
+    let at2 = CaClient::pinned(vec![url(a2)], &fp).unwrap();
+
+    let b = bootstrap_request(&dir, "shared-1");
+    let first = submit(&at1, &b).await.unwrap();
+    // The same request retried (its answer lost, say) at the other replica: same certificate.
+    let again = submit(&at2, &b).await.unwrap();
+    assert_eq!(again.serial, first.serial);
+    // The token with any other request: refused at both replicas.
+    let other = Bootstrap { token: b.token.clone(), csr: bootstrap_request(&dir, "shared-1").csr };
+    for client in [&at1, &at2] {
+        match submit(client, &other).await {
+            Err(ProviderError::Unauthorized(m)) => assert!(m.contains("already used"), "{m}"),
+            other => panic!("a used token must be refused: {other:?}"),
+        }
+    }
+
+    // A revocation made at r1 is in r2's CRL (and r1's).
+    let admin_dir = tmp.path().join("admin");
+    let out = std::process::Command::new(crank_tests::bin("crank"))
+        .args(["ca", "admin-cert", "--name", "ops", "--store", &db, "--dir"])
+        .arg(&dir.dir)
+        .arg("--out")
+        .arg(&admin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(crank_tests::bin("crank"))
+        .args(["revoke", "--serial", &first.serial, "--reason", "keyCompromise", "--ca-url", url(a1).as_str()])
+        .arg("--admin-dir")
+        .arg(&admin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "crank revoke: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&first.serial));
+    let roots = parse_pem_certs("root", dir.trust_bundle_pem().unwrap().as_bytes()).unwrap();
+    for client in [&at1, &at2] {
+        let info = crank_runtime::worker::crl::verify_crl(&client.crl().await.unwrap(), &roots).unwrap();
+        assert!(info.serials.contains(&first.serial), "revocation missing from a replica's CRL");
+    }
+    // And the revoked certificate's request no longer replays.
+    assert!(submit(&at2, &b).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_the_ca_answers_503_reports_degraded_and_recovers_by_itself() {
+    let pg = PgServer::start();
+    let db = pg.create_db("outage");
+    let (_tmp, dir) = new_ca();
+    let (_ca, addr) = serve_ca_process(&dir.dir, &["--store", &db]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let client = CaClient::pinned(vec![url(addr)], &fp).unwrap();
+    let http = super::no_client_cert(&parse_pem_certs("root", dir.trust_bundle_pem().unwrap().as_bytes()).unwrap());
+    let health = |http: reqwest::Client| async move {
+        let r = http.get(format!("https://{addr}/health")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    submit(&client, &bootstrap_request(&dir, "before")).await.unwrap();
+    assert_eq!(health(http.clone()).await.0, 200);
+
+    pg.stop();
+    let b = bootstrap_request(&dir, "during");
+    match submit(&client, &b).await {
+        Err(ProviderError::Unavailable(m)) => assert!(m.contains("PostgreSQL"), "503 should say why: {m}"),
+        other => panic!("issuance without the database must be a 503: {other:?}"),
+    }
+    let (status, body) = health(http.clone()).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["store"], "postgres");
+
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = health(http.clone()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CA did not recover after the database came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let issued = submit(&client, &b).await.expect("the same bootstrap succeeds once the database is back");
+    let ledger = PostgresStore::connect(&db).await.unwrap();
+    assert!(ledger.certificate(&issued.serial).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_embedded_store_ca_mid_issuance_loses_no_handed_out_certificate() {
+    let (_tmp, dir) = new_ca();
+    let (ca, addr) = serve_ca_process(&dir.dir, &[]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let ca = Arc::new(std::sync::Mutex::new(Some(ca)));
+    let received = Arc::new(Mutex::new(Vec::<(String, String, Bootstrap)>::new()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let client = CaClient::pinned(vec![url(addr)], &fp).unwrap();
+        let (dir, received, started, ca) = (dir.clone(), received.clone(), started.clone(), ca.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = started.fetch_add(1, Ordering::SeqCst);
+                if i == 60 {
+                    drop(ca.lock().unwrap().take()); // SIGKILL with requests in flight
+                }
+                let b = bootstrap_request(&dir, &format!("crash-{i}"));
+                match submit(&client, &b).await {
+                    Ok(issued) => {
+                        let (serial, fp) = serial_of(&issued);
+                        received.lock().await.push((serial, fp, b));
+                    }
+                    Err(ProviderError::Unavailable(_)) => return, // the CA is gone
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let received = std::mem::take(&mut *received.lock().await);
+    assert!(received.len() >= 50, "the stream ran before the kill: {}", received.len());
+
+    // After a restart the ledger holds every certificate any client received.
+    let (_ca2, addr2) = serve_ca_process(&dir.dir, &[]).await.unwrap();
+    let ledger = SqliteStore::open(&dir.store()).unwrap();
+    for (serial, fingerprint, _) in &received {
+        let row = ledger.certificate(serial).await.unwrap().unwrap_or_else(|| panic!("{serial} lost in the crash"));
+        assert_eq!(&row.fingerprint, fingerprint);
+    }
+    // No used token works again (for any other request).
+    let client = CaClient::pinned(vec![url(addr2)], &fp).unwrap();
+    for (_, _, b) in received.iter().take(20) {
+        let other = Bootstrap { token: b.token.clone(), csr: bootstrap_request(&dir, "x").csr };
+        match submit(&client, &other).await {
+            Err(ProviderError::Unauthorized(m)) => assert!(m.contains("already used"), "{m}"),
+            other => panic!("a used token worked again after the crash: {other:?}"),
+        }
+    }
+}
