@@ -264,6 +264,13 @@ impl LocalCa {
         self.regenerate_crl(generation).await
     }
 
+    /// Builds and signs a new CRL now, whatever the cached one (benchmarks, operators).
+    pub async fn regenerate_crl_now(&self) -> Result<Arc<SignedCrl>, ApiError> {
+        let _one_at_a_time = self.crl_regen.lock().await;
+        let generation = self.store.revocation_generation().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.regenerate_crl(generation).await
+    }
+
     async fn regenerate_crl(&self, generation: u64) -> Result<Arc<SignedCrl>, ApiError> {
         let now = OffsetDateTime::now_utc();
         let unavailable = |e: StoreError| ApiError::unavailable(format!("cannot build the CRL: {e}"));
