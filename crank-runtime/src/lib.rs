@@ -48,7 +48,7 @@ pub mod worker;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use server::ServerHandle;
-pub use tls::PeerIdentity;
+pub use tls::{PeerIdentity, Resumption};
 pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
 pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};
 pub use worker::ca_client::CaClient;

@@ -96,7 +96,7 @@ pub fn mtls_server_config(
     roots: &[CertificateDer<'static>],
     creds: Arc<Credentials>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    server_config(TrustStore::new(roots)?.client_verifier(true), creds)
+    server_config(&TrustStore::new(roots)?, true, creds, Resumption::On)
 }
 
 /// A server config that verifies a client certificate when one is offered (it must then
@@ -107,20 +107,54 @@ pub fn optional_mtls_server_config(
     roots: &[CertificateDer<'static>],
     creds: Arc<Credentials>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    server_config(TrustStore::new(roots)?.client_verifier(false), creds)
+    server_config(&TrustStore::new(roots)?, false, creds, Resumption::On)
 }
 
-/// A server config whose client verification follows `trust` (mandatory or not) and
-/// whose certificate follows `creds`: rotation and root changes need no new config.
+/// Whether a server lets clients resume TLS sessions (skipping the certificate
+/// signature and verification of a full handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resumption {
+    /// Sessions are cached (256 per server) and resumed; the cache is emptied whenever
+    /// the trusted roots or the CRL change, so a revoked peer cannot resume. The default.
+    #[default]
+    On,
+    /// Every connection does a full handshake (`CRANK_TLS_RESUMPTION=off`).
+    Off,
+}
+
+impl std::str::FromStr for Resumption {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(Self::On),
+            "off" | "false" | "0" => Ok(Self::Off),
+            other => Err(format!("{other:?} is not on or off")),
+        }
+    }
+}
+
+/// A server config whose client verification follows `trust` (a client certificate is
+/// required when `mandatory`) and whose certificate follows `creds`: rotation, root
+/// changes and revocations need no new config.
 pub fn server_config(
-    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    trust: &Arc<TrustStore>,
+    mandatory: bool,
     creds: Arc<Credentials>,
+    resumption: Resumption,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(trust.client_verifier(mandatory))
         .with_cert_resolver(creds);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    match resumption {
+        Resumption::On => cfg.session_storage = trust.server_session_storage(),
+        Resumption::Off => {
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            cfg.send_tls13_tickets = 0;
+        }
+    }
     Ok(Arc::new(cfg))
 }
 
@@ -134,12 +168,15 @@ pub fn mtls_client_config(
 
 /// A client config whose server verification follows `trust` and which presents
 /// whatever `creds` holds at handshake time.
+/// Sessions are resumed from a cache that `trust` empties on every root or CRL change.
 pub fn client_config(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result<ClientConfig, rustls::Error> {
-    Ok(ClientConfig::builder_with_provider(provider())
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(trust.server_verifier())
-        .with_client_cert_resolver(creds))
+        .with_client_cert_resolver(creds);
+    cfg.resumption = rustls::client::Resumption::store(trust.client_session_storage());
+    Ok(cfg)
 }
 
 /// A client config, without a client certificate, that accepts a server only if its

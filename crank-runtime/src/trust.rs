@@ -8,16 +8,24 @@
 //! here (before the first CRL arrives, or a leaf of the previous root during a
 //! rollover) is accepted; a leaf listed in the CRL is refused in the handshake. A CRL
 //! past its nextUpdate is still applied (a stale list is better than none).
+//!
+//! A resumed TLS session skips certificate verification, so the store also owns the TLS
+//! session caches of the configs built from it, and empties them whenever the roots or
+//! the CRL change: a peer revoked after its session was cached must do a full
+//! handshake, and is refused there.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::DistinguishedName;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
+    WebPkiServerVerifier,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, NamedGroup, SignatureScheme};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 
 use crate::tls::{provider, root_store};
@@ -29,9 +37,14 @@ struct Verifiers {
     client: Arc<dyn ClientCertVerifier>,
 }
 
+/// How many TLS sessions each cache keeps (rustls' default for servers).
+const SESSION_CACHE_SIZE: usize = 256;
+
 /// The CA certificates a process trusts, swappable at run time.
 pub struct TrustStore {
     current: ArcSwap<Verifiers>,
+    server_sessions: Arc<ServerSessions>,
+    client_sessions: Arc<ClientSessions>,
 }
 
 impl std::fmt::Debug for TrustStore {
@@ -43,14 +56,37 @@ impl std::fmt::Debug for TrustStore {
 impl TrustStore {
     /// Trusts `roots`.
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, rustls::Error> {
-        Ok(Arc::new(Self { current: ArcSwap::from_pointee(build(roots, Vec::new())?) }))
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(build(roots, Vec::new())?),
+            server_sessions: Arc::new(ServerSessions(ArcSwap::new(ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)))),
+            client_sessions: Arc::new(ClientSessions(ArcSwap::from_pointee(ClientSessionMemoryCache::new(
+                SESSION_CACHE_SIZE,
+            )))),
+        }))
+    }
+
+    fn publish(&self, verifiers: Verifiers) {
+        self.current.store(Arc::new(verifiers));
+        // Sessions cached under the old trust must not be resumed under the new one.
+        self.server_sessions.0.store(ServerSessionMemoryCache::new(SESSION_CACHE_SIZE));
+        self.client_sessions.0.store(Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)));
+    }
+
+    /// The session cache for servers built on this store (emptied on every trust change).
+    pub fn server_session_storage(&self) -> Arc<dyn StoresServerSessions> {
+        self.server_sessions.clone()
+    }
+
+    /// The session cache for clients built on this store (emptied on every trust change).
+    pub fn client_session_storage(&self) -> Arc<dyn ClientSessionStore> {
+        self.client_sessions.clone()
     }
 
     /// Replaces the trusted roots for every later handshake (the CRLs stay).
     pub fn set_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
         let cur = self.current.load();
         if cur.roots.as_slice() != roots {
-            self.current.store(Arc::new(build(roots, cur.crls.clone())?));
+            self.publish(build(roots, cur.crls.clone())?);
         }
         Ok(())
     }
@@ -61,7 +97,7 @@ impl TrustStore {
     pub fn set_crls(&self, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<(), rustls::Error> {
         let cur = self.current.load();
         if cur.crls != crls {
-            self.current.store(Arc::new(build(&cur.roots, crls)?));
+            self.publish(build(&cur.roots, crls)?);
         }
         Ok(())
     }
@@ -197,5 +233,63 @@ impl ClientCertVerifier for FollowingClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.store.current.load().client.supported_verify_schemes()
+    }
+}
+
+/// A server session cache that [`TrustStore`] replaces with an empty one on every trust
+/// change.
+#[derive(Debug)]
+struct ServerSessions(ArcSwap<ServerSessionMemoryCache>);
+
+impl StoresServerSessions for ServerSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.load().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// A client session cache that [`TrustStore`] replaces with an empty one on every trust
+/// change.
+#[derive(Debug)]
+struct ClientSessions(ArcSwap<ClientSessionMemoryCache>);
+
+impl ClientSessionStore for ClientSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.0.load().set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.0.load().kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.0.load().set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.0.load().tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.0.load().remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.0.load().insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.0.load().take_tls13_ticket(server_name)
     }
 }

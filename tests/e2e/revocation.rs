@@ -5,16 +5,20 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crank_runtime::Resumption;
 use crank_runtime::RunningWorker;
 use crank_runtime::demo::hello_routes;
-use crank_runtime::tls::client_config;
+use crank_runtime::tls::{client_config, mtls_client_config};
 use crank_runtime::worker::ca_client::{CaClient, error_chain};
 use crank_security_core::{
     CertificateBundle, CertificateProvider, CorrelationId, EventKind, IssuanceDecision, IssuanceInput, PolicyEngine,
     PolicyError, ProviderError, RenewRequest, RenewalDecision, RenewalInput, WorkerId, build_csr, generate_key,
 };
 use crank_tests::{Recorder, TestCa};
+use rustls::HandshakeKind;
+use rustls_pki_types::ServerName;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A reqwest client holding an administrator certificate of `ca`.
 async fn admin_client(ca: &TestCa) -> reqwest::Client {
@@ -45,6 +49,77 @@ async fn call(from: &RunningWorker, to: &RunningWorker) -> Result<(), String> {
         Ok(r) => Err(format!("HTTP {}", r.status())),
         Err(e) => Err(error_chain(&e)),
     }
+}
+
+/// One `GET /health` on a new TCP connection with `cfg` (its session cache included);
+/// returns how the handshake went.
+async fn get_with(cfg: &Arc<rustls::ClientConfig>, to: &RunningWorker) -> Result<HandshakeKind, String> {
+    let tcp = tokio::net::TcpStream::connect(to.addr()).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    // With TLS 1.3 the server checks the client certificate after the client's side of
+    // the handshake is done, so a refusal shows up here, as an alert.
+    match tls.read_to_end(&mut answer).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("unexpected answer: {}", String::from_utf8_lossy(&answer)));
+    }
+    tls.get_ref().1.handshake_kind().ok_or_else(|| "no handshake kind".to_owned())
+}
+
+/// A client config presenting `w`'s certificate, with its own session cache that
+/// nothing empties (a client outside the mesh's control, holding a stolen key).
+fn own_cache_client(ca: &TestCa, w: &RunningWorker) -> Arc<rustls::ClientConfig> {
+    let mut cfg = mtls_client_config(&[ca.dir.root_der().unwrap()], w.credentials.clone()).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_cannot_resume_a_session_cached_before_the_revocation() {
+    let ca = TestCa::start().await;
+    let a = start(&ca, "ra", Arc::default()).await;
+    let b = start(&ca, "rb", Arc::default()).await;
+    let stolen = own_cache_client(&ca, &a);
+    assert_eq!(get_with(&stolen, &b).await.unwrap(), HandshakeKind::Full);
+    assert_eq!(get_with(&stolen, &b).await.unwrap(), HandshakeKind::Resumed, "the worker offers resumption by default");
+    // Keep a few tickets in the client's cache.
+    for _ in 0..3 {
+        get_with(&stolen, &b).await.unwrap();
+    }
+
+    let admin = admin_client(&ca).await;
+    assert_eq!(revoke(&ca, &admin, json!({"worker_id": "ra", "reason": "keyCompromise"})).await.status(), 200);
+    // Wait until b refuses a full handshake with a's certificate (b has the new CRL).
+    let t0 = Instant::now();
+    while get_with(&own_cache_client(&ca, &a), &b).await.is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "b still accepts the revoked certificate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cached sessions are gone from b: resuming with a ticket from before the
+    // revocation falls back to a full handshake, which b refuses.
+    let err = get_with(&stolen, &b).await.expect_err("a revoked client resumed a cached session");
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_resumption_off_every_connection_is_a_full_handshake() {
+    let ca = TestCa::start().await;
+    let a = start(&ca, "fa", Arc::default()).await;
+    let b = ca.app("fb", hello_routes()).tls_resumption(Resumption::Off).start().await.unwrap();
+    let cfg = own_cache_client(&ca, &a);
+    for _ in 0..3 {
+        assert_eq!(get_with(&cfg, &b).await.unwrap(), HandshakeKind::Full);
+    }
+    assert_eq!(get_with(&cfg, &a).await.unwrap(), HandshakeKind::Full);
+    assert_eq!(get_with(&cfg, &a).await.unwrap(), HandshakeKind::Resumed);
 }
 
 fn serial_of(w: &RunningWorker) -> String {

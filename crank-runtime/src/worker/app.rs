@@ -19,7 +19,7 @@ use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::MtlsClient;
 use super::rotation::{RotationConfig, Rotator};
 use crate::metrics::{Metrics, PrometheusSink};
-use crate::tls::{Credentials, server_config};
+use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::TrustStore;
 use crate::{RuntimeError, ServerHandle};
 use crank_policy::PolicyGuard;
@@ -59,7 +59,9 @@ pub struct WorkerContext {
 /// `CRANK_SANS` (comma-separated), `CRANK_KEY_TYPE` (default `ecdsa-p256`),
 /// `CRANK_BOOTSTRAP_ATTEMPTS` (default 5), `CRANK_LISTEN_HOST` (default `0.0.0.0`),
 /// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in),
-/// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s).
+/// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s),
+/// `CRANK_TLS_RESUMPTION` (`on`, the default, or `off`: every connection to this worker
+/// does a full handshake).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -77,6 +79,7 @@ pub struct WorkerApplication {
     platform_url: Option<String>,
     heartbeat_interval: Option<Duration>,
     crl_refresh: Option<Duration>,
+    resumption: Option<Resumption>,
 }
 
 /// A started worker.
@@ -129,6 +132,7 @@ impl WorkerApplication {
             platform_url: None,
             heartbeat_interval: None,
             crl_refresh: None,
+            resumption: None,
         }
     }
 
@@ -214,6 +218,14 @@ impl WorkerApplication {
     /// open new connections to this worker.
     pub fn crl_refresh(mut self, interval: Duration) -> Self {
         self.crl_refresh = Some(interval);
+        self
+    }
+
+    /// Whether clients may resume TLS sessions with this worker (default
+    /// [`Resumption::On`], or `CRANK_TLS_RESUMPTION=on|off`). Resumed sessions are never
+    /// carried across a CRL or root change.
+    pub fn tls_resumption(mut self, resumption: Resumption) -> Self {
+        self.resumption = Some(resumption);
         self
     }
 
@@ -332,7 +344,14 @@ impl WorkerApplication {
 
         let credentials = Credentials::new(bundle.certified_key()?);
         let trust = TrustStore::new(bundle.ca())?;
-        let server_config = server_config(trust.client_verifier(true), credentials.clone())?;
+        let resumption = match self.resumption {
+            Some(r) => r,
+            None => env("CRANK_TLS_RESUMPTION")
+                .map(|v| v.parse().map_err(|e| RuntimeError::Config(format!("CRANK_TLS_RESUMPTION: {e}"))))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let server_config = server_config(&trust, true, credentials.clone(), resumption)?;
         let client = MtlsClient::following(&trust, credentials.clone())?;
         let token_file = env("CRANK_JOIN_TOKEN_FILE").map_or_else(|| config.cert_dir.join("join-token"), PathBuf::from);
         let rotation = RotationConfig {
