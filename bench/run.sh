@@ -149,6 +149,15 @@ CRANK_JOIN_TOKEN=$(crank token create --dir "$CA" --worker-id hello-world) \
 HW_PID=$!
 PIDS+=("$HW_PID")
 HW_URL=https://127.0.0.1:$HW_PORT/health
+# A second hello-world with TLS session resumption off, for oha's full-handshake runs
+# (oha resumes whenever the server offers it).
+HW2_PORT=$(free_port)
+CRANK_JOIN_TOKEN=$(crank token create --dir "$CA" --worker-id hello-world-full) \
+    CA_SERVICE_URL=$CA_URL CERT_DIR=$WORK/hello-world-full HELLO_WORLD_HTTPS_PORT=$HW2_PORT \
+    CRANK_LISTEN_HOST=127.0.0.1 CRANK_TLS_RESUMPTION=off RUST_LOG=error "$BIN/hello-world" >"$WORK/hello-world-full.log" 2>&1 &
+HW2_PID=$!
+PIDS+=("$HW2_PID")
+HW2_URL=https://127.0.0.1:$HW2_PORT/health
 
 # nginx: one port without session resumption (full handshakes), one with its defaults
 # (TLS session tickets on), both requiring a client certificate from the crank CA.
@@ -214,6 +223,7 @@ jq -n --rawfile c "$WORK/bench.csr" '{csr: $c}' >"$WORK/crank-body.json"
 jq -n --rawfile c "$WORK/bench.csr" '{certificate_request: $c}' >"$WORK/cfssl-body.json"
 
 wait_https "$HW_URL"
+wait_https "$HW2_URL"
 wait_https "$NGX_URL"
 wait_https "$NGX_RESUME_URL"
 wait_port "$CF_PORT"
@@ -338,10 +348,15 @@ st_ours() { stime_run st.ours "$HW_PORT"; }
 st_nginx() { stime_run st.nginx "$NGX_PORT"; }
 alternate st ours nginx
 
-log "2c. oha --disable-keepalive (a new connection per request; each server's default resumption)"
-dk_ours() { oha_run dk.ours "$HW_PID" "$HW_URL" --disable-keepalive; }
-dk_nginx() { oha_run dk.nginx "$NGINX_PID $NGX_WORKERS" "$NGX_RESUME_URL" --disable-keepalive; }
+log "2c. oha --disable-keepalive, resumption off on both servers (every connection a full handshake)"
+dk_ours() { oha_run dk.ours "$HW2_PID" "$HW2_URL" --disable-keepalive; }
+dk_nginx() { oha_run dk.nginx "$NGINX_PID $NGX_WORKERS" "$NGX_URL" --disable-keepalive; }
 alternate dk ours nginx
+
+log "2d. oha --disable-keepalive, resumption on in both servers (their defaults)"
+dr_ours() { oha_run dr.ours "$HW_PID" "$HW_URL" --disable-keepalive; }
+dr_nginx() { oha_run dr.nginx "$NGINX_PID $NGX_WORKERS" "$NGX_RESUME_URL" --disable-keepalive; }
+alternate dr ours nginx
 
 # ---------------------------------------------------------------- 3. signing
 # Copies of the CA (same keys, same ledger so far) for the scale runs, taken now.
