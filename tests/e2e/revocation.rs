@@ -109,6 +109,7 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
         csr_pem: csr,
         worker_id: "wa".into(),
         current_serial: revoked_serial.clone(),
+        current_fingerprint: None,
         correlation_id: CorrelationId::new(),
     };
     match client.renew(req).await {
