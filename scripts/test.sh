@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, build, unit, integration and doc tests.
-# Installs the system tools the tests call (openssl, curl, the PostgreSQL server) when
-# they are missing. Tests that need PostgreSQL start their own server on 127.0.0.1 on a
-# free port (initdb + pg_ctl, as the postgres user when run as root) and stop it.
+# Installs the system tools the tests call (openssl, curl, the PostgreSQL server, cfssl)
+# when they are missing. Tests that need PostgreSQL start their own server on 127.0.0.1
+# on a free port (initdb + pg_ctl, as the postgres user when run as root) and stop it;
+# the cfssl signer's tests start `cfssl serve` on 127.0.0.1 the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ missing=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v cfssl >/dev/null 2>&1 || missing+=(golang-cfssl)
 if [ -z "${CRANK_PG_BINDIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
