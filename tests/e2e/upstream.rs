@@ -202,3 +202,57 @@ async fn ca_serve_with_the_cfssl_signer_answers_workers_with_the_reason() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("must use https://"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_custom_provider_example_serves_a_ca_whose_leaves_its_provider_signs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("team");
+    let addr = crank_tests::free_addr();
+    let child = std::process::Command::new(crank_tests::bin("custom-provider"))
+        .args(["--dir", &dir.display().to_string(), "--listen", &addr.to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = crank_tests::KillOnDrop(child);
+    crank_tests::wait_for_port(addr).await.unwrap();
+    let url: url::Url = format!("https://{addr}").parse().unwrap();
+    let ca_dir = crank_runtime::ca::files::CaDir::new(&dir);
+    let mut bundles = Vec::new();
+    for worker in ["w1", "w2"] {
+        let token = crank_runtime::cli::create_token(
+            &ca_dir,
+            &WorkerId::new(worker).unwrap(),
+            std::time::Duration::from_secs(60),
+            vec![],
+        )
+        .unwrap();
+        let opts = crank_runtime::BootstrapOptions {
+            worker_id: Some(WorkerId::new(worker).unwrap()),
+            token,
+            ca_urls: vec![url.clone()],
+            cert_dir: tmp.path().join(worker),
+            sans: vec![],
+            key_type: KeyType::default(),
+            retry: crank_runtime::RetryPolicy::default(),
+        };
+        bundles.push(crank_runtime::bootstrap(&opts, &crank_security_core::EventSinks::empty()).await.unwrap());
+    }
+    assert_eq!(bundles[0].metadata().issuer, "CN=Team CA");
+    let team_root = first_cert(&dir.join("team-ca.crt"));
+    assert!(bundles[0].ca().contains(&team_root));
+    // A worker serving with the team-signed certificate, called over mTLS by the other.
+    let app = crank_runtime::WorkerApplication::new("w1")
+        .port(0)
+        .host("127.0.0.1".parse().unwrap())
+        .routes(hello_routes())
+        .security_config(crank_security_core::SecurityConfig {
+            cert_dir: tmp.path().join("w1"),
+            ca_urls: vec![url],
+            environment: "test".into(),
+        });
+    let hello = app.start().await.unwrap();
+    let who = whoami(&mtls(&bundles[1], bundles[1].ca()), &hello).await;
+    assert_eq!(who["caller_spiffe_id"], "spiffe://crank.local/worker/w2");
+    hello.shutdown().await.unwrap();
+}

@@ -268,6 +268,12 @@ impl LocalCa {
             return Err(ApiError::forbidden("policy_denied", format!("denied by policy: {}", d.reason)));
         }
         let revocation = Revocation { target, reason, revoked_by: admin.to_owned(), at: OffsetDateTime::now_utc() };
+        if self.signer.name() != "local" {
+            tracing::warn!(
+                signer = self.signer.name(),
+                "revocation recorded: the certificate cannot renew and its worker stops using it, but peers enforce this CA's CRL only for certificates this CA signed; revoke it at the upstream CA too"
+            );
+        }
         let records = self.store.revoke(&revocation).await.map_err(|e| match e {
             StoreError::NotFound(m) => ApiError::missing("nothing_to_revoke", m),
             other => ApiError::unavailable(format!("the CA could not record the revocation: {other}")),
