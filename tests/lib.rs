@@ -85,6 +85,21 @@ impl TestCa {
         Self::serve_dir(tmp, dir, Arc::new(DefaultPolicy::default()), Some(signer)).await
     }
 
+    /// Inits an intermediate CA, has an `openssl` root (`enterprise.pem` in the CA's temp
+    /// dir) sign it, imports it and serves it.
+    pub async fn start_intermediate() -> Self {
+        use crank_runtime::ca::intermediate::{CsrOptions, import, init_csr};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        let opts = CsrOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
+        init_csr(&dir, &opts).unwrap();
+        let root = openssl_root(tmp.path(), "enterprise", None);
+        let ext = "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign";
+        let cert = openssl_sign(tmp.path(), &dir.intermediate_csr(), "enterprise", ext, "intermediate.pem").unwrap();
+        import(&dir, &std::fs::read(cert).unwrap(), &std::fs::read(root).unwrap(), false).unwrap();
+        Self::serve_dir(tmp, dir, Arc::new(DefaultPolicy::default()), None).await
+    }
+
     /// Serves the CA already made in `dir` (inside `tmp`).
     pub async fn serve_dir(
         tmp: TempDir,
