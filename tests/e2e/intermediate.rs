@@ -104,6 +104,48 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &caller.chain()[1..]).unwrap();
     let err = crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &[]).unwrap_err();
     assert!(err.contains("neither a trusted root"), "{err}");
+
+    // Another CA under the same enterprise root mints the caller's identity with the
+    // caller's serial: the TLS chain verifies, but the ledger's fingerprint does not match.
+    let rogue_csr = openssl_csr(ca.tmp.path(), "rogue", "/CN=Rogue CA/O=Example Enterprise");
+    let rogue = openssl_sign(ca.tmp.path(), &rogue_csr, "enterprise", CA_EXT, "rogue.pem").unwrap();
+    let rogue_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.tmp.path().join("rogue.key")).unwrap()).unwrap();
+    let rogue_issuer = rcgen::Issuer::from_ca_cert_der(&first_cert(&rogue), rogue_key).unwrap();
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged.serial_number =
+        Some(rcgen::SerialNumber::from_slice(&hex::decode(caller.metadata().serial.replace(':', "")).unwrap()));
+    forged.distinguished_name.push(rcgen::DnType::CommonName, "caller");
+    forged.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    forged.subject_alt_names = vec![rcgen::SanType::URI("spiffe://crank.local/worker/caller".try_into().unwrap())];
+    let forged_key = rcgen::KeyPair::generate().unwrap();
+    let forged = forged.signed_by(&forged_key, &rogue_issuer).unwrap();
+    let chain = format!("{}{}", forged.pem(), std::fs::read_to_string(&rogue).unwrap());
+    let bundle = crank_security_core::CertificateBundle::from_pem(
+        chain.as_bytes(),
+        forged_key.serialize_pem().as_bytes(),
+        &std::fs::read(&root_pem).unwrap(),
+    )
+    .unwrap();
+    bundle.validate(std::time::SystemTime::now()).unwrap();
+    let client =
+        CaClient::mtls(vec![ca.url()], bundle.ca(), Credentials::new(bundle.certified_key().unwrap())).unwrap();
+    let key = crank_security_core::generate_key(crank_security_core::KeyType::EcdsaP256).unwrap();
+    let worker = crank_security_core::WorkerId::new("caller").unwrap();
+    let err = crank_security_core::CertificateProvider::renew(
+        &client,
+        crank_security_core::RenewRequest {
+            csr_pem: crank_security_core::build_csr(&key, &worker, &["caller".into()]).unwrap(),
+            worker_id: "caller".into(),
+            current_serial: caller.metadata().serial.clone(),
+            current_fingerprint: None,
+            correlation_id: crank_security_core::CorrelationId::new(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not the certificate this CA's ledger holds"), "{err}");
     hello.shutdown().await.unwrap();
 }
 
