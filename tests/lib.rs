@@ -337,6 +337,13 @@ pub fn crank(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Runs `crank cert init` for `worker` with `token` at `ca_url`, writing into
+/// `cert_dir`: its trimmed stdout, or an error carrying its stderr.
+pub fn cert_init(worker: &str, token: &str, ca_url: &str, cert_dir: &Path) -> anyhow::Result<String> {
+    let dir = cert_dir.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", cert_dir.display()))?;
+    crank(&["cert", "init", "--worker-id", worker, "--token", token, "--ca-url", ca_url, "--cert-dir", dir])
+}
+
 /// Waits (up to 20 s) until something listens on `addr`.
 pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

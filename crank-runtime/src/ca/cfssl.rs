@@ -8,7 +8,7 @@
 //!                                ├─ POST /api/v1/cfssl/sign      (mutual TLS)
 //!                                │  or /api/v1/cfssl/authsign    (HMAC-SHA256 token)
 //!                                │  {certificate_request, hosts: [spiffe URI, DNS, IP],
-//!                                │   subject, profile, NotBefore, NotAfter}
+//!                                │   subject, profile}
 //!                                ▼
 //!                      check_signed: key, subject, SANs, usages, validity, chain
 //!                                ▼
@@ -20,6 +20,11 @@
 //! `authsign` HMAC key (a profile with `auth_key`), or both; one of them is required.
 //! An unreachable cfssl is [`ProviderError::Unavailable`] (the CA answers 503 and emits
 //! CA_UNAVAILABLE); a refusal is [`ProviderError::Refused`] with cfssl's own message.
+//!
+//! Needs cfssl 1.6 or newer: cfssl 1.2 writes the SPIFFE ID as a DNS name, and the CA
+//! refuses that certificate. cfssl's sign API takes no validity from the request: the
+//! profile's `expiry` decides it, and must not be longer than policy grants (see
+//! docs/providers.md for a profile that signs exactly what the CA decided).
 
 use std::fmt;
 use std::time::Duration;
@@ -174,8 +179,9 @@ impl CfsslProvider {
     }
 }
 
-/// cfssl's sign request. `NotBefore`/`NotAfter` are read by cfssl 1.4 and newer (older
-/// releases ignore them and use the profile's `expiry`).
+/// cfssl's sign request: `hosts` replace the CSR's names; the subject's fields replace
+/// the CSR's (a profile `CSRWhitelist` without `Subject` keeps the CSR's other fields
+/// out). No validity: the sign API has none, the profile's `expiry` decides.
 #[derive(Serialize)]
 struct SignBody<'a> {
     certificate_request: &'a str,
@@ -183,10 +189,6 @@ struct SignBody<'a> {
     subject: Subject<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<&'a str>,
-    #[serde(rename = "NotBefore")]
-    not_before: String,
-    #[serde(rename = "NotAfter")]
-    not_after: String,
 }
 
 #[derive(Serialize)]
@@ -227,10 +229,6 @@ struct AnswerError {
     message: String,
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
 #[async_trait]
 impl CertificateProvider for CfsslProvider {
     async fn sign(&self, request: SignRequest) -> Result<String, ProviderError> {
@@ -243,8 +241,6 @@ impl CertificateProvider for CfsslProvider {
             hosts,
             subject: Subject { cn: t.common_name(), names: [Name { o: t.organization() }] },
             profile: self.profile.as_deref(),
-            not_before: rfc3339(t.not_before),
-            not_after: rfc3339(t.not_after),
         };
         let json = serde_json::to_vec(&body).map_err(|e| ProviderError::Other(e.to_string()))?;
         let (path, payload) = match &self.auth_key {

@@ -95,7 +95,7 @@ fn check_sans(leaf: &X509Certificate<'_>, t: &CertificateTemplate, problems: &mu
     if uris != [spiffe.clone()] {
         if dns.contains(&spiffe) {
             problems.push(format!(
-                "the SPIFFE ID {spiffe} is a DNS name SAN instead of a URI SAN: this signer cannot write URI SANs (older cfssl releases such as 1.2, packaged in Debian 12, cannot)"
+                "the SPIFFE ID {spiffe} is a DNS name SAN instead of a URI SAN: this signer cannot write URI SANs (cfssl 1.2, packaged in Debian 12, cannot: use cfssl 1.6 or newer)"
             ));
         } else {
             problems.push(format!("its URI SANs are {uris:?}, not exactly [{spiffe:?}]"));
