@@ -11,10 +11,12 @@ use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
 use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
-    CertificateBundle, CertificateEvent, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType, PolicyEngine,
-    SecurityConfig, TrustDomain, WorkerId,
+    CertificateBundle, CertificateEvent, CertificateProvider, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType,
+    PolicyEngine, SecurityConfig, TrustDomain, WorkerId,
 };
 use tempfile::TempDir;
+
+pub mod upstream;
 
 /// Collects events for assertions.
 #[derive(Debug, Default)]
@@ -52,6 +54,8 @@ pub struct TestCa {
     pub events: Arc<Recorder>,
     /// The CA's policy engine.
     pub policy: Arc<dyn PolicyEngine>,
+    /// An upstream signer, if leaves are not signed by the CA's own key.
+    pub signer: Option<Arc<dyn CertificateProvider>>,
 }
 
 impl TestCa {
@@ -70,10 +74,43 @@ impl TestCa {
         let tmp = tempfile::tempdir().unwrap();
         let dir = CaDir::new(tmp.path().join("ca"));
         init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
+        Self::serve_dir(tmp, dir, policy, None).await
+    }
+
+    /// Inits and serves a new CA whose leaves `signer` signs (24 h validity).
+    pub async fn start_with_signer(signer: Arc<dyn CertificateProvider>) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
+        Self::serve_dir(tmp, dir, Arc::new(DefaultPolicy::default()), Some(signer)).await
+    }
+
+    /// Inits an intermediate CA, has an `openssl` root (`enterprise.pem` in the CA's temp
+    /// dir) sign it, imports it and serves it.
+    pub async fn start_intermediate() -> Self {
+        use crank_runtime::ca::intermediate::{CsrOptions, import, init_csr};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        let opts = CsrOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
+        init_csr(&dir, &opts).unwrap();
+        let root = openssl_root(tmp.path(), "enterprise", None);
+        let ext = "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign";
+        let cert = openssl_sign(tmp.path(), &dir.intermediate_csr(), "enterprise", ext, "intermediate.pem").unwrap();
+        import(&dir, &std::fs::read(cert).unwrap(), &std::fs::read(root).unwrap(), false).unwrap();
+        Self::serve_dir(tmp, dir, Arc::new(DefaultPolicy::default()), None).await
+    }
+
+    /// Serves the CA already made in `dir` (inside `tmp`).
+    pub async fn serve_dir(
+        tmp: TempDir,
+        dir: CaDir,
+        policy: Arc<dyn PolicyEngine>,
+        signer: Option<Arc<dyn CertificateProvider>>,
+    ) -> Self {
         let events = Arc::default();
-        let ca = load_ca(&dir, &events, policy.clone());
+        let ca = load_ca(&dir, &events, policy.clone(), signer.clone()).await;
         let server = Some(crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone()).await.unwrap());
-        Self { tmp, dir, ca, server, events, policy }
+        Self { tmp, dir, ca, server, events, policy, signer }
     }
 
     /// (Re)loads the CA from its directory and serves it on `addr`.
@@ -81,7 +118,7 @@ impl TestCa {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
         }
-        self.ca = load_ca(&self.dir, &self.events, self.policy.clone());
+        self.ca = load_ca(&self.dir, &self.events, self.policy.clone(), self.signer.clone()).await;
         self.server = Some(crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone()).await.unwrap());
     }
 
@@ -166,12 +203,119 @@ impl TestCa {
     }
 }
 
-fn load_ca(dir: &CaDir, events: &Arc<Recorder>, policy: Arc<dyn PolicyEngine>) -> Arc<LocalCa> {
+async fn load_ca(
+    dir: &CaDir,
+    events: &Arc<Recorder>,
+    policy: Arc<dyn PolicyEngine>,
+    signer: Option<Arc<dyn CertificateProvider>>,
+) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
     let settings =
         crank_runtime::cli::CaSettings { environment: "test".into(), policy, events: Arc::new(sinks), replica: None };
-    crank_runtime::cli::load_ca_with(dir, settings).unwrap()
+    match signer {
+        None => crank_runtime::cli::load_ca_with(dir, settings).unwrap(),
+        Some(s) => {
+            let store = crank_runtime::cli::open_store(dir, None).await.unwrap();
+            crank_runtime::cli::load_ca_with_signer(dir, settings, store, s).await.unwrap()
+        }
+    }
+}
+
+/// Runs `openssl ARGS` in `dir`: its stdout, or an error carrying its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output()?;
+    anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `openssl req` with a new P-256 key written to `NAME.key` in `dir`; `args` say what
+/// else to make.
+fn openssl_req(dir: &Path, name: &str, subject: &str, args: &[&str]) -> anyhow::Result<()> {
+    let key = format!("{name}.key");
+    let mut all = vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key];
+    all.extend_from_slice(&["-subj", subject]);
+    all.extend_from_slice(args);
+    openssl(dir, &all).map(drop)
+}
+
+/// A new P-256 key and CSR made by `openssl` in `dir`: `NAME.key`, `NAME.csr`.
+pub fn openssl_csr(dir: &Path, name: &str, subject: &str) -> PathBuf {
+    let csr = format!("{name}.csr");
+    openssl_req(dir, name, subject, &["-new", "-out", &csr]).unwrap();
+    dir.join(csr)
+}
+
+/// A self-signed P-256 root made by `openssl` in `dir` as `NAME.pem`/`NAME.key`, with
+/// `basicConstraints=critical,CA:true[,pathlen:N]` and keyCertSign, cRLSign.
+pub fn openssl_root(dir: &Path, name: &str, pathlen: Option<u32>) -> PathBuf {
+    let bc = match pathlen {
+        Some(n) => format!("basicConstraints=critical,CA:true,pathlen:{n}"),
+        None => "basicConstraints=critical,CA:true".to_owned(),
+    };
+    let pem = format!("{name}.pem");
+    let ku = "keyUsage=critical,keyCertSign,cRLSign";
+    let subject = format!("/CN={name}/O=Example Enterprise");
+    openssl_req(dir, name, &subject, &["-x509", "-out", &pem, "-days", "30", "-addext", &bc, "-addext", ku]).unwrap();
+    dir.join(pem)
+}
+
+/// Renews `bundle` at `ca` over mTLS with a new key, as a worker's rotator does, and
+/// checks the answer against the roots `bundle` trusts.
+pub async fn renew_over_mtls(ca: &TestCa, bundle: &CertificateBundle) -> CertificateBundle {
+    use crank_security_core::{CertificateProvider, CorrelationId, RenewRequest};
+    let worker = bundle.metadata().spiffe().unwrap().worker_id;
+    let key = crank_security_core::generate_key(KeyType::EcdsaP256).unwrap();
+    let creds = crank_runtime::tls::Credentials::new(bundle.certified_key().unwrap());
+    let client = crank_runtime::CaClient::mtls(vec![ca.url()], bundle.ca(), creds).unwrap();
+    let req = RenewRequest {
+        csr_pem: crank_security_core::build_csr(&key, &worker, &[worker.to_string()]).unwrap(),
+        worker_id: worker.to_string(),
+        current_serial: bundle.metadata().serial.clone(),
+        current_fingerprint: None,
+        correlation_id: CorrelationId::new(),
+    };
+    let issued = client.renew(req).await.unwrap();
+    let trusted = bundle.ca();
+    crank_runtime::worker::bootstrap::accept_issued(&issued, &key.serialize_pem(), &worker, |c| trusted.contains(c))
+        .unwrap()
+}
+
+/// Has `openssl` sign `csr` with `issuer` (`ISSUER.pem`/`ISSUER.key` in `dir`) into
+/// `out`, with the extension lines `ext` (openssl config syntax).
+pub fn openssl_sign(dir: &Path, csr: &Path, issuer: &str, ext: &str, out: &str) -> anyhow::Result<PathBuf> {
+    let ext_file = dir.join(format!("{out}.ext"));
+    std::fs::write(&ext_file, format!("[v3]\n{ext}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"))?;
+    let serial = format!("0x{:032x}", rand_serial());
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr.display().to_string(),
+            "-CA",
+            &format!("{issuer}.pem"),
+            "-CAkey",
+            &format!("{issuer}.key"),
+            "-set_serial",
+            &serial,
+            "-days",
+            "20",
+            "-extfile",
+            &ext_file.display().to_string(),
+            "-extensions",
+            "v3",
+            "-out",
+            out,
+        ],
+    )?;
+    Ok(dir.join(out))
+}
+
+fn rand_serial() -> u128 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    (nanos ^ u128::from(std::process::id()) << 64) | 1
 }
 
 /// A child process, killed and reaped when dropped.
@@ -191,6 +335,13 @@ pub fn crank(args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
     anyhow::ensure!(out.status.success(), "crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Runs `crank cert init` for `worker` with `token` at `ca_url`, writing into
+/// `cert_dir`: its trimmed stdout, or an error carrying its stderr.
+pub fn cert_init(worker: &str, token: &str, ca_url: &str, cert_dir: &Path) -> anyhow::Result<String> {
+    let dir = cert_dir.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", cert_dir.display()))?;
+    crank(&["cert", "init", "--worker-id", worker, "--token", token, "--ca-url", ca_url, "--cert-dir", dir])
 }
 
 /// Waits (up to 20 s) until something listens on `addr`.

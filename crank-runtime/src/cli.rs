@@ -132,6 +132,28 @@ pub enum CaCommand {
         /// Replace an existing CA (every certificate it issued stops being trusted).
         #[arg(long)]
         force: bool,
+        /// Intermediate mode: make the CA's key and a CSR (`intermediate.csr`) for the
+        /// organisation's root to sign, instead of a root of its own; then `crank ca import`.
+        #[arg(long)]
+        csr: bool,
+    },
+    /// Install the intermediate certificate the enterprise root signed for
+    /// `intermediate.csr` (after `crank ca init --csr`), with the root it chains to.
+    Import {
+        /// CA data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The intermediate certificate, PEM (optionally followed by the intermediates
+        /// above it).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The enterprise root, PEM (optionally with intermediates between it and ours).
+        /// Workers trust this root alone.
+        #[arg(long)]
+        chain: PathBuf,
+        /// Accept a chain ending at a different root than the installed one.
+        #[arg(long)]
+        switch_root: bool,
     },
     /// Serve the CA over HTTPS.
     Serve {
@@ -158,6 +180,9 @@ pub enum CaCommand {
         /// Name of this replica in the ledger (default: host name and process id).
         #[arg(long, env = "CRANK_CA_REPLICA")]
         replica: Option<String>,
+        /// Who signs leaves.
+        #[command(flatten)]
+        signer: Box<SignerArgs>,
     },
     /// Issue an administrator client certificate (for `crank revoke`), signed by the
     /// root and recorded in the ledger. Run it where the CA's key is.
@@ -181,6 +206,97 @@ pub enum CaCommand {
     /// Roll the CA root over without downtime (see docs/operations.md).
     #[command(subcommand)]
     Rollover(RolloverCommand),
+}
+
+/// Who signs the leaves of `crank ca serve`.
+#[derive(Debug, Args)]
+pub struct SignerArgs {
+    /// `local`: the CA's own key (root, or intermediate). `cfssl`: an upstream cfssl signs
+    /// through its sign API; the CA keeps join tokens, policy and the ledger, and checks
+    /// every certificate cfssl returns (see docs/providers.md).
+    #[arg(long, default_value = "local", value_parser = ["local", "cfssl"])]
+    pub signer: String,
+    /// cfssl's API, `https://HOST:PORT` (https only).
+    #[arg(long)]
+    pub cfssl_url: Option<url::Url>,
+    /// CA certificate(s), PEM, that verify cfssl's TLS certificate.
+    #[arg(long)]
+    pub cfssl_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS to cfssl (`cfssl serve -mutual-tls-ca`), PEM.
+    #[arg(long, requires = "cfssl_client_key")]
+    pub cfssl_client_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long, requires = "cfssl_client_cert")]
+    pub cfssl_client_key: Option<PathBuf>,
+    /// Hex HMAC key of a cfssl profile's `auth_key`: requests go to `authsign`. Prefer the
+    /// environment variable to the flag (process listings show flags).
+    #[arg(long, env = "CRANK_CFSSL_AUTH_KEY", hide_env_values = true)]
+    pub cfssl_auth_key: Option<String>,
+    /// cfssl signing profile (default: cfssl's default profile).
+    #[arg(long)]
+    pub cfssl_profile: Option<String>,
+    /// The CA certificate(s) cfssl signs under, PEM: handed to workers, and what every
+    /// certificate cfssl returns must verify to.
+    #[arg(long)]
+    pub cfssl_trust_bundle: Option<PathBuf>,
+    /// Intermediates to append after each leaf, PEM, when cfssl signs with an
+    /// intermediate.
+    #[arg(long)]
+    pub cfssl_chain: Option<PathBuf>,
+}
+
+impl SignerArgs {
+    /// The upstream signer these options describe; `None` for the CA's own key.
+    pub fn build(&self) -> anyhow::Result<Option<Arc<dyn crank_security_core::CertificateProvider>>> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        if self.signer == "local" {
+            let given = self.cfssl_url.is_some()
+                || self.cfssl_ca.is_some()
+                || self.cfssl_client_cert.is_some()
+                || self.cfssl_auth_key.is_some()
+                || self.cfssl_profile.is_some()
+                || self.cfssl_trust_bundle.is_some()
+                || self.cfssl_chain.is_some();
+            anyhow::ensure!(!given, "--cfssl-* options need --signer cfssl");
+            return Ok(None);
+        }
+        use crate::ca::cfssl::{AuthKey, CfsslConfig, CfsslProvider, ClientIdentity};
+        let url = self.cfssl_url.clone().context("--signer cfssl needs --cfssl-url https://HOST:PORT")?;
+        let ca =
+            self.cfssl_ca.as_deref().context("--signer cfssl needs --cfssl-ca (the CA of cfssl's TLS certificate)")?;
+        let bundle = self
+            .cfssl_trust_bundle
+            .as_deref()
+            .context("--signer cfssl needs --cfssl-trust-bundle (the CA certificate cfssl signs with)")?;
+        let client_identity = match (&self.cfssl_client_cert, &self.cfssl_client_key) {
+            (Some(c), Some(k)) => Some(
+                ClientIdentity::from_pem(&read(c, "--cfssl-client-cert")?, &read(k, "--cfssl-client-key")?)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => None,
+        };
+        let auth_key = self.cfssl_auth_key.as_deref().map(AuthKey::from_hex).transpose().map_err(anyhow::Error::msg)?;
+        let server_roots = parse_pem_certs("--cfssl-ca", &read(ca, "--cfssl-ca")?)?;
+        let trust_bundle_pem =
+            String::from_utf8(read(bundle, "--cfssl-trust-bundle")?).context("--cfssl-trust-bundle is not text")?;
+        let chain_pem = match &self.cfssl_chain {
+            Some(p) => String::from_utf8(read(p, "--cfssl-chain")?).context("--cfssl-chain is not text")?,
+            None => String::new(),
+        };
+        let config = CfsslConfig {
+            url,
+            server_roots,
+            client_identity,
+            auth_key,
+            profile: self.cfssl_profile.clone(),
+            trust_bundle_pem,
+            chain_pem,
+            timeout: crate::ca::cfssl::DEFAULT_TIMEOUT,
+        };
+        Ok(Some(Arc::new(CfsslProvider::new(config).map_err(anyhow::Error::msg)?)))
+    }
 }
 
 /// `crank ca rollover ...`
@@ -288,7 +404,36 @@ impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Ca(CaCommand::Init { dir, trust_domain, sans, force }) => {
+            Command::Ca(CaCommand::Init { dir, trust_domain, sans, force, csr: true }) => {
+                let dir = CaDir::new(dir);
+                let opts = crate::ca::intermediate::CsrOptions {
+                    trust_domain: TrustDomain::new(trust_domain)?,
+                    extra_sans: sans,
+                    force,
+                };
+                crate::ca::intermediate::init_csr(&dir, &opts)?;
+                println!("intermediate CA key and CSR created in {}", dir.dir.display());
+                println!("CSR: {}", dir.intermediate_csr().display());
+                println!(
+                    "have the enterprise root sign it as a CA certificate (basicConstraints critical CA:true; keyUsage critical keyCertSign, cRLSign), then:"
+                );
+                println!("next: crank ca import --dir {} --cert INTERMEDIATE.pem --chain ROOT.pem", dir.dir.display());
+                Ok(())
+            }
+            Command::Ca(CaCommand::Import { dir, cert, chain, switch_root }) => {
+                let dir = CaDir::new(dir);
+                let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                let done = crate::ca::intermediate::import(&dir, &read(&cert)?, &read(&chain)?, switch_root)?;
+                println!("intermediate {} installed in {}", done.subject, dir.dir.display());
+                println!("  under root:  {} (sha256 {})", done.root_subject, done.root_fingerprint);
+                println!("  valid until: {}", rfc3339(done.not_after));
+                if done.upper_intermediates > 0 {
+                    println!("  with {} intermediate(s) above it", done.upper_intermediates);
+                }
+                println!("next: crank ca serve --dir {}", dir.dir.display());
+                Ok(())
+            }
+            Command::Ca(CaCommand::Init { dir, trust_domain, sans, force, csr: false }) => {
                 let dir = CaDir::new(dir);
                 init_ca(&dir, &InitOptions { trust_domain: TrustDomain::new(trust_domain)?, extra_sans: sans, force })?;
                 println!("CA created in {}", dir.dir.display());
@@ -296,7 +441,17 @@ impl Cli {
                 println!("next: crank ca serve --dir {}", dir.dir.display());
                 Ok(())
             }
-            Command::Ca(CaCommand::Serve { dir, listen, environment, leaf_validity, policy_dir, store, replica }) => {
+            Command::Ca(CaCommand::Serve {
+                dir,
+                listen,
+                environment,
+                leaf_validity,
+                policy_dir,
+                store,
+                replica,
+                signer,
+            }) => {
+                let signer = signer.build()?;
                 let policy: Arc<dyn PolicyEngine> = match policy_dir {
                     Some(p) => {
                         let engine = crank_policy::from_dir(&p)?;
@@ -306,7 +461,7 @@ impl Cli {
                     None => Arc::new(DefaultPolicy { validity: leaf_validity }),
                 };
                 let settings = CaSettings { environment, policy, replica, ..CaSettings::default() };
-                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store))
+                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store, signer))
             }
             Command::Ca(CaCommand::AdminCert { dir, name, out, validity, store }) => {
                 runtime()?.block_on(admin_cert(CaDir::new(dir), name, out, validity, store))
@@ -479,12 +634,27 @@ pub fn load_ca_with(dir: &CaDir, settings: CaSettings) -> anyhow::Result<Arc<Loc
 
 /// Loads a CA with `store` and `settings`.
 pub fn load_ca_with_store(dir: &CaDir, settings: CaSettings, store: Arc<dyn CaStore>) -> anyhow::Result<Arc<LocalCa>> {
+    Ok(Arc::new(build_ca(dir, settings, store)?))
+}
+
+fn build_ca(dir: &CaDir, settings: CaSettings, store: Arc<dyn CaStore>) -> anyhow::Result<LocalCa> {
     let policy = crank_policy::PolicyGuard::new(settings.policy);
     let mut config = LocalCaConfig { environment: settings.environment, ..LocalCaConfig::default() };
     if let Some(r) = settings.replica {
         config.replica = r;
     }
-    Ok(Arc::new(LocalCa::load(dir, config, policy, store, settings.events)?))
+    LocalCa::load(dir, config, policy, store, settings.events)
+}
+
+/// Loads a CA with `store` and `settings` whose leaves `signer` signs (an upstream CA;
+/// see [`LocalCa::with_signer`]).
+pub async fn load_ca_with_signer(
+    dir: &CaDir,
+    settings: CaSettings,
+    store: Arc<dyn CaStore>,
+    signer: Arc<dyn crank_security_core::CertificateProvider>,
+) -> anyhow::Result<Arc<LocalCa>> {
+    Ok(Arc::new(build_ca(dir, settings, store)?.with_signer(signer).await?))
 }
 
 /// Opens the store named by `url` (default: the CA directory's embedded store).
@@ -493,12 +663,28 @@ pub async fn open_store(dir: &CaDir, url: Option<&str>) -> anyhow::Result<Arc<dy
     crate::ca::store::open(url, &dir.store()).await.with_context(|| format!("opening the CA store {shown}"))
 }
 
-async fn serve_ca(dir: CaDir, listen: SocketAddr, settings: CaSettings, store: Option<String>) -> anyhow::Result<()> {
+async fn serve_ca(
+    dir: CaDir,
+    listen: SocketAddr,
+    settings: CaSettings,
+    store: Option<String>,
+    signer: Option<Arc<dyn crank_security_core::CertificateProvider>>,
+) -> anyhow::Result<()> {
     let store = open_store(&dir, store.as_deref()).await?;
     let backend = store.backend();
-    let ca = load_ca_with_store(&dir, settings, store)?;
+    let ca = match signer {
+        Some(s) => load_ca_with_signer(&dir, settings, store, s).await?,
+        None => load_ca_with_store(&dir, settings, store)?,
+    };
     let server = crate::ca::server::bind_and_spawn(&dir, listen, ca.clone()).await?;
-    tracing::info!(addr = %server.addr(), trust_domain = %ca.trust_domain(), store = backend, "CA service listening (HTTPS)");
+    tracing::info!(
+        addr = %server.addr(),
+        trust_domain = %ca.trust_domain(),
+        store = backend,
+        signer = ca.signer_name(),
+        intermediate = dir.is_intermediate(),
+        "CA service listening (HTTPS)"
+    );
     crate::tls::shutdown_signal().await;
     server.shutdown().await?;
     tracing::info!("CA service stopped");

@@ -75,6 +75,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::PolicyDenied(m) => Self::forbidden("policy_denied", m),
             ProviderError::Revoked(m) => Self::forbidden("certificate_revoked", m),
             ProviderError::Unavailable(m) => Self::unavailable(m),
+            ProviderError::Refused(m) => Self { status: StatusCode::BAD_GATEWAY, code: "upstream_refused", message: m },
             other => Self { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: other.to_string() },
         }
     }

@@ -125,6 +125,20 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// One certificate as a PEM `CERTIFICATE` block (64-column base64, trailing newline).
+pub fn cert_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// Parses every `CERTIFICATE` block of a PEM text; an input without one is an error.
 pub fn parse_pem_certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs =

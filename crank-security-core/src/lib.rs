@@ -44,7 +44,7 @@ mod provider;
 mod token;
 mod write;
 
-pub use bundle::{CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, fingerprint_sha256, parse_pem_certs};
+pub use bundle::{CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, cert_pem, fingerprint_sha256, parse_pem_certs};
 pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig, parse_ca_urls};
 pub use dirs::{CertDirResolver, DefaultCertDirResolver, FixedCertDir};
 pub use error::Error;
@@ -57,6 +57,8 @@ pub use policy::{
     DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput,
     default_renewal,
 };
-pub use provider::{CertificateProvider, IssueRequest, IssuedCertificate, ProviderError, RenewRequest};
+pub use provider::{
+    CertificateProvider, CertificateTemplate, IssueRequest, IssuedCertificate, ProviderError, RenewRequest, SignRequest,
+};
 pub use token::{JoinTokenClaims, peek_token_claims};
 pub use write::{BundleWriter, CertFiles, StagedBundle, write_file_atomic};

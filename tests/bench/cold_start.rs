@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crank_runtime::MtlsClient;
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{KillOnDrop, bin, crank, free_addr, serve_ca_process};
+use crank_tests::{KillOnDrop, bin, cert_init, crank, free_addr, serve_ca_process};
 
 fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args()
@@ -40,18 +40,7 @@ async fn run(runs: usize) -> anyhow::Result<()> {
     let ca_url = format!("https://{ca_addr}");
     let probe_dir = tmp.path().join("probe");
     let token = crank(&["token", "create", "--dir", ca, "--worker-id", "probe"])?;
-    crank(&[
-        "cert",
-        "init",
-        "--worker-id",
-        "probe",
-        "--token",
-        &token,
-        "--ca-url",
-        &ca_url,
-        "--cert-dir",
-        probe_dir.to_str().context("path")?,
-    ])?;
+    cert_init("probe", &token, &ca_url, &probe_dir)?;
     let probe = CertificateBundle::load(&CertFiles::in_dir(&probe_dir))?;
 
     let mut fresh = Vec::new();

@@ -43,7 +43,8 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn hello_world(env: &[(&str, &str)]) -> Command {
+/// The hello-world example binary with a clean environment plus `env`.
+pub(crate) fn hello_world(env: &[(&str, &str)]) -> Command {
     example("hello-world", env)
 }
 
@@ -102,18 +103,7 @@ async fn operator_flow_with_the_real_binaries() {
     let client_token = ok(&crank(&["token", "create", "--dir", ca_dir_s, "--worker-id", "ops-client", "--ttl", "2m"]))
         .trim()
         .to_owned();
-    ok(&crank(&[
-        "cert",
-        "init",
-        "--worker-id",
-        "ops-client",
-        "--token",
-        &client_token,
-        "--ca-url",
-        &ca_url,
-        "--cert-dir",
-        client_dir.to_str().unwrap(),
-    ]));
+    crank_tests::cert_init("ops-client", &client_token, &ca_url, &client_dir).unwrap();
     let bundle = CertificateBundle::load(&CertFiles::in_dir(&client_dir)).unwrap();
     assert_eq!(mode(&client_dir.join("client.key")), 0o600);
 
@@ -170,24 +160,8 @@ async fn operator_flow_with_the_real_binaries() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The token was single use: reusing it through the CLI fails with a clear message.
-    let reuse = crank(&[
-        "cert",
-        "init",
-        "--worker-id",
-        "ops-client",
-        "--token",
-        &client_token,
-        "--ca-url",
-        &ca_url,
-        "--cert-dir",
-        tmp.path().join("x").to_str().unwrap(),
-    ]);
-    assert!(!reuse.status.success());
-    assert!(
-        String::from_utf8_lossy(&reuse.stderr).contains("already used"),
-        "{}",
-        String::from_utf8_lossy(&reuse.stderr)
-    );
+    let reuse = crank_tests::cert_init("ops-client", &client_token, &ca_url, &tmp.path().join("x")).unwrap_err();
+    assert!(reuse.to_string().contains("already used"), "{reuse}");
 
     // SIGTERM stops the worker cleanly.
     sigterm(&hw.0);

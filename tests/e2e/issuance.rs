@@ -144,6 +144,7 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
         csr_pem: csr.clone(),
         worker_id: "someone-else".into(),
         current_serial: String::new(),
+        current_fingerprint: None,
         correlation_id: CorrelationId::new(),
     };
     let renewed = client.renew(req).await.unwrap();
@@ -157,6 +158,7 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
         csr_pem: csr,
         worker_id: "renewer".into(),
         current_serial: String::new(),
+        current_fingerprint: None,
         correlation_id: CorrelationId::new(),
     };
     let err = anon.renew(req).await.unwrap_err();

@@ -4,6 +4,7 @@
 mod bootstrap;
 mod cli;
 mod ha;
+mod intermediate;
 mod issuance;
 mod metrics;
 mod platform;
@@ -13,6 +14,7 @@ mod revocation;
 mod rotation;
 mod store;
 mod transport;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -44,4 +46,10 @@ fn no_client_cert(roots: &[CertificateDer<'static>]) -> reqwest::Client {
         .with_root_certificates(crank_runtime::tls::root_store(roots).unwrap())
         .with_no_client_auth();
     client_with(tls)
+}
+
+/// `GET /whoami` of a worker serving `hello_routes()`, as JSON.
+async fn whoami(client: &reqwest::Client, worker: &crank_runtime::RunningWorker) -> serde_json::Value {
+    let url = format!("https://127.0.0.1:{}/whoami", worker.addr().port());
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }

@@ -122,6 +122,21 @@ async fn with_resumption_off_every_connection_is_a_full_handshake() {
     assert_eq!(get_with(&cfg, &a).await.unwrap(), HandshakeKind::Resumed);
 }
 
+/// Waits (up to 5 s) until new connections fail both ways between `a` and `b`; the
+/// errors of a -> b and b -> a.
+async fn refused_both_ways(a: &RunningWorker, b: &RunningWorker) -> (String, String) {
+    let t0 = Instant::now();
+    loop {
+        let (ab, ba) = (call(a, b).await, call(b, a).await);
+        if let (Err(ab), Err(ba)) = (&ab, &ba) {
+            eprintln!("enforced after {:?}", t0.elapsed());
+            return (ab.clone(), ba.clone());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "still accepted after {:?}: {ab:?} {ba:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn serial_of(w: &RunningWorker) -> String {
     w.rotator.current().metadata().serial.clone()
 }
@@ -150,19 +165,10 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
     assert_eq!(answer["revoked"][0]["reason"], "keyCompromise");
     assert_eq!(answer["revoked"][0]["revoked_by"], "admin/alice");
     assert!(answer["crl_number"].as_u64().is_some());
-    let t0 = Instant::now();
 
     // Within the refresh interval (1 s here) plus a fetch, new connections fail in the
     // handshake: b refuses a as a client, and b refuses a as a server.
-    let (ab, ba) = loop {
-        let (ab, ba) = (call(&a, &b).await, call(&b, &a).await);
-        if let (Err(ab), Err(ba)) = (&ab, &ba) {
-            break (ab.clone(), ba.clone());
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5), "still accepted after {:?}: {ab:?} {ba:?}", t0.elapsed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    eprintln!("enforced after {:?}", t0.elapsed());
+    let (ab, ba) = refused_both_ways(&a, &b).await;
     assert!(ab.to_lowercase().contains("revoked"), "a -> b should fail with a revoked-certificate alert: {ab}");
     assert!(ba.to_lowercase().contains("revoked"), "b -> a should fail as the server certificate is revoked: {ba}");
     // Unrevoked workers keep working, in both directions.
@@ -184,6 +190,7 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
         csr_pem: csr,
         worker_id: "wa".into(),
         current_serial: revoked_serial.clone(),
+        current_fingerprint: None,
         correlation_id: CorrelationId::new(),
     };
     match client.renew(req).await {
@@ -289,6 +296,20 @@ impl PolicyEngine for ShortAndLong {
     fn revoke_certificate(&self, _: &str, _: &str) -> Result<bool, PolicyError> {
         Ok(true)
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_an_intermediate_the_crl_it_signs_is_enforced_in_the_handshake() {
+    let ca = TestCa::start_intermediate().await;
+    let a = start(&ca, "ia", Arc::default()).await;
+    let b = start(&ca, "ib", Arc::default()).await;
+    assert_eq!(a.rotator.current().chain().len(), 2, "leaf + intermediate");
+    call(&a, &b).await.unwrap();
+    call(&b, &a).await.unwrap();
+    let admin = admin_client(&ca).await;
+    assert_eq!(revoke(&ca, &admin, json!({"worker_id": "ia", "reason": "keyCompromise"})).await.status(), 200);
+    let (ab, ba) = refused_both_ways(&a, &b).await;
+    assert!(ab.to_lowercase().contains("revoked") && ba.to_lowercase().contains("revoked"), "{ab} / {ba}");
 }
 
 /// `openssl crl` on DER bytes: (verify output, listed serials as lowercase hex).

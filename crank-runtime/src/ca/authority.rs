@@ -1,27 +1,26 @@
-//! The local CA: verifies a CSR and its credential, asks policy, signs with rcgen, and
-//! records the certificate durably before handing it out.
+//! The local CA: verifies a CSR and its credential, asks policy, has its signer sign
+//! (its own key by default, or an upstream CA), checks what came back, and records the
+//! certificate durably before handing it out.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use crank_policy::PolicyGuard;
 use crank_security_core::{
-    CertMetadata, CertificateEvent, CertificateProvider, CorrelationId, EventKind, EventSink, IssuanceInput,
-    IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest, SpiffeId, TrustDomain, WorkerId,
-    fingerprint_sha256,
+    CertMetadata, CertificateEvent, CertificateProvider, CertificateTemplate, CorrelationId, EventKind, EventSink,
+    IssuanceInput, IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest, SignRequest,
+    SpiffeId, TrustDomain, WorkerId, fingerprint_sha256, parse_pem_certs,
 };
 use rcgen::{
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
-use x509_parser::public_key::PublicKey;
 
 use super::crl::{CRL_REFRESH_AFTER, SignedCrl};
+pub use super::csr::{MAX_CSR_BYTES, ParsedCsr, parse_csr};
 use super::files::CaDir;
+use super::signer::LocalSigner;
 use super::store::{
     CaStore, CertificateRecord, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError, TokenUse,
 };
@@ -30,99 +29,12 @@ use crate::ApiError;
 
 /// Clock-skew allowance: not-before is set this far in the past.
 pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
-/// Largest CSR accepted (DER bytes).
-pub const MAX_CSR_BYTES: usize = 16 * 1024;
-
 /// A random positive serial of 127 bits (RFC 5280 allows up to 20 octets).
 pub fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // Positive and without a leading zero octet, so the DER INTEGER is exactly 16 octets.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     SerialNumber::from_slice(&bytes)
-}
-
-/// What the CA read from a CSR: the verified public key and what it asks for.
-#[derive(Debug)]
-pub struct ParsedCsr {
-    spki: rcgen::SubjectPublicKeyInfo,
-    /// Key type name (`ecdsa-p256`, `rsa-2048`, ...).
-    pub key_type: String,
-    /// Requested DNS SANs.
-    pub dns: Vec<String>,
-    /// Requested IP SANs.
-    pub ips: Vec<IpAddr>,
-    /// Whether the CSR asked for CA:true (never granted; logged).
-    pub asked_for_ca: bool,
-}
-
-/// Parses a PEM CSR and verifies its self-signature. Everything else in the CSR
-/// (subject, key usages, EKUs, basic constraints, other extensions) is ignored: the CA
-/// sets those fields itself.
-pub fn parse_csr(pem: &str) -> Result<ParsedCsr, ProviderError> {
-    use rustls_pki_types::pem::PemObject;
-    let bad = |m: String| ProviderError::BadRequest(m);
-    if pem.len() > 4 * MAX_CSR_BYTES {
-        return Err(bad(format!("CSR is larger than {} bytes", 4 * MAX_CSR_BYTES)));
-    }
-    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| bad(format!("csr is not a PEM CERTIFICATE REQUEST: {e}")))?;
-    let (rest, csr) = X509CertificationRequest::from_der(der.as_ref())
-        .map_err(|e| bad(format!("csr is not a valid PKCS#10 request: {e}")))?;
-    if !rest.is_empty() {
-        return Err(bad("csr has trailing bytes after the request".into()));
-    }
-    csr.verify_signature().map_err(|e| bad(format!("csr signature does not verify with its own public key: {e}")))?;
-    let info = &csr.certification_request_info;
-    let key_type = key_type_name(&info.subject_pki).map_err(bad)?;
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-        .map_err(|e| bad(format!("unsupported public key in csr: {e}")))?;
-    let (mut dns, mut ips, mut asked_for_ca) = (Vec::new(), Vec::new(), false);
-    if let Some(exts) = csr.requested_extensions() {
-        for ext in exts {
-            match ext {
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    for name in &san.general_names {
-                        match name {
-                            GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
-                            GeneralName::IPAddress(b) => ips.push(
-                                ip_from_bytes(b).ok_or_else(|| bad("csr has a malformed IP address SAN".into()))?,
-                            ),
-                            other => {
-                                return Err(bad(format!(
-                                    "csr asks for a SAN of an unsupported kind ({other}); only DNS names and IP addresses may be requested"
-                                )));
-                            }
-                        }
-                    }
-                }
-                ParsedExtension::BasicConstraints(bc) => asked_for_ca |= bc.ca,
-                _ => {}
-            }
-        }
-    }
-    dns.sort();
-    dns.dedup();
-    ips.sort();
-    ips.dedup();
-    Ok(ParsedCsr { spki, key_type, dns, ips, asked_for_ca })
-}
-
-fn key_type_name(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<String, String> {
-    let oid = spki.algorithm.algorithm.to_id_string();
-    match (oid.as_str(), spki.parsed()) {
-        ("1.3.101.112", _) => Ok("ed25519".into()),
-        ("1.2.840.10045.2.1", Ok(PublicKey::EC(ec))) => Ok(format!("ecdsa-p{}", ec.key_size())),
-        ("1.2.840.113549.1.1.1", Ok(PublicKey::RSA(rsa))) => Ok(format!("rsa-{}", rsa.key_size())),
-        _ => Err(format!("csr public key algorithm {oid} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA)")),
-    }
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-        _ => None,
-    }
 }
 
 /// Settings of a [`LocalCa`].
@@ -147,10 +59,18 @@ impl Default for LocalCaConfig {
 pub struct LocalCa {
     trust_domain: TrustDomain,
     config: LocalCaConfig,
-    issuer: Issuer<'static, KeyPair>,
+    /// The CA's own key: CRLs, administrator certificates, and leaves unless another
+    /// signer is set.
+    own: Arc<LocalSigner>,
+    /// Who signs leaves.
+    signer: Arc<dyn CertificateProvider>,
+    /// What the signer's leaves must verify to.
+    signer_anchors: Vec<CertificateDer<'static>>,
+    /// The trust anchor join tokens pin (the enterprise root in intermediate mode).
     root_der: CertificateDer<'static>,
-    /// The trust bundle handed out: the signing root, plus the other root during a rollover.
-    root_pem: String,
+    /// The trust bundle handed out: the root (two during a rollover), plus the signer's
+    /// roots when an upstream CA signs.
+    bundle_pem: String,
     tokens: TokenAuthority,
     policy: PolicyGuard,
     store: Arc<dyn CaStore>,
@@ -166,6 +86,7 @@ impl std::fmt::Debug for LocalCa {
             .field("trust_domain", &self.trust_domain)
             .field("replica", &self.config.replica)
             .field("policy", &self.policy.engine_name())
+            .field("signer", &self.signer.name())
             .field("root_key", &"<redacted>")
             .finish()
     }
@@ -182,9 +103,9 @@ impl LocalCa {
     ) -> anyhow::Result<Self> {
         let trust_domain = dir.trust_domain()?;
         let root_der = dir.root_der()?;
-        let root_key = CaDir::read_key(&dir.root_key())?;
-        let issuer = Issuer::from_ca_cert_der(&root_der, root_key)?;
-        let root_pem = dir.trust_bundle_pem()?;
+        let own = Arc::new(LocalSigner::load(dir)?);
+        let bundle_pem = dir.trust_bundle_pem()?;
+        let signer_anchors = parse_pem_certs("trust bundle", bundle_pem.as_bytes())?;
         // Metrics decorate the event sink: every event is also counted.
         let metrics = crate::metrics::Metrics::new();
         let sinks = crank_security_core::EventSinks::empty();
@@ -199,9 +120,11 @@ impl LocalCa {
         Ok(Self {
             trust_domain,
             config,
-            issuer,
+            signer: own.clone(),
+            own,
+            signer_anchors,
             root_der,
-            root_pem,
+            bundle_pem,
             tokens,
             policy,
             store,
@@ -210,6 +133,34 @@ impl LocalCa {
             crl: arc_swap::ArcSwapOption::empty(),
             crl_regen: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Leaves are signed by `signer` (an upstream CA) instead of the CA's own key. Its
+    /// trust bundle is added to the one handed out, and every certificate it returns is
+    /// checked against what policy decided before it is recorded.
+    pub async fn with_signer(mut self, signer: Arc<dyn CertificateProvider>) -> anyhow::Result<Self> {
+        let pem = signer.trust_bundle().await.map_err(|e| anyhow::anyhow!("the signer's trust bundle: {e}"))?;
+        let anchors = parse_pem_certs("signer trust bundle", pem.as_bytes())?;
+        let mut bundle = parse_pem_certs("trust bundle", self.bundle_pem.as_bytes())?;
+        for a in &anchors {
+            if !bundle.contains(a) {
+                bundle.push(a.clone());
+                self.bundle_pem.push_str(&crank_security_core::cert_pem(a));
+            }
+        }
+        self.signer_anchors = anchors;
+        self.signer = signer;
+        Ok(self)
+    }
+
+    /// The trust bundle handed to workers and used to verify client certificates, PEM.
+    pub fn trust_bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// The name of the provider that signs leaves (`local`, `cfssl`, ...).
+    pub fn signer_name(&self) -> &str {
+        self.signer.name()
     }
 
     /// The token authority (for `crank token create` and tests).
@@ -222,7 +173,8 @@ impl LocalCa {
         &self.trust_domain
     }
 
-    /// The root certificate.
+    /// The trust anchor join tokens pin: the CA's root, or the enterprise root in
+    /// intermediate mode.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root_der
     }
@@ -276,7 +228,7 @@ impl LocalCa {
         let unavailable = |e: StoreError| ApiError::unavailable(format!("cannot build the CRL: {e}"));
         let entries = self.store.revoked_unexpired(now).await.map_err(unavailable)?;
         let number = self.store.next_crl_number().await.map_err(unavailable)?;
-        let crl = super::crl::sign(&self.issuer, &entries, number, generation, now).map_err(|e| ApiError {
+        let crl = super::crl::sign(self.own.issuer(), &entries, number, generation, now).map_err(|e| ApiError {
             status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             code: "crl_failed",
             message: e,
@@ -323,6 +275,12 @@ impl LocalCa {
             return Err(ApiError::forbidden("policy_denied", format!("denied by policy: {}", d.reason)));
         }
         let revocation = Revocation { target, reason, revoked_by: admin.to_owned(), at: OffsetDateTime::now_utc() };
+        if self.signer.name() != "local" {
+            tracing::warn!(
+                signer = self.signer.name(),
+                "revocation recorded: the certificate cannot renew and its worker stops using it, but peers enforce this CA's CRL only for certificates this CA signed; revoke it at the upstream CA too"
+            );
+        }
         let records = self.store.revoke(&revocation).await.map_err(|e| match e {
             StoreError::NotFound(m) => ApiError::missing("nothing_to_revoke", m),
             other => ApiError::unavailable(format!("the CA could not record the revocation: {other}")),
@@ -371,7 +329,9 @@ impl LocalCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
-        let cert = params.signed_by(&key, &self.issuer)?;
+        params.not_after = params.not_after.min(self.own.not_after());
+        let cert = params.signed_by(&key, self.own.issuer())?;
+        let chain = format!("{}{}", cert.pem(), self.own.chain_pem());
         let meta = CertMetadata::from_der(cert.der())?;
         let record = CertificateRecord {
             serial: meta.serial.clone(),
@@ -387,10 +347,10 @@ impl LocalCa {
             correlation_id: CorrelationId::new().to_string(),
             issued_at: super::store::now_rfc3339(),
             status: "valid".into(),
-            pem: cert.pem(),
+            pem: chain.clone(),
         };
         self.store.record_issuance(None, record).await?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((chain, key.serialize_pem()))
     }
 
     /// The administrator name of a verified client certificate: its SPIFFE ID must be
@@ -405,6 +365,10 @@ impl LocalCa {
             )));
         };
         match self.store.certificate(&meta.serial).await {
+            Ok(Some(r)) if r.fingerprint != meta.fingerprint_sha256 => Err(refuse(format!(
+                "client certificate {} is not the one this CA's ledger holds under that serial",
+                meta.serial
+            ))),
             Ok(Some(r)) if r.kind == "admin" && r.status == "valid" && r.worker_id == name => Ok(name.to_owned()),
             Ok(Some(r)) => {
                 Err(refuse(format!("administrator certificate {} is {} ({})", meta.serial, r.status, r.kind)))
@@ -462,18 +426,21 @@ impl LocalCa {
         tracing::info!(serial = %record.serial, worker_id = %record.worker_id, "same request retried with its token; answering with the certificate already issued");
         Ok(IssuedCertificate {
             certificate_chain: record.pem,
-            ca_bundle: self.root_pem.clone(),
+            ca_bundle: self.bundle_pem.clone(),
             serial: record.serial,
             spiffe_id: record.spiffe_id,
             not_after: record.not_after,
         })
     }
 
-    /// Decides, signs and records. `token` is consumed in the same durable write.
+    /// Decides, has the signer sign, checks what it returned, and records. `token` is
+    /// consumed in the same durable write.
+    #[expect(clippy::too_many_arguments, reason = "one issuance pipeline shared by issue and renew")]
     async fn sign_and_record(
         &self,
         worker: &WorkerId,
         capabilities: Vec<String>,
+        csr_pem: &str,
         csr: ParsedCsr,
         token: Option<TokenUse>,
         kind: &str,
@@ -499,44 +466,46 @@ impl LocalCa {
             tracing::warn!(worker_id = %worker, correlation_id = %cid, "CSR asked for CA:true; issuing a non-CA leaf");
         }
 
-        let spiffe = SpiffeId::new(self.trust_domain.clone(), worker.clone());
         let now = OffsetDateTime::now_utc();
-        let mut params = rcgen::CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, worker.as_str());
-        dn.push(DnType::OrganizationName, self.trust_domain.as_str());
-        params.distinguished_name = dn;
-        params.serial_number = Some(random_serial());
-        params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        let uri = spiffe.to_string();
-        let mut sans = vec![SanType::URI(
-            uri.as_str().try_into().map_err(|_| ProviderError::Other("SPIFFE ID is not an IA5 string".into()))?,
-        )];
-        for d in &csr.dns {
-            sans.push(SanType::DnsName(
-                d.as_str()
-                    .try_into()
-                    .map_err(|_| ProviderError::BadRequest(format!("DNS SAN {d:?} is not an IA5 string")))?,
-            ));
-        }
-        sans.extend(csr.ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.subject_alt_names = sans;
-        let cert = params.signed_by(&csr.spki, &self.issuer).map_err(|e| {
-            self.fail(
-                EventKind::CsrFailed,
-                cid,
-                Some(worker.as_str()),
-                "sign",
-                ProviderError::Other(format!("signing failed: {e}")),
-            )
+        let template = CertificateTemplate {
+            spiffe_id: SpiffeId::new(self.trust_domain.clone(), worker.clone()),
+            dns_sans: csr.dns.clone(),
+            ip_sans: csr.ips.clone(),
+            not_before: now - BACKDATE,
+            not_after: now + validity,
+            renewal: kind == "renew",
+        };
+        let request =
+            SignRequest { csr_pem: csr_pem.to_owned(), template: template.clone(), correlation_id: cid.clone() };
+        let chain = self.signer.sign(request).await.map_err(|e| {
+            let event = if matches!(e, ProviderError::Unavailable(_)) {
+                EventKind::CaUnavailable
+            } else {
+                EventKind::CsrFailed
+            };
+            let e = match e {
+                ProviderError::Unavailable(m) => {
+                    ProviderError::Unavailable(format!("the signer ({}) is unavailable: {m}", self.signer.name()))
+                }
+                other => other,
+            };
+            self.fail(event, cid, Some(worker.as_str()), "sign", e)
         })?;
-        let meta = CertMetadata::from_der(cert.der()).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let meta =
+            super::check::check_signed(&chain, &csr.public_key, &template, &self.signer_anchors, now).map_err(|m| {
+                self.fail(
+                    EventKind::CsrFailed,
+                    cid,
+                    Some(worker.as_str()),
+                    "verify",
+                    ProviderError::Refused(format!(
+                        "the certificate the signer ({}) returned was not handed out: {m}",
+                        self.signer.name()
+                    )),
+                )
+            })?;
 
+        let uri = template.spiffe_id.to_string();
         let mut all_sans = vec![uri.clone()];
         all_sans.extend(csr.dns.iter().cloned());
         all_sans.extend(csr.ips.iter().map(ToString::to_string));
@@ -554,7 +523,7 @@ impl LocalCa {
             correlation_id: cid.to_string(),
             issued_at: super::store::now_rfc3339(),
             status: "valid".into(),
-            pem: cert.pem(),
+            pem: chain.clone(),
         };
         self.store.record_issuance(token, record).await.map_err(|e| {
             let err = match e {
@@ -572,11 +541,12 @@ impl LocalCa {
                 .cert(&meta)
                 .detail("component", "ca")
                 .detail("kind", kind)
+                .detail("signer", self.signer.name())
                 .detail("spiffe_id", uri.clone()),
         );
         Ok(IssuedCertificate {
-            certificate_chain: cert.pem(),
-            ca_bundle: self.root_pem.clone(),
+            certificate_chain: chain,
+            ca_bundle: self.bundle_pem.clone(),
             serial: meta.serial,
             spiffe_id: uri,
             not_after: rfc3339(meta.not_after),
@@ -614,7 +584,7 @@ impl CertificateProvider for LocalCa {
         let jti = claims.jti.clone();
         let token = TokenUse { jti: claims.jti, worker_id: worker.to_string(), expires_at, request_sha256 };
         let hash = token.request_sha256.clone();
-        match self.sign_and_record(&worker, claims.caps, csr, Some(token), "issue", cid).await {
+        match self.sign_and_record(&worker, claims.caps, &req.csr_pem, csr, Some(token), "issue", cid).await {
             // Another replica (or a concurrent retry) consumed the token first: if it was
             // for this very request, answer with that certificate.
             Err(ProviderError::Unauthorized(m)) if m.contains(&jti) => self.replay(&jti, &hash).await,
@@ -639,6 +609,12 @@ impl CertificateProvider for LocalCa {
             }
             Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
         };
+        if req.current_fingerprint.as_ref().is_some_and(|fp| *fp != record.fingerprint) {
+            return Err(unauthorized(format!(
+                "client certificate {} is not the certificate this CA's ledger holds under that serial",
+                req.current_serial
+            )));
+        }
         if record.worker_id != worker {
             return Err(unauthorized(format!("client certificate {} belongs to another worker", req.current_serial)));
         }
@@ -662,11 +638,11 @@ impl CertificateProvider for LocalCa {
         }
         let worker_id = WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem).map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
-        self.sign_and_record(&worker_id, record.capabilities, csr, None, "renew", cid).await
+        self.sign_and_record(&worker_id, record.capabilities, &req.csr_pem, csr, None, "renew", cid).await
     }
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {
-        Ok(self.root_pem.clone())
+        Ok(self.bundle_pem.clone())
     }
 }
 
@@ -681,14 +657,6 @@ mod tests {
             let b = s.to_bytes();
             assert_eq!(b.len(), 16);
             assert!(b[0] & 0x80 == 0 && b[0] != 0);
-        }
-    }
-
-    #[test]
-    fn csr_garbage_is_a_clear_bad_request() {
-        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
-            let e = parse_csr(bad).unwrap_err();
-            assert!(matches!(e, ProviderError::BadRequest(_)), "{bad:?}: {e}");
         }
     }
 }

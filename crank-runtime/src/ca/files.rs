@@ -76,6 +76,54 @@ impl CaDir {
     pub fn activated_at_file(&self) -> PathBuf {
         self.dir.join("rollover-activated-at")
     }
+    /// Intermediate mode: the CA's signing key (0600), made by `crank ca init --csr`.
+    pub fn intermediate_key(&self) -> PathBuf {
+        self.dir.join("intermediate.key")
+    }
+    /// Intermediate mode: the CSR for the enterprise root to sign.
+    pub fn intermediate_csr(&self) -> PathBuf {
+        self.dir.join("intermediate.csr")
+    }
+    /// Intermediate mode: the CA's certificate, then any intermediates between it and
+    /// the enterprise root (installed by `crank ca import`).
+    pub fn intermediate_cert(&self) -> PathBuf {
+        self.dir.join("intermediate.crt")
+    }
+    /// Intermediate mode: the names of the CA service's TLS certificate, one a line
+    /// (chosen at init, used at import).
+    pub fn server_sans_file(&self) -> PathBuf {
+        self.dir.join("server-sans")
+    }
+
+    /// Whether this CA is an intermediate under an external root (made with
+    /// `crank ca init --csr`) rather than a root of its own.
+    pub fn is_intermediate(&self) -> bool {
+        self.intermediate_key().exists()
+    }
+
+    /// The key that signs leaves, CRLs and the CA service's certificate: `root.key`, or
+    /// `intermediate.key` in intermediate mode.
+    pub fn signing_key(&self) -> PathBuf {
+        if self.is_intermediate() { self.intermediate_key() } else { self.root_key() }
+    }
+
+    /// The certificate of the signing key, then the intermediates above it up to (not
+    /// including) the trust anchor: `[root]`, or the content of `intermediate.crt`.
+    pub fn signing_chain(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        if !self.is_intermediate() {
+            return Ok(vec![self.root_der()?]);
+        }
+        let p = self.intermediate_cert();
+        let pem = std::fs::read(&p).with_context(|| {
+            format!(
+                "reading {}: the intermediate certificate is not installed yet; have the enterprise root sign {} and run `crank ca import --dir {} --cert INTERMEDIATE.pem --chain ROOT.pem`",
+                p.display(),
+                self.intermediate_csr().display(),
+                self.dir.display()
+            )
+        })?;
+        Ok(parse_pem_certs("intermediate certificate", &pem)?)
+    }
 
     /// The trust bundle peers must trust, PEM: `trust-bundle.crt` during a rollover,
     /// else `root.crt`.
@@ -91,7 +139,7 @@ impl CaDir {
 
     /// Whether a CA exists here.
     pub fn exists(&self) -> bool {
-        self.root_key().exists() || self.root_cert().exists()
+        self.root_key().exists() || self.root_cert().exists() || self.intermediate_key().exists()
     }
 
     /// The trust domain recorded at init.
@@ -102,11 +150,19 @@ impl CaDir {
         Ok(TrustDomain::new(s.trim())?)
     }
 
-    /// The root certificate.
+    /// The root certificate: the trust anchor (the enterprise root in intermediate mode).
     pub fn root_der(&self) -> anyhow::Result<CertificateDer<'static>> {
         let p = self.root_cert();
         let pem = std::fs::read(&p).with_context(|| {
-            format!("reading {}; run `crank ca init --dir {}` first", p.display(), self.dir.display())
+            if self.is_intermediate() {
+                format!(
+                    "reading {}; this CA is an intermediate waiting for its certificate: run `crank ca import --dir {}` first",
+                    p.display(),
+                    self.dir.display()
+                )
+            } else {
+                format!("reading {}; run `crank ca init --dir {}` first", p.display(), self.dir.display())
+            }
         })?;
         let mut certs = parse_pem_certs("root certificate", &pem)?;
         Ok(certs.remove(0))
@@ -138,27 +194,15 @@ pub struct InitOptions {
 /// Creates the root key and certificate, the CA service's TLS certificate and the
 /// join-token key. Refuses to overwrite an existing CA unless `force`.
 pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
-    if dir.exists() && !opts.force {
-        bail!(
-            "a CA already exists in {}; refusing to overwrite it (pass --force to replace it, which invalidates every certificate it issued)",
-            dir.dir.display()
-        );
-    }
-    if opts.force {
-        let _ = std::fs::remove_file(dir.store());
-        let _ = std::fs::remove_file(dir.dir.join("ca.db-wal"));
-        let _ = std::fs::remove_file(dir.dir.join("ca.db-shm"));
-    }
+    make_room(dir, opts.force)?;
     let now = OffsetDateTime::now_utc();
     let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let root_params = root_params(&opts.trust_domain, now);
     let root = root_params.self_signed(&root_key)?;
     let issuer = rcgen::Issuer::new(root_params, &root_key);
 
-    let mut sans: Vec<String> = DEFAULT_CA_SANS.iter().map(|s| (*s).to_owned()).collect();
-    sans.extend(opts.extra_sans.iter().cloned());
-    sans.dedup();
-    let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now)?;
+    let sans = server_sans(&opts.extra_sans);
+    let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now, None)?;
 
     let token_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
 
@@ -171,12 +215,62 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes what an existing CA left in `dir` (for `--force`).
+fn clear(dir: &CaDir) {
+    for p in [
+        dir.store(),
+        dir.dir.join("ca.db-wal"),
+        dir.dir.join("ca.db-shm"),
+        dir.root_key(),
+        dir.root_cert(),
+        dir.server_key(),
+        dir.server_cert(),
+        dir.trust_bundle_file(),
+        dir.next_root_key(),
+        dir.next_root_cert(),
+        dir.previous_root_cert(),
+        dir.activated_at_file(),
+        dir.intermediate_key(),
+        dir.intermediate_csr(),
+        dir.intermediate_cert(),
+        dir.server_sans_file(),
+    ] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Refuses to overwrite an existing CA without `force`; with it, clears the old one.
+pub(crate) fn make_room(dir: &CaDir, force: bool) -> anyhow::Result<()> {
+    if dir.exists() && !force {
+        bail!(
+            "a CA already exists in {}; refusing to overwrite it (pass --force to replace it, which invalidates every certificate it issued)",
+            dir.dir.display()
+        );
+    }
+    if force {
+        clear(dir);
+    }
+    Ok(())
+}
+
+/// The CA service's names: [`DEFAULT_CA_SANS`] plus `extra`.
+pub(crate) fn server_sans(extra: &[String]) -> Vec<String> {
+    let mut sans: Vec<String> = DEFAULT_CA_SANS.iter().map(|s| (*s).to_owned()).collect();
+    for s in extra {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    sans
+}
+
 /// A key and TLS server certificate for the CA service, signed by `issuer`.
 pub(crate) fn server_certificate(
     sans: &[String],
     td: &TrustDomain,
     issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
     now: OffsetDateTime,
+    issuer_not_after: Option<OffsetDateTime>,
 ) -> anyhow::Result<(KeyPair, rcgen::Certificate)> {
     let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut sp = CertificateParams::default();
@@ -185,7 +279,8 @@ pub(crate) fn server_certificate(
     dn.push(DnType::OrganizationName, td.as_str());
     sp.distinguished_name = dn;
     sp.not_before = now - Duration::seconds(60);
-    sp.not_after = now + SERVER_VALIDITY;
+    // Never beyond the issuer's own validity.
+    sp.not_after = issuer_not_after.map_or(now + SERVER_VALIDITY, |end| end.min(now + SERVER_VALIDITY));
     sp.serial_number = Some(crate::ca::authority::random_serial());
     sp.is_ca = IsCa::ExplicitNoCa;
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -210,7 +305,7 @@ pub(crate) fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateP
     p
 }
 
-fn san(s: &str) -> anyhow::Result<SanType> {
+pub(crate) fn san(s: &str) -> anyhow::Result<SanType> {
     Ok(match s.parse::<std::net::IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
         Err(_) => SanType::DnsName(s.try_into().with_context(|| format!("{s:?} is not a valid DNS name"))?),

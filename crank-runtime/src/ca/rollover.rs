@@ -19,8 +19,20 @@ use time::format_description::well_known::Rfc3339;
 use super::files::{CaDir, root_params, server_certificate};
 use super::store::CaStore;
 
+/// Refuses a rollover in intermediate mode: the root belongs to the enterprise PKI.
+fn refuse_intermediate(dir: &CaDir) -> anyhow::Result<()> {
+    if dir.is_intermediate() {
+        bail!(
+            "this CA is an intermediate under an external root (it has intermediate.key): `crank ca rollover` rolls a root this CA owns, and it owns none. \
+             To renew the intermediate's certificate, have the enterprise root sign intermediate.csr again and run `crank ca import`"
+        );
+    }
+    Ok(())
+}
+
 /// Step 1: create the next root and publish the two-root bundle.
 pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
+    refuse_intermediate(dir)?;
     if dir.next_root_cert().exists() {
         bail!("a rollover is already prepared (next-root.crt exists); run `crank ca rollover activate`");
     }
@@ -45,6 +57,7 @@ pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
 
 /// Step 2: the next root becomes the signing root.
 pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
+    refuse_intermediate(dir)?;
     if !dir.next_root_cert().exists() {
         bail!("no rollover is prepared; run `crank ca rollover prepare` first");
     }
@@ -61,7 +74,7 @@ pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
     sans.extend(old_meta.ip_sans.iter().cloned());
     let new_pem_key = new_key.serialize_pem();
     let issuer = rcgen::Issuer::from_ca_cert_der(&new_der, new_key)?;
-    let (server_key, server) = server_certificate(&sans, &td, &issuer, now)?;
+    let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None)?;
 
     write_file_atomic(&dir.previous_root_cert(), old_pem.as_bytes(), 0o644)?;
     write_file_atomic(&dir.trust_bundle_file(), format!("{new_pem}{old_pem}").as_bytes(), 0o644)?;
@@ -77,6 +90,7 @@ pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
 
 /// Step 3: drop the old root once nothing it signed is still valid.
 pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> anyhow::Result<()> {
+    refuse_intermediate(dir)?;
     let activated = std::fs::read_to_string(dir.activated_at_file())
         .context("no activated rollover to finish (run `crank ca rollover activate` first)")?;
     let activated = OffsetDateTime::parse(activated.trim(), &Rfc3339)?;

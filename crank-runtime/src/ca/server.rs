@@ -79,7 +79,7 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
 pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
     let chain = std::fs::read(dir.server_cert())?;
     let key = std::fs::read(dir.server_key())?;
-    let root = dir.trust_bundle_pem()?.into_bytes();
+    let root = ca.trust_bundle_pem().as_bytes().to_vec();
     let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
     let creds = Credentials::new(bundle.certified_key()?);
     ca.metrics().set_certificate_expiry(bundle.metadata().not_after);
@@ -230,6 +230,7 @@ async fn renew(
         csr_pem: body.csr,
         worker_id: peer.worker_id().to_owned(),
         current_serial: peer.serial.clone(),
+        current_fingerprint: Some(crank_security_core::fingerprint_sha256(&peer.certificate)),
         correlation_id: cid.clone(),
     };
     let cert = ca.renew(req).await?;

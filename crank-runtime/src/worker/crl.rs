@@ -6,10 +6,11 @@
 //! (`CRANK_CRL_REFRESH`, default 30 s) plus one CA request: the CA regenerates its CRL
 //! at once on revocation (and every replica on its next CRL request).
 //!
-//! A fetched CRL is used only if its signature verifies with a trusted root whose name
-//! is the CRL's issuer, and if its CRL number is not lower than the one in use. When the
-//! worker finds its own certificate listed, it tells the rotator, which emits
-//! CERT_REVOKED, stops renewing, and waits for a new join token.
+//! A fetched CRL is used only if its signature verifies with the trusted certificate
+//! named as its issuer (a root, or in intermediate mode the worker's own intermediate),
+//! and if its CRL number is not lower than the one in use. When the worker finds its own
+//! certificate listed, it tells the rotator, which emits CERT_REVOKED, stops renewing,
+//! and waits for a new join token.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -42,16 +43,21 @@ pub struct CrlInfo {
     pub serials: HashSet<String>,
 }
 
-/// Parses `der` and verifies its signature with the trusted root named as its issuer.
-pub fn verify_crl(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<CrlInfo, String> {
+/// Parses `der` and verifies its signature with the certificate named as its issuer:
+/// a trusted root, or (intermediate mode) an intermediate of `intermediates` whose own
+/// signature chains to a trusted root.
+pub fn verify_crl(
+    der: &[u8],
+    roots: &[CertificateDer<'_>],
+    intermediates: &[CertificateDer<'_>],
+) -> Result<CrlInfo, String> {
     let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| format!("not a DER CRL: {e}"))?;
     if !rest.is_empty() {
         return Err("trailing bytes after the CRL".into());
     }
     let issuer = crl.issuer();
     let mut named = false;
-    for root in roots {
-        let Ok((_, cert)) = X509Certificate::from_der(root) else { continue };
+    for cert in trusted_issuers(roots, intermediates) {
         if cert.subject().as_raw() != issuer.as_raw() {
             continue;
         }
@@ -67,10 +73,33 @@ pub fn verify_crl(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<CrlInfo, S
         }
     }
     Err(if named {
-        format!("the CRL's signature does not verify with the trusted root {issuer}")
+        format!("the CRL's signature does not verify with the trusted certificate {issuer}")
     } else {
-        format!("the CRL's issuer {issuer} is not a trusted root")
+        format!("the CRL's issuer {issuer} is neither a trusted root nor an intermediate that chains to one")
     })
+}
+
+/// The roots, then every CA certificate of `intermediates` whose signature verifies with
+/// a certificate already accepted.
+fn trusted_issuers<'a>(
+    roots: &'a [CertificateDer<'_>],
+    intermediates: &'a [CertificateDer<'_>],
+) -> Vec<X509Certificate<'a>> {
+    let parse = |c: &'a CertificateDer<'_>| X509Certificate::from_der(c).ok().map(|(_, x)| x);
+    let mut accepted: Vec<X509Certificate<'a>> = roots.iter().filter_map(parse).collect();
+    let mut pending: Vec<X509Certificate<'a>> = intermediates
+        .iter()
+        .filter_map(parse)
+        .filter(|c| c.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca))
+        .collect();
+    while let Some(pos) = pending.iter().position(|c| {
+        accepted
+            .iter()
+            .any(|a| a.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(Some(a.public_key())).is_ok())
+    }) {
+        accepted.push(pending.swap_remove(pos));
+    }
+    accepted
 }
 
 /// Keeps a worker's CRL current.
@@ -101,7 +130,9 @@ impl CrlWatcher {
         let client =
             CaClient::mtls(self.ca_urls.clone(), &roots, self.credentials.clone()).map_err(|e| e.to_string())?;
         let der = client.crl().await.map_err(|e| e.to_string())?;
-        let info = verify_crl(&der, &roots)?;
+        let bundle = self.rotator.current();
+        let intermediates = bundle.chain().get(1..).unwrap_or_default();
+        let info = verify_crl(&der, &roots, intermediates)?;
         if let Some(cur) = current
             && info.number < cur.number
         {

@@ -310,6 +310,7 @@ impl Rotator {
             csr_pem: csr,
             worker_id: self.worker.to_string(),
             current_serial: bundle.metadata().serial.clone(),
+            current_fingerprint: None,
             correlation_id: cid.clone(),
         };
         let issued = client.renew(req).await?;
