@@ -260,7 +260,15 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
     let status = Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(wait_exit(&mut demo.0, Duration::from_secs(15)).success());
-    let rest: Vec<String> = rx.try_iter().collect();
+    // The last lines may still be on their way from the reader thread.
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        let done = line.contains("crank demo stopped");
+        rest.push(line);
+        if done {
+            break;
+        }
+    }
     assert!(rest.iter().any(|l| l.contains("crank demo stopped")), "{rest:?}");
 }
 

@@ -64,8 +64,11 @@ pub struct LocalCa {
     own: Arc<LocalSigner>,
     /// Who signs leaves.
     signer: Arc<dyn CertificateProvider>,
-    /// What the signer's leaves must verify to.
-    signer_anchors: Vec<CertificateDer<'static>>,
+    /// What an upstream signer's leaves must verify to; `None` while the CA's own key
+    /// signs (its certificate was checked against that key when it was loaded or
+    /// imported, so verifying each leaf's signature again would only cost a signature
+    /// verification per issuance).
+    signer_anchors: Option<Vec<CertificateDer<'static>>>,
     /// The trust anchor join tokens pin (the enterprise root in intermediate mode).
     root_der: CertificateDer<'static>,
     /// The trust bundle handed out: the root (two during a rollover), plus the signer's
@@ -105,7 +108,6 @@ impl LocalCa {
         let root_der = dir.root_der()?;
         let own = Arc::new(LocalSigner::load(dir)?);
         let bundle_pem = dir.trust_bundle_pem()?;
-        let signer_anchors = parse_pem_certs("trust bundle", bundle_pem.as_bytes())?;
         // Metrics decorate the event sink: every event is also counted.
         let metrics = crate::metrics::Metrics::new();
         let sinks = crank_security_core::EventSinks::empty();
@@ -122,7 +124,7 @@ impl LocalCa {
             config,
             signer: own.clone(),
             own,
-            signer_anchors,
+            signer_anchors: None,
             root_der,
             bundle_pem,
             tokens,
@@ -148,7 +150,7 @@ impl LocalCa {
                 self.bundle_pem.push_str(&crank_security_core::cert_pem(a));
             }
         }
-        self.signer_anchors = anchors;
+        self.signer_anchors = Some(anchors);
         self.signer = signer;
         Ok(self)
     }
@@ -491,8 +493,8 @@ impl LocalCa {
             };
             self.fail(event, cid, Some(worker.as_str()), "sign", e)
         })?;
-        let meta =
-            super::check::check_signed(&chain, &csr.public_key, &template, &self.signer_anchors, now).map_err(|m| {
+        let meta = super::check::check_signed(&chain, &csr.public_key, &template, self.signer_anchors.as_deref(), now)
+            .map_err(|m| {
                 self.fail(
                     EventKind::CsrFailed,
                     cid,

@@ -14,13 +14,16 @@ const FUTURE_SKEW: time::Duration = time::Duration::seconds(60);
 /// subject and SANs decided, not a CA, key usage digitalSignature (keyEncipherment and
 /// keyAgreement tolerated), extended key usages exactly clientAuth and serverAuth,
 /// validity within the grant (a backdate of up to
-/// [`CertificateTemplate::MAX_BACKDATE`] allowed), and a chain that verifies to
-/// `anchors` for client and server authentication. Every mismatch is named.
+/// [`CertificateTemplate::MAX_BACKDATE`] allowed), and, for an upstream signer
+/// (`anchors` given), a chain that verifies to `anchors` for client and server
+/// authentication. `None` is for the CA's own key, whose certificate was checked
+/// against it at load: its leaves get every field check but no second signature
+/// verification. Every mismatch is named.
 pub fn check_signed(
     chain_pem: &str,
     csr_public_key: &[u8],
     template: &CertificateTemplate,
-    anchors: &[CertificateDer<'static>],
+    anchors: Option<&[CertificateDer<'static>]>,
     now: OffsetDateTime,
 ) -> Result<CertMetadata, String> {
     let chain = parse_pem_certs("certificate chain", chain_pem.as_bytes()).map_err(|e| e.to_string())?;
@@ -48,6 +51,7 @@ pub fn check_signed(
         problems.push(format!("it is not valid now (valid from {nb} to {na})"));
     }
     if problems.is_empty()
+        && let Some(anchors) = anchors
         && let Err(e) = verify_chain(leaf_der, intermediates, anchors, now)
     {
         problems.push(e);
@@ -272,14 +276,14 @@ mod tests {
             let mut p = leaf_params(&t).unwrap();
             change(&mut p);
             let pem = p.signed_by(&key, &issuer).unwrap().pem();
-            match (check_signed(&pem, key.public_key_raw(), &t, &anchors, now), expected) {
+            match (check_signed(&pem, key.public_key_raw(), &t, Some(&anchors), now), expected) {
                 (Ok(_), None) => {}
                 (Err(e), Some(want)) => assert!(e.contains(want), "{name}: {e}"),
                 (got, want) => panic!("{name}: got {got:?}, expected {want:?}"),
             }
         }
         let pem = leaf_params(&t).unwrap().signed_by(&other_key, &issuer).unwrap().pem();
-        let e = check_signed(&pem, key.public_key_raw(), &t, &anchors, now).unwrap_err();
+        let e = check_signed(&pem, key.public_key_raw(), &t, Some(&anchors), now).unwrap_err();
         assert!(e.contains("not the CSR's"), "{e}");
         let stranger = KeyPair::generate().unwrap();
         let stranger_root = rp.self_signed(&stranger).unwrap();
@@ -288,7 +292,7 @@ mod tests {
             .signed_by(&key, &Issuer::from_ca_cert_der(stranger_root.der(), stranger).unwrap())
             .unwrap()
             .pem();
-        let e = check_signed(&pem, key.public_key_raw(), &t, &anchors, now).unwrap_err();
+        let e = check_signed(&pem, key.public_key_raw(), &t, Some(&anchors), now).unwrap_err();
         assert!(e.contains("does not verify to the trust bundle"), "{e}");
     }
 }
