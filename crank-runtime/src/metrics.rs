@@ -189,10 +189,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let response = next.run(req).await;
     metrics.in_flight.dec();
     let status = response.status().as_u16();
-    metrics
-        .latency
-        .get_or_create(&LatencyLabels { method: method.clone(), route: route.clone() })
-        .observe(start.elapsed().as_secs_f64());
+    let labels = LatencyLabels { method, route };
+    metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    let LatencyLabels { method, route } = labels;
     metrics.requests.get_or_create(&RequestLabels { method, route, status }).inc();
     response
 }

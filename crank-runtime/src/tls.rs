@@ -246,7 +246,8 @@ impl ServerCertVerifier for PinnedRootVerifier {
 }
 
 /// The identity of a peer, taken from its client certificate after rustls verified it.
-/// Handlers extract it with `Extension<PeerIdentity>` or as an argument directly.
+/// Handlers take it as an argument (requests without a worker identity get 401), or
+/// `Option<PeerIdentity>`; [`Connection`] has the rest of what the handshake established.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// The peer's SPIFFE ID.
@@ -279,12 +280,41 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIdentity {
     type Rejection = crate::ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Option<Self>>().cloned().flatten().ok_or_else(|| {
+        Connection::of(parts).and_then(|c| c.peer.clone()).ok_or_else(|| {
             crate::ApiError::unauthorized(
                 "client_certificate_required",
                 "this endpoint requires a client certificate issued by this CA with a worker SPIFFE ID",
             )
         })
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for PeerIdentity {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(Connection::of(parts).and_then(|c| c.peer.clone()))
+    }
+}
+
+/// What a connection's TLS handshake established, shared by every request on the
+/// connection: a request extension, `Extension<Arc<Connection>>`.
+#[derive(Debug)]
+pub struct Connection {
+    /// The peer's worker identity, if its certificate carries one.
+    pub peer: Option<PeerIdentity>,
+    /// The client certificate rustls verified (any identity, not only workers).
+    pub certificate: Option<CertificateDer<'static>>,
+    /// The peer's socket address.
+    pub remote: SocketAddr,
+}
+
+impl Connection {
+    fn of(parts: &axum::http::request::Parts) -> Option<&Self> {
+        parts.extensions.get::<Arc<Self>>().map(AsRef::as_ref)
     }
 }
 
@@ -331,16 +361,17 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let peer = peer_identity(&tls);
-            let peer_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            let certificate =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            let connection = Arc::new(Connection {
+                peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf),
+                certificate,
+                remote,
+            });
             let svc = tower::ServiceExt::map_request(
                 router,
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    if let Some(c) = &peer_cert {
-                        req.extensions_mut().insert(PeerCertificate(c.clone()));
-                    }
-                    req.extensions_mut().insert(RemoteAddr(remote));
+                    req.extensions_mut().insert(connection.clone());
                     req
                 },
             );
@@ -355,20 +386,6 @@ pub async fn serve_tls(
         tracing::warn!("open connections did not finish within 30 s of shutdown");
     }
     Ok(())
-}
-
-/// The client certificate rustls verified for this connection (any identity, not only
-/// workers), as a request extension.
-#[derive(Clone, Debug)]
-pub struct PeerCertificate(pub CertificateDer<'static>);
-
-/// The remote socket address of a connection, as a request extension.
-#[derive(Clone, Copy, Debug)]
-pub struct RemoteAddr(pub SocketAddr);
-
-fn peer_identity(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<PeerIdentity> {
-    let (_, conn) = tls.get_ref();
-    conn.peer_certificates()?.first().and_then(PeerIdentity::from_verified_leaf)
 }
 
 /// Resolves when the process receives SIGTERM or Ctrl-C.

@@ -142,17 +142,17 @@ pub struct RevokeAnswer {
 
 async fn revoke(
     State(ca): State<Arc<LocalCa>>,
-    peer: Option<axum::Extension<crate::tls::PeerCertificate>>,
+    connection: Option<axum::Extension<Arc<crate::tls::Connection>>>,
     headers: HeaderMap,
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<Json<RevokeAnswer>, ApiError> {
-    let Some(axum::Extension(peer)) = peer else {
+    let Some(certificate) = connection.as_ref().and_then(|c| c.certificate.as_ref()) else {
         return Err(ApiError::unauthorized(
             "client_certificate_required",
             "revocation needs an administrator client certificate (`crank ca admin-cert`)",
         ));
     };
-    let admin = ca.admin_of(&peer.0).await?;
+    let admin = ca.admin_of(certificate).await?;
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
     let target = match (body.serial, body.worker_id) {
