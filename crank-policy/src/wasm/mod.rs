@@ -160,7 +160,8 @@ impl WasmEngine {
 /// faulted in again by the next decision.
 fn config() -> Config {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_core_instances(POOL_SLOTS)
+    // An OPA decision takes two instances: the policy, and the provider of its memory.
+    pool.total_core_instances(2 * POOL_SLOTS)
         .total_memories(POOL_SLOTS)
         .total_tables(POOL_SLOTS)
         .max_memory_size(MEMORY_LIMIT)
@@ -173,7 +174,11 @@ fn config() -> Config {
         .consume_fuel(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .memory_reservation(MEMORY_LIMIT as u64)
-        .memory_guard_size(64 * 1024)
+        // Explicit bounds checks instead of guard pages and signal handlers: a slot's
+        // read/write window then never has to be shrunk with `mprotect` (and the TLB
+        // flushed) between decisions, which costs more than the checks save.
+        .memory_guard_size(0)
+        .signals_based_traps(false)
         .memory_may_move(false);
     config
 }

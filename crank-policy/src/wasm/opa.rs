@@ -13,7 +13,9 @@
 //! `opa build`; `data.crank.<hook>` is accepted too).
 //!
 //! Every decision gets a fresh store, a fresh `env.memory` (capped at
-//! [`MEMORY_LIMIT`](super::MEMORY_LIMIT)) and a fresh instance, with the fuel budget.
+//! [`MEMORY_LIMIT`](super::MEMORY_LIMIT); it is exported by a one-line provider module
+//! instantiated beside the policy so that it comes from the pooling allocator, zeroed)
+//! and a fresh instance of the policy, with the fuel budget.
 //! Base `data` is the empty object: everything a policy knows comes from its Rego and
 //! the hook's input. With ABI 1.2 and later a decision is `opa_json_parse("{}")` for
 //! `data`, the input JSON written at the heap pointer, and one `opa_eval` call that
@@ -28,7 +30,9 @@ use std::sync::Arc;
 use crank_security_core::PolicyError;
 use serde::de::DeserializeOwned;
 use wasmtime::ValType::I32;
-use wasmtime::{Caller, Engine, Extern, ExternType, Func, Instance, Memory, MemoryType, Module, ModuleExport, Store};
+use wasmtime::{
+    Caller, Engine, Extern, ExternType, Instance, InstancePre, Linker, Memory, Module, ModuleExport, Store,
+};
 
 pub use super::opa_builtins::SUPPORTED as SUPPORTED_BUILTINS;
 use super::opa_builtins::{self, Builtin};
@@ -54,9 +58,7 @@ type OpaStore = Store<State<Ctx>>;
 /// The module's imports, in order, as the host satisfies them.
 enum Import {
     Memory,
-    Abort,
-    Println,
-    Builtin(usize),
+    Func(String),
 }
 
 struct Exports {
@@ -79,7 +81,8 @@ struct Exports {
 pub(super) struct Host {
     module: Module,
     imports: Vec<Import>,
-    memory: MemoryType,
+    linker: Linker<State<Ctx>>,
+    memory: InstancePre<State<Ctx>>,
     exports: Exports,
     entrypoints: [i32; 4],
     builtins: Arc<Builtins>,
@@ -88,12 +91,13 @@ pub(super) struct Host {
 
 impl Host {
     pub(super) fn new(engine: &Engine, module: Module) -> Result<Self, String> {
-        let (imports, memory) = imports(&module)?;
+        let (imports, limits) = imports(&module)?;
         let exports = exports(&module)?;
         let mut host = Self {
             module,
             imports,
-            memory,
+            linker: host_functions(engine)?,
+            memory: memory_provider(engine, limits)?,
             exports,
             entrypoints: [0; 4],
             builtins: Arc::new(HashMap::new()),
@@ -175,51 +179,19 @@ impl Host {
 
     /// A fresh `env.memory` and instance in `store`.
     fn instantiate(&self, store: &mut OpaStore) -> Result<Instance, String> {
-        let memory = Memory::new(&mut *store, self.memory.clone()).map_err(|e| format!("env.memory: {e:#}"))?;
+        let provider = self.memory.instantiate(&mut *store).map_err(|e| format!("env.memory: {e:#}"))?;
+        let memory = provider.get_memory(&mut *store, "memory").ok_or("env.memory: no memory")?;
         store.data_mut().host.memory = Some(memory);
-        let externs: Vec<Extern> = self
+        let externs = self
             .imports
             .iter()
             .map(|import| match import {
-                Import::Memory => memory.into(),
-                Import::Abort => {
-                    Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, at: i32| -> wasmtime::Result<()> {
-                        Err(wasmtime::format_err!("opa_abort: {}", message(&c, at)))
-                    })
-                    .into()
+                Import::Memory => Ok(memory.into()),
+                Import::Func(name) => {
+                    self.linker.get(&mut *store, "env", name).map_err(|e| format!("env.{name}: {e:#}"))
                 }
-                Import::Println => Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, at: i32| {
-                    tracing::debug!(target: "crank_policy::opa", message = %message(&c, at), "opa_println");
-                })
-                .into(),
-                Import::Builtin(0) => {
-                    Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, id: i32, _: i32| builtin(c, id, &[])).into()
-                }
-                Import::Builtin(1) => {
-                    Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32| builtin(c, id, &[a]))
-                        .into()
-                }
-                Import::Builtin(2) => {
-                    Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32| {
-                        builtin(c, id, &[a, b])
-                    })
-                    .into()
-                }
-                Import::Builtin(3) => {
-                    Func::wrap(&mut *store, |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32, d: i32| {
-                        builtin(c, id, &[a, b, d])
-                    })
-                    .into()
-                }
-                Import::Builtin(_) => Func::wrap(
-                    &mut *store,
-                    |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32, d: i32, e: i32| {
-                        builtin(c, id, &[a, b, d, e])
-                    },
-                )
-                .into(),
             })
-            .collect();
+            .collect::<Result<Vec<Extern>, String>>()?;
         Instance::new(&mut *store, &self.module, &externs).map_err(|e| format!("instantiate: {e:#}"))
     }
 
@@ -380,8 +352,9 @@ fn builtin(mut caller: Caller<'_, State<Ctx>>, id: i32, args: &[i32]) -> wasmtim
     }
 }
 
-/// The imports, each checked against the ABI, and the memory to provide.
-fn imports(module: &Module) -> Result<(Vec<Import>, MemoryType), String> {
+/// The imports, each checked against the ABI, and the limits (in pages) of the memory
+/// to provide.
+fn imports(module: &Module) -> Result<(Vec<Import>, (u32, u32)), String> {
     let cap_pages = u32::try_from(MEMORY_LIMIT / PAGE).unwrap_or(u32::MAX);
     let mut memory = None;
     let mut out = Vec::new();
@@ -403,13 +376,13 @@ fn imports(module: &Module) -> Result<(Vec<Import>, MemoryType), String> {
                     return Err(format!("env.memory asks for {min} pages; the cap is {cap_pages}"));
                 }
                 let max = ty.maximum().and_then(|m| u32::try_from(m).ok()).unwrap_or(cap_pages).min(cap_pages);
-                memory = Some(MemoryType::new(min, Some(max)));
+                memory = Some((min, max));
                 Import::Memory
             }
             ("env", "opa_abort" | "opa_println", ExternType::Func(f), _) if all_i32(&f, 1, 0) => {
-                if name == "opa_abort" { Import::Abort } else { Import::Println }
+                Import::Func(name.to_owned())
             }
-            ("env", _, ExternType::Func(f), Some(n)) if all_i32(&f, n + 2, 1) => Import::Builtin(n),
+            ("env", _, ExternType::Func(f), Some(n)) if all_i32(&f, n + 2, 1) => Import::Func(name.to_owned()),
             _ => {
                 return Err(format!(
                     "imports {m}::{name}, which the OPA Wasm ABI does not define (a host provides env.memory, \
@@ -421,6 +394,49 @@ fn imports(module: &Module) -> Result<(Vec<Import>, MemoryType), String> {
     }
     let memory = memory.ok_or("does not import env.memory (OPA Wasm ABI)")?;
     Ok((out, memory))
+}
+
+/// The host functions of the ABI, defined once; each store gets its own handles.
+fn host_functions(engine: &Engine) -> Result<Linker<State<Ctx>>, String> {
+    let mut linker = Linker::new(engine);
+    let fail = |e: wasmtime::Error| format!("host functions: {e:#}");
+    linker
+        .func_wrap("env", "opa_abort", |c: Caller<'_, State<Ctx>>, at: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::format_err!("opa_abort: {}", message(&c, at)))
+        })
+        .map_err(fail)?
+        .func_wrap("env", "opa_println", |c: Caller<'_, State<Ctx>>, at: i32| {
+            tracing::debug!(target: "crank_policy::opa", message = %message(&c, at), "opa_println");
+        })
+        .map_err(fail)?
+        .func_wrap("env", "opa_builtin0", |c: Caller<'_, State<Ctx>>, id: i32, _: i32| builtin(c, id, &[]))
+        .map_err(fail)?
+        .func_wrap("env", "opa_builtin1", |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32| builtin(c, id, &[a]))
+        .map_err(fail)?
+        .func_wrap("env", "opa_builtin2", |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32| {
+            builtin(c, id, &[a, b])
+        })
+        .map_err(fail)?
+        .func_wrap("env", "opa_builtin3", |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32, d: i32| {
+            builtin(c, id, &[a, b, d])
+        })
+        .map_err(fail)?
+        .func_wrap(
+            "env",
+            "opa_builtin4",
+            |c: Caller<'_, State<Ctx>>, id: i32, _: i32, a: i32, b: i32, d: i32, e: i32| builtin(c, id, &[a, b, d, e]),
+        )
+        .map_err(fail)?;
+    Ok(linker)
+}
+
+/// A module that only defines and exports a memory of these limits: instantiated next
+/// to the policy, it gives the policy an `env.memory` from the pooling allocator (a
+/// memory made with `Memory::new` would be mapped and unmapped for every decision).
+fn memory_provider(engine: &Engine, (min, max): (u32, u32)) -> Result<InstancePre<State<Ctx>>, String> {
+    let module = Module::new(engine, format!(r#"(module (memory (export "memory") {min} {max}))"#))
+        .map_err(|e| format!("env.memory: {e:#}"))?;
+    Linker::new(engine).instantiate_pre(&module).map_err(|e| format!("env.memory: {e:#}"))
 }
 
 /// The exports, each checked to have the ABI's signature; all missing ones are named.
