@@ -171,6 +171,24 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
     assert_eq!(v, serde_json::json!({"allow": true}));
 }
 
+#[test]
+fn crank_policy_test_runs_an_opa_compiled_module_from_a_policy_directory() {
+    // The OPA-ABI stand-in for `opa build -t wasm` output, assembled to a binary module.
+    let dir = tempfile::tempdir().unwrap();
+    let module = wat::parse_file(policies().join("wasm/opa-default/crank.wat")).unwrap();
+    std::fs::write(dir.path().join("policy.wasm"), module).unwrap();
+    let run = std::process::Command::new(bin("crank"))
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .arg("--cases")
+        .arg(policies().join("cases"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.contains("PASS: 12/12"), "{out}");
+}
+
 #[tokio::test]
 async fn a_looping_wasm_policy_denies_and_the_ca_stays_responsive() {
     let wat = r#"(module
