@@ -1,4 +1,5 @@
-//! One decision per hook per engine.
+//! One decision per hook per engine: built-in, Rego, WASM (crank ABI, the Rust policy)
+//! and WASM through the OPA Wasm ABI (the hand-written OPA-shaped module).
 //!
 //! `cargo bench -p crank-policy --bench decisions` (build the WASM policy first, see
 //! policies/README.md; scripts/test.sh does).
@@ -17,8 +18,10 @@ fn bench(c: &mut Criterion) {
         &root.join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm"),
     )
     .expect("wasm module (build it first)");
+    // The default policy written against the OPA Wasm ABI, as `opa build -t wasm` output is.
+    let opa = WasmEngine::from_file(&root.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
     let engines: Vec<(&str, Arc<dyn PolicyEngine>)> =
-        vec![("builtin", builtin()), ("rego", Arc::new(rego)), ("wasm", Arc::new(wasm))];
+        vec![("builtin", builtin()), ("rego", Arc::new(rego)), ("wasm", Arc::new(wasm)), ("wasm-opa", Arc::new(opa))];
     let issue = IssuanceInput {
         worker_id: "api".into(),
         capabilities: vec!["san:api.example".into()],

@@ -6,8 +6,11 @@
 //! ```text
 //!  CA / worker ──► PolicyGuard ──► Arc<dyn PolicyEngine>
 //!                     │              ├─ built-in defaults (no files)
-//!                     │              └─ Rego files in a policy directory (regorus),
-//!                     │                 hot-reloaded, a broken file never replaces a good one
+//!                     │              ├─ Rego files in a policy directory (regorus)
+//!                     │              └─ one WebAssembly module (wasmtime): crank ABI v1, or
+//!                     │                 the OPA Wasm ABI of `opa build -t wasm`; a policy
+//!                     │                 directory is hot-reloaded, a broken file never
+//!                     │                 replaces a good one
 //!                     └─ engine error, timeout, malformed output: deny with the reason
 //! ```
 //!

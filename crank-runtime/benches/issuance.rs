@@ -7,6 +7,10 @@
 //!   same root key and nothing else (no CSR check, token, policy or ledger).
 //! - `one_issuance`: one issuance at a time, in process (each pays its own fsync).
 //! - `in_process_x64`: 64 concurrent issuances, in process (group commit shares fsyncs).
+//! - `in_process_x64_{builtin,rego,wasm,wasm-opa}`: the same on a fresh CA each, with the
+//!   default policy deciding in the built-in engine (the peer), the Rego engine, the WASM
+//!   engine (crank ABI, the Rust policy) and the WASM engine through the OPA Wasm ABI
+//!   (the hand-written OPA-shaped module).
 //! - `https_keepalive_x64`: 64 concurrent issuances over HTTPS to the CA service on
 //!   loopback through one keep-alive client; client and server share the machine.
 //!
@@ -127,8 +131,15 @@ fn bench(c: &mut Criterion) {
         &policies.join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm"),
     )
     .expect("wasm module (build it first, see policies/README.md)");
-    let engines: [(&str, Arc<dyn crank_security_core::PolicyEngine>); 2] =
-        [("rego", Arc::new(rego)), ("wasm", Arc::new(wasm))];
+    let opa =
+        crank_policy::WasmEngine::from_file(&policies.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
+    // The built-in engine again, set up exactly like the others: the peer for their ratios.
+    let engines: [(&str, Arc<dyn crank_security_core::PolicyEngine>); 4] = [
+        ("builtin", crank_policy::builtin()),
+        ("rego", Arc::new(rego)),
+        ("wasm", Arc::new(wasm)),
+        ("wasm-opa", Arc::new(opa)),
+    ];
     for (name, engine) in engines {
         let (_t, _d, ca_e) = setup_with(engine);
         g.bench_function(format!("in_process_x64_{name}"), |b| {

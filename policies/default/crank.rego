@@ -11,6 +11,9 @@ import rego.v1
 allowed_key_types := {"ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072"}
 
 # can_issue_certificate ---------------------------------------------------------
+#
+# Written with sets computed once per decision rather than helper functions called
+# per requested name: the same decisions, in a fraction of the evaluation time.
 
 deny contains msg if {
 	not input.key_type in allowed_key_types
@@ -19,38 +22,36 @@ deny contains msg if {
 
 deny contains msg if {
 	some name in input.requested_dns_sans
-	not dns_allowed(name)
+	not name in own_dns_names
+	not name in granted
+	not name in under_allowed_suffix
 	msg := sprintf("DNS name %q is not allowed for worker %q", [name, input.worker_id])
 }
 
 deny contains msg if {
 	some ip in input.requested_ip_sans
-	not ip_allowed(ip)
+	not net.cidr_contains("127.0.0.0/8", ip)
+	ip != "::1"
+	not ip in granted
 	msg := sprintf("IP address %s is not allowed for worker %q", [ip, input.worker_id])
 }
 
-dns_allowed(name) if name == input.worker_id
+# Names every worker may have: its id, <worker-id>.<trust-domain> and localhost.
+own_dns_names := {input.worker_id, concat(".", [input.worker_id, input.trust_domain]), "localhost"}
 
-dns_allowed(name) if name == sprintf("%s.%s", [input.worker_id, input.trust_domain])
-
-dns_allowed(name) if name == "localhost"
-
-dns_allowed(name) if granted(name)
+# Names and addresses granted by `san:<name>` capabilities in the join token.
+granted contains trim_prefix(cap, "san:") if {
+	some cap in input.capabilities
+	startswith(cap, "san:")
+}
 
 # Extension point: other policy files may add domain suffixes under which any name is
 # allowed (see policies/examples/capability_sans.rego).
-dns_allowed(name) if {
+under_allowed_suffix contains name if {
+	some name in input.requested_dns_sans
 	some suffix in data.crank.allowed_suffixes
 	endswith(name, concat("", [".", suffix]))
 }
-
-ip_allowed(ip) if net.cidr_contains("127.0.0.0/8", ip)
-
-ip_allowed(ip) if ip == "::1"
-
-ip_allowed(ip) if granted(ip)
-
-granted(name) if sprintf("san:%s", [name]) in input.capabilities
 
 can_issue_certificate := {"allow": true} if count(deny) == 0
 

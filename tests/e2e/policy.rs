@@ -123,15 +123,20 @@ async fn should_renew_certificate_drives_the_workers_renewal() {
     calm.shutdown().await.unwrap();
 }
 
+/// `crank policy test DIR --cases CASES`.
+fn crank_policy_test(dir: &Path, cases: &Path) -> std::process::Output {
+    std::process::Command::new(bin("crank"))
+        .args(["policy", "test"])
+        .arg(dir)
+        .arg("--cases")
+        .arg(cases)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
-    let ok = std::process::Command::new(bin("crank"))
-        .args(["policy", "test"])
-        .arg(policies().join("default"))
-        .arg("--cases")
-        .arg(policies().join("cases"))
-        .output()
-        .unwrap();
+    let ok = crank_policy_test(&policies().join("default"), &policies().join("cases"));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
     assert!(out.contains("PASS: 12/12"), "{out}");
@@ -142,13 +147,7 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
         r#"[{"name": "validity is one minute", "hook": "certificate_validity_period", "input": {"worker_id": "w", "environment": "e"}, "expected": {"seconds": 60}}]"#,
     )
     .unwrap();
-    let bad = std::process::Command::new(bin("crank"))
-        .args(["policy", "test"])
-        .arg(policies().join("default"))
-        .arg("--cases")
-        .arg(cases.path())
-        .output()
-        .unwrap();
+    let bad = crank_policy_test(&policies().join("default"), cases.path());
     assert!(!bad.status.success());
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("FAIL: validity is one minute: seconds: expected 60, got 86400"), "{out}");
@@ -169,6 +168,18 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
     assert!(eval.status.success());
     let v: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"allow": true}));
+}
+
+#[test]
+fn crank_policy_test_runs_an_opa_compiled_module_from_a_policy_directory() {
+    // The OPA-ABI stand-in for `opa build -t wasm` output, assembled to a binary module.
+    let dir = tempfile::tempdir().unwrap();
+    let module = wat::parse_file(policies().join("wasm/opa-default/crank.wat")).unwrap();
+    std::fs::write(dir.path().join("policy.wasm"), module).unwrap();
+    let run = crank_policy_test(dir.path(), &policies().join("cases"));
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.contains("PASS: 12/12"), "{out}");
 }
 
 #[tokio::test]

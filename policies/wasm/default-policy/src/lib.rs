@@ -10,8 +10,8 @@
 
 use std::net::IpAddr;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 #[unsafe(no_mangle)]
 pub extern "C" fn crank_alloc(len: i32) -> i32 {
@@ -30,11 +30,11 @@ pub extern "C" fn crank_evaluate(hook_ptr: i32, hook_len: i32, input_ptr: i32, i
             std::slice::from_raw_parts(input_ptr as *const u8, input_len as usize),
         )
     };
-    let answer = match (std::str::from_utf8(hook), serde_json::from_slice::<Value>(input)) {
-        (Ok(hook), Ok(input)) => evaluate(hook, input).unwrap_or_else(|e| json!({ "error": e })),
-        _ => json!({"error": "hook or input is not UTF-8 JSON"}),
+    let answer = match std::str::from_utf8(hook) {
+        Ok(hook) => evaluate(hook, input).unwrap_or_else(|e| json!({ "error": e }).to_string()),
+        Err(_) => json!({"error": "the hook name is not UTF-8"}).to_string(),
     };
-    let out = answer.to_string().into_bytes().into_boxed_slice();
+    let out = answer.into_bytes().into_boxed_slice();
     let len = out.len() as i64;
     let ptr = Box::into_raw(out) as *mut u8 as i64;
     (ptr << 32) | len
@@ -60,11 +60,30 @@ struct Renewal {
 
 const KEY_TYPES: [&str; 5] = ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072"];
 
-fn evaluate(hook: &str, input: Value) -> Result<Value, String> {
+#[derive(Serialize)]
+struct IssuanceAnswer {
+    allow: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RenewalAnswer {
+    renew: bool,
+    expiring_soon: bool,
+}
+
+/// `answer` as JSON text (these answers always serialize).
+fn text(answer: &impl Serialize) -> String {
+    serde_json::to_string(answer).unwrap_or_default()
+}
+
+/// The answer to `hook` on `input` (JSON), as JSON text.
+fn evaluate(hook: &str, input: &[u8]) -> Result<String, String> {
     let bad = |e: serde_json::Error| format!("input for {hook}: {e}");
     match hook {
         "can_issue_certificate" => {
-            let i: Issuance = serde_json::from_value(input).map_err(bad)?;
+            let i: Issuance = serde_json::from_slice(input).map_err(bad)?;
             let granted = |n: &str| i.capabilities.iter().any(|c| c.strip_prefix("san:") == Some(n));
             let fqdn = format!("{}.{}", i.worker_id, i.trust_domain);
             let mut deny = Vec::new();
@@ -82,22 +101,24 @@ fn evaluate(hook: &str, input: Value) -> Result<Value, String> {
                 }
             }
             deny.sort();
-            Ok(if deny.is_empty() { json!({"allow": true}) } else { json!({"allow": false, "reason": deny.join("; ")}) })
+            deny.dedup();
+            let reason = (!deny.is_empty()).then(|| deny.join("; "));
+            Ok(text(&IssuanceAnswer { allow: reason.is_none(), reason }))
         }
-        "certificate_validity_period" => Ok(json!(86400)),
+        "certificate_validity_period" => Ok("86400".into()),
         "should_renew_certificate" => {
-            let r: Renewal = serde_json::from_value(input).map_err(bad)?;
+            let r: Renewal = serde_json::from_slice(input).map_err(bad)?;
             let lifetime = (r.not_after - r.issued_at) as f64;
             if lifetime <= 0.0 {
-                return Ok(json!({"renew": true, "expiring_soon": true}));
+                return Ok(text(&RenewalAnswer { renew: true, expiring_soon: true }));
             }
             let threshold = lifetime * 2.0 / 3.0 + lifetime * r.jitter / 20.0;
-            Ok(json!({
-                "renew": (r.now - r.issued_at) as f64 >= threshold,
-                "expiring_soon": ((r.not_after - r.now) as f64) < lifetime / 4.0,
+            Ok(text(&RenewalAnswer {
+                renew: (r.now - r.issued_at) as f64 >= threshold,
+                expiring_soon: ((r.not_after - r.now) as f64) < lifetime / 4.0,
             }))
         }
-        "revoke_certificate" => Ok(json!(true)),
+        "revoke_certificate" => Ok("true".into()),
         other => Err(format!("unknown hook {other}")),
     }
 }
