@@ -2,12 +2,12 @@
 # Side-by-side benchmarks: crank against nginx (mTLS serving) and cfssl (signing), on
 # this machine, in one run, reported as ratios.
 #
-#   bash bench/run.sh            # about 12 minutes on 2 cores
-#   bash bench/run.sh --quick    # shorter runs, no policy benchmark; about 4 minutes
+#   bash bench/run.sh            # about 15 minutes on 2 cores, after the release build
+#   bash bench/run.sh --quick    # 3 s runs, no policy benchmark; about 6 minutes
 #
-# Installs what is missing (apt: nginx, golang-cfssl, hyperfine, openssl, curl, jq,
-# sqlite3; cargo: oha), builds the release binaries, then in a temporary directory:
-# a crank CA, the hello-world worker, nginx with `ssl_verify_client on` and cfssl
+# Installs what is missing (apt: nginx, hyperfine, openssl, curl, jq, sqlite3; cfssl
+# 1.6.5 by scripts/install-cfssl.sh; cargo: oha), builds the release binaries, then in
+# a temporary directory: a crank CA, the hello-world worker, nginx with `ssl_verify_client on` and cfssl
 # serving over mutual TLS, all on 127.0.0.1, all with ECDSA P-256 certificates from the
 # same crank CA, and one client certificate that every run presents. Each comparison
 # alternates ours and theirs (RUNS rounds, order flipped every round) and reports
@@ -37,7 +37,6 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 install_tools() {
     local missing=()
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-    command -v cfssl >/dev/null || missing+=(golang-cfssl)
     command -v hyperfine >/dev/null || missing+=(hyperfine)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
@@ -50,6 +49,7 @@ install_tools() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    bash "$ROOT/scripts/install-cfssl.sh"
     if ! command -v oha >/dev/null; then
         log "installing oha (cargo install oha --locked)"
         cargo install oha --locked
