@@ -70,9 +70,13 @@ echo "The client (oha or bench-driver) runs on the same cores, so no server reac
 echo "ceilings; the ratios between servers are the figures to compare."
 if [[ -s $WORK/decisions.txt ]]; then
     echo
-    echo "### Policy decision latency per engine (criterion, median of the estimate)"
+    echo "### Policy decision latency per engine (criterion, median)"
     echo
     echo '```text'
-    grep -E '^[a-z_]+/|time:' "$WORK/decisions.txt" | paste - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-2), $(NF-1), $NF}' | sed 's/time://'
+    # criterion prints `name  time: [low median high]`, the name alone on the line
+    # before when it is long.
+    awk '/^[A-Za-z0-9_]+\// { name = $1 }
+         /time:/ { match($0, /\[.*\]/); split(substr($0, RSTART + 1, RLENGTH - 2), v, " "); printf "%-55s %s %s\n", name, v[3], v[4] }' \
+        "$WORK/decisions.txt"
     echo '```'
 fi
