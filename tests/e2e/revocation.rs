@@ -74,6 +74,16 @@ async fn get_with(cfg: &Arc<rustls::ClientConfig>, to: &RunningWorker) -> Result
     tls.get_ref().1.handshake_kind().ok_or_else(|| "no handshake kind".to_owned())
 }
 
+/// Waits until `w` has installed its first CRL: that empties its session cache, so a
+/// test that counts on resumption starts after it.
+async fn first_crl(w: &RunningWorker) {
+    let t0 = Instant::now();
+    while w.trust.crls().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no CRL after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A client config presenting `w`'s certificate, with its own session cache that
 /// nothing empties (a client outside the mesh's control, holding a stolen key).
 fn own_cache_client(ca: &TestCa, w: &RunningWorker) -> Arc<rustls::ClientConfig> {
@@ -87,6 +97,8 @@ async fn a_revoked_client_cannot_resume_a_session_cached_before_the_revocation()
     let ca = TestCa::start().await;
     let a = start(&ca, "ra", Arc::default()).await;
     let b = start(&ca, "rb", Arc::default()).await;
+    // Only the revocation below may change b's trust.
+    first_crl(&b).await;
     let stolen = own_cache_client(&ca, &a);
     assert_eq!(get_with(&stolen, &b).await.unwrap(), HandshakeKind::Full);
     assert_eq!(get_with(&stolen, &b).await.unwrap(), HandshakeKind::Resumed, "the worker offers resumption by default");
@@ -114,6 +126,7 @@ async fn with_resumption_off_every_connection_is_a_full_handshake() {
     let ca = TestCa::start().await;
     let a = start(&ca, "fa", Arc::default()).await;
     let b = ca.app("fb", hello_routes()).tls_resumption(Resumption::Off).start().await.unwrap();
+    first_crl(&a).await;
     let cfg = own_cache_client(&ca, &a);
     for _ in 0..3 {
         assert_eq!(get_with(&cfg, &b).await.unwrap(), HandshakeKind::Full);
