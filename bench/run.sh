@@ -382,7 +382,7 @@ alternate tk ours cfssl
 log "scale: renewal throughput with 0, 100,000 and 1,000,000 extra ledger rows"
 TD=$(cat "$CA/trust-domain")
 preload() { # DB N: N ledger rows, columns of schema migration 1 only (defaults fill the rest)
-    sqlite3 "$1" <<SQL
+    sqlite3 "$1" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2)
