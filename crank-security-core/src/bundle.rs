@@ -49,6 +49,11 @@ impl CertMetadata {
     /// Reads the metadata of one DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::parse("certificate", e))?;
+        Ok(Self::from_parsed(der, &cert))
+    }
+
+    /// The metadata of `cert`, already parsed from `der` (saves a second parse).
+    pub fn from_parsed(der: &[u8], cert: &X509Certificate<'_>) -> Self {
         let mut dns_sans = Vec::new();
         let mut ip_sans = Vec::new();
         let mut uri_sans = Vec::new();
@@ -64,7 +69,7 @@ impl CertMetadata {
         }
         let spiffe_id = uri_sans.iter().find(|u| SpiffeId::parse(u).is_ok()).cloned();
         let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
-        Ok(Self {
+        Self {
             serial: cert.raw_serial_as_string(),
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
@@ -76,7 +81,7 @@ impl CertMetadata {
             not_after: cert.validity().not_after.to_datetime(),
             fingerprint_sha256: fingerprint_sha256(der),
             is_ca,
-        })
+        }
     }
 
     /// Seconds until `not_after`, negative once expired.

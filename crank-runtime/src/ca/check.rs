@@ -59,7 +59,7 @@ pub fn check_signed(
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    CertMetadata::from_der(leaf_der).map_err(|e| e.to_string())
+    Ok(CertMetadata::from_parsed(leaf_der, &leaf))
 }
 
 fn check_subject(leaf: &X509Certificate<'_>, t: &CertificateTemplate, problems: &mut Vec<String>) {
