@@ -222,6 +222,15 @@ async fn load_ca(
     }
 }
 
+/// Waits until `cond` holds, polling every 100 ms; panics with `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `openssl ARGS` in `dir`: its stdout, or an error carrying its stderr.
 pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new("openssl").current_dir(dir).args(args).output()?;

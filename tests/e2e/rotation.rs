@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crank_runtime::demo::hello_routes;
 use crank_runtime::tls::client_config;
 use crank_security_core::{CertMetadata, EventKind};
-use crank_tests::{Recorder, TestCa};
+use crank_tests::{Recorder, TestCa, wait_until};
 use rustls_pki_types::ServerName;
 
 /// The serial a fresh TLS handshake with `addr` presents, using `loader`'s identity.
@@ -159,15 +159,6 @@ async fn expiry_while_the_ca_is_down_then_recovery_with_a_new_token() {
     let r = super::mtls(&client, client.ca()).get(format!("https://{}/health", hello.addr())).send().await.unwrap();
     assert_eq!(r.status(), 200);
     hello.shutdown().await.unwrap();
-}
-
-/// Waits until `cond` holds, polling; panics with `what` after `within`.
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
