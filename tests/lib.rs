@@ -273,10 +273,10 @@ pub fn openssl_root(dir: &Path, name: &str, pathlen: Option<u32>) -> PathBuf {
 /// checks the answer against the roots `bundle` trusts.
 pub async fn renew_over_mtls(ca: &TestCa, bundle: &CertificateBundle) -> CertificateBundle {
     use crank_security_core::{CertificateProvider, CorrelationId, RenewRequest};
-    let worker = bundle.metadata().spiffe().unwrap().worker_id;
+    let identity = bundle.metadata().spiffe().unwrap();
+    let worker = identity.worker_id.clone();
     let key = crank_security_core::generate_key(KeyType::EcdsaP256).unwrap();
-    let creds = crank_runtime::tls::Credentials::new(bundle.certified_key().unwrap());
-    let client = crank_runtime::CaClient::mtls(vec![ca.url()], bundle.ca(), creds).unwrap();
+    let client = ca_client(vec![ca.url()], bundle);
     let req = RenewRequest {
         csr_pem: crank_security_core::build_csr(&key, &worker, &[worker.to_string()]).unwrap(),
         worker_id: worker.to_string(),
@@ -285,9 +285,16 @@ pub async fn renew_over_mtls(ca: &TestCa, bundle: &CertificateBundle) -> Certifi
         correlation_id: CorrelationId::new(),
     };
     let issued = client.renew(req).await.unwrap();
-    let trusted = bundle.ca();
-    crank_runtime::worker::bootstrap::accept_issued(&issued, &key.serialize_pem(), &worker, |c| trusted.contains(c))
-        .unwrap()
+    crank_runtime::worker::bootstrap::accept_issued(&issued, &key.serialize_pem(), &identity, bundle.ca()).unwrap()
+}
+
+/// A CA client presenting `bundle`, trusting what it trusts, and requiring the CA
+/// identity of its trust domain, as a worker's renewal does.
+pub fn ca_client(urls: Vec<url::Url>, bundle: &CertificateBundle) -> crank_runtime::CaClient {
+    let td = bundle.metadata().spiffe().expect("a worker certificate").trust_domain;
+    let trust = crank_runtime::trust::TrustStore::new(bundle.ca()).unwrap();
+    let creds = crank_runtime::tls::Credentials::new(bundle.certified_key().unwrap());
+    crank_runtime::CaClient::mtls(urls, &trust, creds, &td).unwrap()
 }
 
 /// Has `openssl` sign `csr` with `issuer` (`ISSUER.pem`/`ISSUER.key` in `dir`) into

@@ -589,7 +589,12 @@ pub fn create_token(
 ) -> anyhow::Result<String> {
     let key = CaDir::read_key(&dir.token_key())
         .with_context(|| format!("is {} a CA directory made by `crank ca init`?", dir.dir.display()))?;
-    let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.root_fingerprint()?)?;
+    if dir.service_names().iter().any(|n| n == worker.as_str()) {
+        anyhow::bail!(
+            "worker id {worker:?} is a name of the CA service itself; a worker may not carry the CA's names: choose another worker id"
+        );
+    }
+    let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
     authority.create(worker, ttl, capabilities)
 }
 
@@ -727,10 +732,18 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         std::fs::read(&p).with_context(|| format!("reading {} (made by `crank ca admin-cert`)", p.display()))
     };
     let bundle = CertificateBundle::from_pem(&read("admin.crt")?, &read("admin.key")?, &read("ca.crt")?)?;
+    // spiffe://<td>/admin/<name>: the CA must prove it is this trust domain's CA.
+    let td = bundle
+        .metadata()
+        .uri_sans
+        .iter()
+        .find_map(|u| u.strip_prefix("spiffe://")?.split_once("/admin/").map(|(td, _)| td.to_owned()))
+        .context("admin.crt is not an administrator certificate (no spiffe://<td>/admin/<name> URI)")?;
     let client = crate::worker::ca_client::CaClient::mtls(
         ca_urls,
-        bundle.ca(),
+        &crate::trust::TrustStore::new(bundle.ca())?,
         crate::tls::Credentials::new(bundle.certified_key()?),
+        &TrustDomain::new(td)?,
     )?;
     let body = crate::ca::server::RevokeBody { serial: args.serial, worker_id: args.worker_id, reason: args.reason };
     let answer = client.revoke(&body).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
-use crank_security_core::{SpiffeId, fingerprint_sha256};
+use crank_security_core::{SpiffeId, TrustDomain, fingerprint_sha256};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -179,12 +179,33 @@ pub fn client_config(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result
     Ok(cfg)
 }
 
+/// A client config for talking to the CA service of `trust_domain`: it verifies the
+/// server against `trust` and requires the CA's identity (`spiffe://<td>/ca`, which no
+/// worker certificate carries), and presents `creds`. Renewal, CRL fetches and
+/// revocation use it.
+pub fn ca_client_config(
+    trust: &Arc<TrustStore>,
+    creds: Arc<Credentials>,
+    trust_domain: &TrustDomain,
+) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(trust.ca_verifier(trust_domain))
+        .with_client_cert_resolver(creds))
+}
+
 /// A client config, without a client certificate, that accepts a server only if its
 /// chain verifies to a CA certificate whose SHA-256 fingerprint is `fingerprint` and
-/// which the server sent in its chain. This is how a worker pins the CA on first contact
-/// with the fingerprint carried by its join token.
-pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, rustls::Error> {
-    let verifier = Arc::new(PinnedRootVerifier { fingerprint: fingerprint.to_ascii_lowercase(), provider: provider() });
+/// which the server sent in its chain, and if it is the CA service of `trust_domain`
+/// (`spiffe://<td>/ca`). This is how a worker pins the CA on first contact with the
+/// fingerprint and trust domain carried by its join token.
+pub fn pinned_client_config(fingerprint: &str, trust_domain: &TrustDomain) -> Result<ClientConfig, rustls::Error> {
+    let verifier = Arc::new(PinnedRootVerifier {
+        fingerprint: fingerprint.to_ascii_lowercase(),
+        ca_identity: trust_domain.ca_spiffe_id(),
+        provider: provider(),
+    });
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -193,10 +214,12 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, rustls::E
 }
 
 /// Verifies a server with full WebPKI rules, using as the only trust anchor the CA
-/// certificate in the server's chain whose fingerprint matches the pin.
+/// certificate in the server's chain whose fingerprint matches the pin, and requires
+/// the CA's identity.
 #[derive(Debug)]
 struct PinnedRootVerifier {
     fingerprint: String,
+    ca_identity: String,
     provider: Arc<CryptoProvider>,
 }
 
@@ -219,7 +242,9 @@ impl ServerCertVerifier for PinnedRootVerifier {
         let inner = WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(format!("server verifier: {e}")))?;
-        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        crate::trust::require_uri(end_entity, &self.ca_identity)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -63,7 +63,18 @@ impl TrustDomain {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The identity of this trust domain's CA service, `spiffe://<td>/ca`. Only the CA's
+    /// own TLS certificate carries it: every worker certificate has exactly one URI SAN,
+    /// `spiffe://<td>/worker/<id>`, so no worker can present it, and every CA client
+    /// (bootstrap, renewal, CRL fetch, revocation) requires it of the server.
+    pub fn ca_spiffe_id(&self) -> String {
+        format!("spiffe://{}/{CA_PATH}", self.0)
+    }
 }
+
+/// The path of the CA service's SPIFFE ID ([`TrustDomain::ca_spiffe_id`]).
+pub const CA_PATH: &str = "ca";
 
 impl Default for TrustDomain {
     fn default() -> Self {

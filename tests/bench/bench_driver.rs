@@ -187,7 +187,7 @@ async fn sign(opts: &Opts) -> anyhow::Result<()> {
         Some(dir) => {
             let dir = CaDir::new(dir);
             let key = CaDir::read_key(&dir.token_key())?;
-            let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.root_fingerprint()?)?;
+            let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
             let worker = WorkerId::new("bench-signer")?;
             let max_rate = opts.0.get("max-rate").map(|v| v.parse()).transpose()?.unwrap_or(6_000usize);
             let mut v = Vec::with_capacity(max_rate * seconds);

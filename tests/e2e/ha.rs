@@ -87,7 +87,7 @@ async fn two_replicas_on_postgres_lose_nothing_when_one_is_killed_mid_stream() {
     for t in 0..4 {
         // Half the workers list r1 first, half r2: both replicas carry the stream.
         let urls = if t % 2 == 0 { vec![url(a1), url(a2)] } else { vec![url(a2), url(a1)] };
-        let client = CaClient::pinned(urls, &fp).unwrap();
+        let client = CaClient::pinned(urls, &fp, &TrustDomain::default()).unwrap();
         let (dir, next, received, r1) = (dir.clone(), next.clone(), received.clone(), r1.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -134,8 +134,8 @@ async fn replicas_share_tokens_and_revocations_and_a_retry_gets_the_same_certifi
     let (_r1, a1) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r1"]).await.unwrap();
     let (_r2, a2) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r2"]).await.unwrap();
     let fp = dir.root_fingerprint().unwrap();
-    let at1 = CaClient::pinned(vec![url(a1)], &fp).unwrap();
-    let at2 = CaClient::pinned(vec![url(a2)], &fp).unwrap();
+    let at1 = CaClient::pinned(vec![url(a1)], &fp, &TrustDomain::default()).unwrap();
+    let at2 = CaClient::pinned(vec![url(a2)], &fp, &TrustDomain::default()).unwrap();
 
     let b = bootstrap_request(&dir, "shared-1");
     let first = submit(&at1, &b).await.unwrap();
@@ -185,7 +185,7 @@ async fn with_postgres_down_the_ca_answers_503_reports_degraded_and_recovers_by_
     let (_tmp, dir) = new_ca();
     let (_ca, addr) = serve_ca_process(&dir.dir, &["--store", &db]).await.unwrap();
     let fp = dir.root_fingerprint().unwrap();
-    let client = CaClient::pinned(vec![url(addr)], &fp).unwrap();
+    let client = CaClient::pinned(vec![url(addr)], &fp, &TrustDomain::default()).unwrap();
     let http = super::no_client_cert(&parse_pem_certs("root", dir.trust_bundle_pem().unwrap().as_bytes()).unwrap());
     let health = |http: reqwest::Client| async move {
         let r = http.get(format!("https://{addr}/health")).send().await.unwrap();
@@ -230,7 +230,7 @@ async fn killing_the_embedded_store_ca_mid_issuance_loses_no_handed_out_certific
     let started = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let client = CaClient::pinned(vec![url(addr)], &fp).unwrap();
+        let client = CaClient::pinned(vec![url(addr)], &fp, &TrustDomain::default()).unwrap();
         let (dir, received, started, ca) = (dir.clone(), received.clone(), started.clone(), ca.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -264,7 +264,7 @@ async fn killing_the_embedded_store_ca_mid_issuance_loses_no_handed_out_certific
         assert_eq!(&row.fingerprint, fingerprint);
     }
     // No used token works again (for any other request).
-    let client = CaClient::pinned(vec![url(addr2)], &fp).unwrap();
+    let client = CaClient::pinned(vec![url(addr2)], &fp, &TrustDomain::default()).unwrap();
     for (_, _, b) in received.iter().take(20) {
         let other = Bootstrap { token: b.token.clone(), csr: bootstrap_request(&dir, "x").csr };
         match submit(&client, &other).await {

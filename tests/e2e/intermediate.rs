@@ -5,10 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crank_runtime::CaClient;
 use crank_runtime::ca::files::CaDir;
 use crank_runtime::demo::hello_routes;
-use crank_runtime::tls::Credentials;
 use crank_security_core::{DefaultPolicy, parse_pem_certs};
 use crank_tests::upstream::first_cert;
 use crank_tests::{TestCa, crank, openssl, openssl_csr, openssl_root, openssl_sign, renew_over_mtls};
@@ -48,7 +46,7 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     let cert = openssl_sign(d, &csr, "enterprise", CA_EXT, "intermediate.pem").unwrap();
     let out = import(&ca_dir, &cert, &root_pem).unwrap();
     assert!(out.contains("installed"), "{out}");
-    // Token pins, the trust bundle and rollover all see the enterprise root.
+    // The trust anchor and rollover see the enterprise root.
     let dir = CaDir::new(&ca_dir);
     let root = first_cert(&root_pem);
     assert_eq!(dir.root_der().unwrap(), root);
@@ -56,13 +54,18 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     assert!(err.to_string().contains("intermediate under an external root"), "{err}");
 
     let ca = TestCa::serve_dir(tmp, dir, Arc::new(DefaultPolicy::default()), None).await;
-    assert_eq!(parse_pem_certs("bundle", ca.ca.trust_bundle_pem().as_bytes()).unwrap(), vec![root.clone()]);
+    // The published bundle: the enterprise root, and the intermediate through which alone
+    // this trust domain's peers are accepted.
+    let intermediate = first_cert(&cert);
+    let published = vec![root.clone(), intermediate.clone()];
+    assert_eq!(parse_pem_certs("bundle", ca.ca.trust_bundle_pem().as_bytes()).unwrap(), published);
     let hello = ca.worker("hello-world", hello_routes()).await;
     let caller = ca.bootstrap("caller").await;
-    // What a worker keeps: the leaf and the intermediate, and the enterprise root alone.
+    // What a worker keeps: the leaf and the intermediate, and the enterprise root with the
+    // intermediate it must come through.
     assert_eq!(caller.chain().len(), 2);
-    assert_eq!(caller.ca(), std::slice::from_ref(&root));
-    assert_eq!(caller.chain()[1], first_cert(&cert));
+    assert_eq!(caller.ca(), published.as_slice());
+    assert_eq!(caller.chain()[1], intermediate);
 
     // openssl, trusting only the enterprise root, with the intermediate as untrusted.
     let wdir = ca.tmp.path().join("workers/caller");
@@ -96,17 +99,16 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     assert_eq!(renewed.chain().len(), 2);
 
     // The CRL is signed by the intermediate and verifies through the worker's chain.
-    let crl = CaClient::mtls(vec![ca.url()], caller.ca(), Credentials::new(caller.certified_key().unwrap()))
-        .unwrap()
-        .crl()
-        .await
-        .unwrap();
-    crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &caller.chain()[1..]).unwrap();
-    let err = crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &[]).unwrap_err();
+    let crl = crank_tests::ca_client(vec![ca.url()], &caller).crl().await.unwrap();
+    crank_runtime::worker::crl::verify_crl(&crl, std::slice::from_ref(&root), &caller.chain()[1..]).unwrap();
+    crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &[]).unwrap();
+    let err = crank_runtime::worker::crl::verify_crl(&crl, std::slice::from_ref(&root), &[]).unwrap_err();
     assert!(err.contains("neither a trusted root"), "{err}");
 
     // Another CA under the same enterprise root mints the caller's identity with the
-    // caller's serial: the TLS chain verifies, but the ledger's fingerprint does not match.
+    // caller's serial: its chain verifies to the enterprise root, but it does not come
+    // through the intermediate this trust domain publishes, so the handshake refuses it:
+    // at a worker, and at the CA.
     let rogue_csr = openssl_csr(ca.tmp.path(), "rogue", "/CN=Rogue CA/O=Example Enterprise");
     let rogue = openssl_sign(ca.tmp.path(), &rogue_csr, "enterprise", CA_EXT, "rogue.pem").unwrap();
     let rogue_key =
@@ -129,8 +131,13 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     )
     .unwrap();
     bundle.validate(std::time::SystemTime::now()).unwrap();
-    let client =
-        CaClient::mtls(vec![ca.url()], bundle.ca(), Credentials::new(bundle.certified_key().unwrap())).unwrap();
+    let err = mtls(&bundle, std::slice::from_ref(&root))
+        .get(format!("https://127.0.0.1:{}/whoami", hello.addr().port()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "the forged client was served: {err}");
+    let client = crank_tests::ca_client(vec![ca.url()], &bundle);
     let key = crank_security_core::generate_key(crank_security_core::KeyType::EcdsaP256).unwrap();
     let worker = crank_security_core::WorkerId::new("caller").unwrap();
     let err = crank_security_core::CertificateProvider::renew(
@@ -145,7 +152,8 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("not the certificate this CA's ledger holds"), "{err}");
+    assert!(matches!(err, crank_security_core::ProviderError::Unavailable(_)), "{err}");
+    assert!(!err.to_string().contains("ledger"), "the CA got past the handshake: {err}");
     hello.shutdown().await.unwrap();
 }
 

@@ -5,7 +5,6 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use crank_runtime::CaClient;
-use crank_runtime::tls::Credentials;
 use crank_security_core::{
     CertificateProvider, CorrelationId, IssueRequest, KeyType, ProviderError, RenewRequest, WorkerId, build_csr,
     generate_key,
@@ -135,8 +134,7 @@ async fn every_key_type_is_issued() {
 async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
     let ca = TestCa::start().await;
     let current = ca.bootstrap("renewer").await;
-    let creds = Credentials::new(current.certified_key().unwrap());
-    let client = CaClient::mtls(vec![ca.url()], current.ca(), creds).unwrap();
+    let client = crank_tests::ca_client(vec![ca.url()], &current);
     let key = generate_key(KeyType::EcdsaP256).unwrap();
     let csr = build_csr(&key, &WorkerId::new("renewer").unwrap(), &["renewer".into()]).unwrap();
     // The worker id in the request body is not what decides: the TLS client certificate is.
@@ -153,7 +151,8 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
     assert_eq!(ca.ca.store().certificate(&renewed.serial).await.unwrap().unwrap().kind, "renew");
 
     // Without a client certificate, renewal is refused with 401.
-    let anon = CaClient::pinned(vec![ca.url()], &crank_security_core::fingerprint_sha256(&current.ca()[0])).unwrap();
+    let fp = crank_security_core::fingerprint_sha256(&current.ca()[0]);
+    let anon = CaClient::pinned(vec![ca.url()], &fp, &Default::default()).unwrap();
     let req = RenewRequest {
         csr_pem: csr,
         worker_id: "renewer".into(),

@@ -196,7 +196,7 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(a.rotator.is_revoked());
-    let client = CaClient::mtls(vec![ca.url()], &a.trust.roots(), a.credentials.clone()).unwrap();
+    let client = CaClient::mtls(vec![ca.url()], &a.trust, a.credentials.clone(), &Default::default()).unwrap();
     let key = generate_key(Default::default()).unwrap();
     let csr = build_csr(&key, &WorkerId::new("wa").unwrap(), &["wa".to_owned()]).unwrap();
     let req = RenewRequest {

@@ -69,12 +69,14 @@ pub struct LocalCa {
     /// imported, so verifying each leaf's signature again would only cost a signature
     /// verification per issuance).
     signer_anchors: Option<Vec<CertificateDer<'static>>>,
-    /// The trust anchor join tokens pin (the enterprise root in intermediate mode).
-    root_der: CertificateDer<'static>,
+    /// The certificate join tokens pin: the root, or the CA's intermediate.
+    pinned: CertificateDer<'static>,
     /// The trust bundle handed out: the root (two during a rollover), plus the signer's
     /// roots when an upstream CA signs.
     bundle_pem: String,
     tokens: TokenAuthority,
+    /// The CA service's own names ([`CaDir::service_names`]): never issued to a worker.
+    reserved_names: Vec<String>,
     policy: PolicyGuard,
     store: Arc<dyn CaStore>,
     events: Arc<dyn EventSink>,
@@ -105,7 +107,7 @@ impl LocalCa {
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Self> {
         let trust_domain = dir.trust_domain()?;
-        let root_der = dir.root_der()?;
+        let pinned = dir.pinned_der()?;
         let own = Arc::new(LocalSigner::load(dir)?);
         let bundle_pem = dir.trust_bundle_pem()?;
         // Metrics decorate the event sink: every event is also counted.
@@ -117,7 +119,7 @@ impl LocalCa {
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
             trust_domain.clone(),
-            fingerprint_sha256(&root_der),
+            fingerprint_sha256(&pinned),
         )?;
         Ok(Self {
             trust_domain,
@@ -125,7 +127,8 @@ impl LocalCa {
             signer: own.clone(),
             own,
             signer_anchors: None,
-            root_der,
+            pinned,
+            reserved_names: dir.service_names(),
             bundle_pem,
             tokens,
             policy,
@@ -144,10 +147,16 @@ impl LocalCa {
         let pem = signer.trust_bundle().await.map_err(|e| anyhow::anyhow!("the signer's trust bundle: {e}"))?;
         let anchors = parse_pem_certs("signer trust bundle", pem.as_bytes())?;
         let mut bundle = parse_pem_certs("trust bundle", self.bundle_pem.as_bytes())?;
+        let now = OffsetDateTime::now_utc();
         for a in &anchors {
             if !bundle.contains(a) {
+                // Workers trust the signer's root because this CA vouches for it with a
+                // cross-certificate: no root reaches a worker otherwise.
+                let cross = super::cross::for_root(a, self.own.issuer(), self.own.not_after(), now)
+                    .map_err(|e| anyhow::anyhow!("the signer's trust bundle must hold its self-signed root(s): {e}"))?;
                 bundle.push(a.clone());
                 self.bundle_pem.push_str(&crank_security_core::cert_pem(a));
+                self.bundle_pem.push_str(&cross);
             }
         }
         self.signer_anchors = Some(anchors);
@@ -175,10 +184,10 @@ impl LocalCa {
         &self.trust_domain
     }
 
-    /// The trust anchor join tokens pin: the CA's root, or the enterprise root in
-    /// intermediate mode.
-    pub fn root(&self) -> &CertificateDer<'static> {
-        &self.root_der
+    /// The certificate join tokens pin: the CA's root, or its intermediate in
+    /// intermediate mode ([`CaDir::pinned_der`]).
+    pub fn pinned(&self) -> &CertificateDer<'static> {
+        &self.pinned
     }
 
     /// The CA's metrics.
@@ -463,6 +472,18 @@ impl LocalCa {
             self.fail(kind, cid, Some(worker.as_str()), "policy", ProviderError::PolicyDenied(d.reason))
         };
         self.policy.may_issue(&input).map_err(policy_failed)?;
+        // Whatever policy says, the CA's own names stay the CA's.
+        let reserved = std::iter::once(worker.as_str())
+            .chain(csr.dns.iter().map(String::as_str))
+            .map(str::to_owned)
+            .chain(csr.ips.iter().map(ToString::to_string))
+            .find(|n| self.reserved_names.contains(n));
+        if let Some(name) = reserved {
+            let e = ProviderError::PolicyDenied(format!(
+                "{name:?} is a name of the CA service itself; no worker certificate may carry it"
+            ));
+            return Err(self.fail(EventKind::CsrFailed, cid, Some(worker.as_str()), "names", e));
+        }
         let validity = self.policy.validity(worker.as_str(), &self.config.environment).map_err(policy_failed)?;
         if csr.asked_for_ca {
             tracing::warn!(worker_id = %worker, correlation_id = %cid, "CSR asked for CA:true; issuing a non-CA leaf");

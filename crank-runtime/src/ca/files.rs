@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use crank_security_core::{TrustDomain, fingerprint_sha256, parse_pem_certs, write_file_atomic};
+use crank_security_core::{CertMetadata, TrustDomain, fingerprint_sha256, parse_pem_certs, write_file_atomic};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -11,8 +11,14 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-/// Default SANs of the CA service's own TLS certificate.
+/// Default SANs of the CA service's own TLS certificate (besides its SPIFFE ID).
 pub const DEFAULT_CA_SANS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "cert-authority"];
+
+/// `localhost` and loopback addresses: names every service on a host answers to, so
+/// workers may carry them too (they never identify the CA).
+pub fn shared_local_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
 
 /// Validity of a new root: 10 years.
 const ROOT_VALIDITY: Duration = Duration::days(3650);
@@ -67,6 +73,11 @@ impl CaDir {
     /// The next root during a rollover.
     pub fn next_root_cert(&self) -> PathBuf {
         self.dir.join("next-root.crt")
+    }
+    /// During a rollover, the cross-certificates by which the current and the next root
+    /// vouch for each other.
+    pub fn cross_certs_file(&self) -> PathBuf {
+        self.dir.join("rollover-cross.crt")
     }
     /// The previous root after a rollover was activated.
     pub fn previous_root_cert(&self) -> PathBuf {
@@ -125,11 +136,17 @@ impl CaDir {
         Ok(parse_pem_certs("intermediate certificate", &pem)?)
     }
 
-    /// The trust bundle peers must trust, PEM: `trust-bundle.crt` during a rollover,
-    /// else `root.crt`.
+    /// The trust bundle the CA publishes, PEM: `trust-bundle.crt` during a rollover (both
+    /// roots and the cross-certificates by which each vouches for the other), else
+    /// `root.crt`; in intermediate mode followed by the CA's intermediate, through which
+    /// alone peers of this trust domain are accepted.
     pub fn trust_bundle_pem(&self) -> anyhow::Result<String> {
         let p = if self.trust_bundle_file().exists() { self.trust_bundle_file() } else { self.root_cert() };
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        let mut pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        if self.is_intermediate() {
+            pem.push_str(&crank_security_core::cert_pem(&self.pinned_der()?));
+        }
+        Ok(pem)
     }
 
     /// The embedded store.
@@ -171,6 +188,66 @@ impl CaDir {
     /// SHA-256 fingerprint of the root.
     pub fn root_fingerprint(&self) -> anyhow::Result<String> {
         Ok(fingerprint_sha256(&self.root_der()?))
+    }
+
+    /// The certificate join tokens pin, which a worker requires in the CA's TLS chain on
+    /// first contact: the root, or in intermediate mode the CA's own intermediate (the
+    /// enterprise root also anchors other CAs, and none of them may pose as this one).
+    pub fn pinned_der(&self) -> anyhow::Result<CertificateDer<'static>> {
+        if !self.is_intermediate() {
+            return self.root_der();
+        }
+        self.signing_chain()?.into_iter().next().context("intermediate.crt holds no certificate")
+    }
+
+    /// SHA-256 fingerprint of [`CaDir::pinned_der`] (the `ca_fp` of join tokens).
+    pub fn pinned_fingerprint(&self) -> anyhow::Result<String> {
+        Ok(fingerprint_sha256(&self.pinned_der()?))
+    }
+
+    /// The names of the CA service (DNS names and IP addresses of its TLS certificate,
+    /// else those chosen at init). No worker may be issued one of them, except
+    /// `localhost` and loopback addresses, which every service on a host shares and which
+    /// never identify anyone: the CA is told apart by its SPIFFE ID.
+    pub fn service_names(&self) -> Vec<String> {
+        let from_cert = std::fs::read(self.server_cert())
+            .ok()
+            .and_then(|pem| parse_pem_certs("server certificate", &pem).ok())
+            .and_then(|certs| certs.first().and_then(|c| CertMetadata::from_der(c).ok()))
+            .map(|m| m.dns_sans.into_iter().chain(m.ip_sans).collect::<Vec<_>>());
+        let names = from_cert.unwrap_or_else(|| match std::fs::read_to_string(self.server_sans_file()) {
+            Ok(s) => s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+            Err(_) => server_sans(&[]),
+        });
+        names.into_iter().filter(|n| !shared_local_name(n)).map(|n| n.to_ascii_lowercase()).collect()
+    }
+
+    /// Gives the CA service a TLS certificate carrying its SPIFFE ID
+    /// ([`TrustDomain::ca_spiffe_id`]) if the installed one lacks it (a CA directory made
+    /// by an older release): the same names, signed by the signing key. Returns whether it
+    /// reissued.
+    pub fn ensure_service_identity(&self) -> anyhow::Result<bool> {
+        let td = self.trust_domain()?;
+        let chain = parse_pem_certs("server certificate", &std::fs::read(self.server_cert())?)?;
+        let leaf = chain.first().context("server.crt holds no certificate")?;
+        let meta = CertMetadata::from_der(leaf)?;
+        if meta.uri_sans == [td.ca_spiffe_id()] {
+            return Ok(false);
+        }
+        let signing = self.signing_chain()?;
+        let signing_cert = signing.first().context("the signing chain is empty")?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(signing_cert, Self::read_key(&self.signing_key())?)?;
+        let issuer_end = CertMetadata::from_der(signing_cert)?.not_after;
+        let mut sans = meta.dns_sans.clone();
+        sans.extend(meta.ip_sans.iter().cloned());
+        let (key, cert) = server_certificate(&sans, &td, &issuer, OffsetDateTime::now_utc(), Some(issuer_end))?;
+        let mut pem = cert.pem();
+        for c in chain.iter().skip(1) {
+            pem.push_str(&crank_security_core::cert_pem(c));
+        }
+        write_file_atomic(&self.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        write_file_atomic(&self.server_cert(), pem.as_bytes(), 0o644)?;
+        Ok(true)
     }
 
     /// Reads a PEM key file.
@@ -230,6 +307,7 @@ fn clear(dir: &CaDir) {
         dir.next_root_cert(),
         dir.previous_root_cert(),
         dir.activated_at_file(),
+        dir.cross_certs_file(),
         dir.intermediate_key(),
         dir.intermediate_csr(),
         dir.intermediate_cert(),
@@ -286,7 +364,13 @@ pub(crate) fn server_certificate(
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sp.use_authority_key_identifier_extension = true;
-    sp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<anyhow::Result<_>>()?;
+    // The CA's identity: a URI SAN no worker certificate can carry (workers get exactly
+    // one, spiffe://<td>/worker/<id>), required by every CA client.
+    let mut names = vec![SanType::URI(td.ca_spiffe_id().as_str().try_into()?)];
+    for s in sans {
+        names.push(san(s)?);
+    }
+    sp.subject_alt_names = names;
     let server = sp.signed_by(&server_key, issuer)?;
     Ok((server_key, server))
 }

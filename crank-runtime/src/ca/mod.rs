@@ -4,6 +4,7 @@ pub mod authority;
 pub mod cfssl;
 pub mod check;
 pub mod crl;
+mod cross;
 pub mod csr;
 pub mod files;
 pub mod intermediate;

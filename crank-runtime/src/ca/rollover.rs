@@ -1,9 +1,12 @@
 //! Zero-downtime rollover of the CA root, in three operator steps:
 //!
 //! 1. `crank ca rollover prepare`: make the next root and publish it **beside** the
-//!    current one (`trust-bundle.crt`). Restart the CA (one replica at a time). Workers
-//!    receive the two-root bundle with their next renewal and trust both; wait at least
-//!    one certificate lifetime so that every worker has renewed.
+//!    current one (`trust-bundle.crt`), with two cross-certificates: the current root
+//!    certifies the next root's key, and the next root the current one's. Restart the CA
+//!    (one replica at a time). Workers receive the bundle with their next renewal and
+//!    trust the next root because a root they already trust vouches for it (no answer
+//!    adds a root otherwise); wait at least one certificate lifetime so that every worker
+//!    has renewed.
 //! 2. `crank ca rollover activate`: the next root starts signing (with a new TLS
 //!    certificate for the CA service); the old root stays in the bundle. Restart the CA.
 //!    Leaves from either root verify everywhere.
@@ -49,9 +52,22 @@ pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
     params.distinguished_name = dn;
     let cert = params.self_signed(&key)?;
     let current = std::fs::read_to_string(dir.root_cert())?;
+    let current_der = dir.root_der()?;
+    let current_key = CaDir::read_key(&dir.root_key())?;
+    // Each root vouches for the other: a worker pinned to either accepts both.
+    let mut current_params = root_params(&td, now);
+    current_params.distinguished_name = super::cross::subject_of(&current_der)?;
+    let next_end = params.not_after;
+    let current_end = CertMetadata::from_der(&current_der)?.not_after;
+    let next_issuer = rcgen::Issuer::from_ca_cert_der(cert.der(), KeyPair::from_pem(&key.serialize_pem())?)?;
+    let current_by_next = super::cross::certificate(current_params, &current_key, &next_issuer, next_end, now)?;
+    let current_issuer = rcgen::Issuer::from_ca_cert_der(&current_der, current_key)?;
+    let next_by_current = super::cross::certificate(params, &key, &current_issuer, current_end, now)?;
+    let crosses = format!("{next_by_current}{current_by_next}");
     write_file_atomic(&dir.next_root_key(), key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.next_root_cert(), cert.pem().as_bytes(), 0o644)?;
-    write_file_atomic(&dir.trust_bundle_file(), format!("{current}{}", cert.pem()).as_bytes(), 0o644)?;
+    write_file_atomic(&dir.cross_certs_file(), crosses.as_bytes(), 0o644)?;
+    write_file_atomic(&dir.trust_bundle_file(), format!("{current}{}{crosses}", cert.pem()).as_bytes(), 0o644)?;
     Ok(crank_security_core::fingerprint_sha256(cert.der()))
 }
 
@@ -77,7 +93,8 @@ pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
     let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None)?;
 
     write_file_atomic(&dir.previous_root_cert(), old_pem.as_bytes(), 0o644)?;
-    write_file_atomic(&dir.trust_bundle_file(), format!("{new_pem}{old_pem}").as_bytes(), 0o644)?;
+    let crosses = std::fs::read_to_string(dir.cross_certs_file()).unwrap_or_default();
+    write_file_atomic(&dir.trust_bundle_file(), format!("{new_pem}{old_pem}{crosses}").as_bytes(), 0o644)?;
     write_file_atomic(&dir.server_key(), server_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.server_cert(), format!("{}{new_pem}", server.pem()).as_bytes(), 0o644)?;
     write_file_atomic(&dir.root_key(), new_pem_key.as_bytes(), 0o600)?;
@@ -106,5 +123,6 @@ pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> anyhow::Result<()> {
     // Without trust-bundle.crt the bundle is root.crt alone.
     std::fs::remove_file(dir.trust_bundle_file())?;
     std::fs::remove_file(dir.activated_at_file())?;
+    let _ = std::fs::remove_file(dir.cross_certs_file());
     Ok(())
 }

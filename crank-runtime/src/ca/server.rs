@@ -77,6 +77,12 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
 
 /// Starts the CA service on `listener` with the TLS certificate from `dir`.
 pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+    if dir.ensure_service_identity()? {
+        tracing::warn!(
+            spiffe_id = %ca.trust_domain().ca_spiffe_id(),
+            "the CA service's TLS certificate lacked the CA identity that workers require; reissued it with the same names"
+        );
+    }
     let chain = std::fs::read(dir.server_cert())?;
     let key = std::fs::read(dir.server_key())?;
     let root = ca.trust_bundle_pem().as_bytes().to_vec();

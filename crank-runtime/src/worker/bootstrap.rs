@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use backon::{ExponentialBuilder, Retryable};
 use crank_security_core::{
     BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
-    EventSink, IssueRequest, IssuedCertificate, KeyType, ProviderError, WorkerId, build_csr, fingerprint_sha256,
-    generate_key, parse_pem_certs, peek_token_claims,
+    EventSink, IssueRequest, IssuedCertificate, KeyType, ProviderError, SpiffeId, TrustDomain, WorkerId, build_csr,
+    cert_pem, fingerprint_sha256, generate_key, parse_pem_certs, peek_token_claims,
 };
 use rustls_pki_types::CertificateDer;
 use url::Url;
@@ -92,30 +92,42 @@ pub enum BootstrapError {
     Core(#[from] crank_security_core::Error),
 }
 
-/// Checks a CA's answer before anything is written: the CA bundle must contain a root
-/// `trusted_root` accepts, and the certificate must verify to the bundle, be valid now,
-/// match `key_pem` and name `worker`.
+/// Checks a CA's answer before anything is written, against what this worker already
+/// trusts (`trusted`: its trust set, or at first contact the certificate its join token
+/// pins). The certificate must verify to `trusted`, be valid now, match `key_pem` and be
+/// `expected`'s; the answer's CA bundle may change the trust set only as
+/// [`accept_trust_update`](crate::trust::accept_trust_update) allows (never a new root
+/// without a cross-certificate from a trusted one). The bundle returned holds the new
+/// trust set as its CA certificates: write that, not the answer's bundle.
 pub fn accept_issued(
     issued: &IssuedCertificate,
     key_pem: &str,
-    worker: &WorkerId,
-    trusted_root: impl Fn(&CertificateDer<'static>) -> bool,
+    expected: &SpiffeId,
+    trusted: &[CertificateDer<'static>],
 ) -> Result<CertificateBundle, String> {
-    let ca_certs = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes()).map_err(|e| e.to_string())?;
-    if !ca_certs.iter().any(trusted_root) {
-        return Err("the CA bundle does not contain a root this worker already trusts".into());
-    }
+    let offered = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes()).map_err(|e| e.to_string())?;
+    let chain = parse_pem_certs("certificate chain", issued.certificate_chain.as_bytes()).map_err(|e| e.to_string())?;
+    let now = rustls_pki_types::UnixTime::now();
+    let trust = crate::trust::accept_trust_update(trusted, &offered, &chain, now)?;
     let bundle = CertificateBundle::from_pem(
         issued.certificate_chain.as_bytes(),
         key_pem.as_bytes(),
-        issued.ca_bundle.as_bytes(),
+        trust_pem(&trust).as_bytes(),
     )
     .map_err(|e| e.to_string())?;
     bundle.validate(SystemTime::now()).map_err(|e| e.to_string())?;
-    if bundle.metadata().spiffe().map(|s| s.worker_id).as_ref() != Some(worker) {
-        return Err(format!("the certificate does not name worker {worker}"));
+    if bundle.metadata().spiffe().as_ref() != Some(expected) {
+        return Err(format!(
+            "the certificate names {}, not {expected}",
+            bundle.metadata().spiffe_id.as_deref().unwrap_or("no worker SPIFFE ID")
+        ));
     }
     Ok(bundle)
+}
+
+/// CA certificates as one PEM text (what `ca.crt` holds).
+pub fn trust_pem(certs: &[CertificateDer<'_>]) -> String {
+    certs.iter().map(|c| cert_pem(c)).collect()
 }
 
 /// The SANs a worker asks for when none are configured.
@@ -174,7 +186,9 @@ async fn bootstrap_inner(
             .detail("key_type", opts.key_type.name()),
     );
 
-    let client = CaClient::pinned(opts.ca_urls.clone(), &claims.ca_fp).map_err(BootstrapError::Refused)?;
+    let trust_domain = TrustDomain::new(claims.td.clone()).map_err(|e| BootstrapError::Token(e.to_string()))?;
+    let client =
+        CaClient::pinned(opts.ca_urls.clone(), &claims.ca_fp, &trust_domain).map_err(BootstrapError::Refused)?;
     let urls = opts.ca_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let attempt = std::sync::atomic::AtomicUsize::new(0);
     let submit = || async {
@@ -220,10 +234,29 @@ async fn bootstrap_inner(
         })?;
 
     let key_pem = key.serialize_pem();
-    let bundle = accept_issued(&issued, &key_pem, &worker, |c| fingerprint_sha256(c) == claims.ca_fp)
-        .map_err(BootstrapError::InvalidResponse)?;
+    // What the token pinned is the only trust so far; the CA presented it in its chain.
+    let pinned: Vec<CertificateDer<'static>> = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes())
+        .map_err(|e| BootstrapError::InvalidResponse(e.to_string()))?
+        .into_iter()
+        .chain(parse_pem_certs("certificate chain", issued.certificate_chain.as_bytes()).unwrap_or_default())
+        .filter(|c| fingerprint_sha256(c) == claims.ca_fp)
+        .take(1)
+        .collect();
+    if pinned.is_empty() {
+        return Err(BootstrapError::InvalidResponse(format!(
+            "the answer does not hold the CA certificate the join token pins (sha256 {})",
+            claims.ca_fp
+        )));
+    }
+    let expected = SpiffeId::new(trust_domain, worker.clone());
+    let bundle = accept_issued(&issued, &key_pem, &expected, &pinned).map_err(BootstrapError::InvalidResponse)?;
     let files = CertFiles::in_dir(&opts.cert_dir);
-    BundleWriter::write(&files, issued.certificate_chain.as_bytes(), key_pem.as_bytes(), issued.ca_bundle.as_bytes())?;
+    BundleWriter::write(
+        &files,
+        issued.certificate_chain.as_bytes(),
+        key_pem.as_bytes(),
+        trust_pem(bundle.ca()).as_bytes(),
+    )?;
     events.emit(
         &CertificateEvent::new(EventKind::CertIssued, cid)
             .worker(&worker)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crank_security_core::{
-    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, ProviderError, RenewRequest,
+    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, ProviderError, RenewRequest, TrustDomain,
 };
 use serde::Serialize;
 use url::Url;
@@ -22,21 +22,26 @@ pub struct CaClient {
 const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl CaClient {
-    /// A client that trusts a CA only if it presents the root whose SHA-256 fingerprint
-    /// is `fingerprint` (from a join token). Used for first contact, without a client
-    /// certificate.
-    pub fn pinned(urls: Vec<Url>, fingerprint: &str) -> Result<Self, ProviderError> {
-        let tls = crate::tls::pinned_client_config(fingerprint).map_err(|e| ProviderError::Other(e.to_string()))?;
+    /// A client that trusts a CA only if it presents the certificate whose SHA-256
+    /// fingerprint is `fingerprint` and the CA identity of `trust_domain` (both from a
+    /// join token). Used for first contact, without a client certificate.
+    pub fn pinned(urls: Vec<Url>, fingerprint: &str, trust_domain: &TrustDomain) -> Result<Self, ProviderError> {
+        let tls = crate::tls::pinned_client_config(fingerprint, trust_domain)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
         Self::with_tls(urls, tls)
     }
 
-    /// A client that verifies the CA against `roots` and presents `creds` (renewal).
+    /// A client that verifies the CA against `trust`, requires the CA identity of
+    /// `trust_domain` (`spiffe://<td>/ca`), and presents `creds` (renewal, CRL fetches,
+    /// revocation).
     pub fn mtls(
         urls: Vec<Url>,
-        roots: &[rustls_pki_types::CertificateDer<'static>],
+        trust: &std::sync::Arc<crate::trust::TrustStore>,
         creds: std::sync::Arc<crate::tls::Credentials>,
+        trust_domain: &TrustDomain,
     ) -> Result<Self, ProviderError> {
-        let tls = crate::tls::mtls_client_config(roots, creds).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let tls = crate::tls::ca_client_config(trust, creds, trust_domain)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
         Self::with_tls(urls, tls)
     }
 

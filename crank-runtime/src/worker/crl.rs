@@ -127,10 +127,11 @@ impl CrlWatcher {
     /// Fetches, verifies and installs the CRL once. Returns what was installed (or kept).
     pub async fn refresh(&self, current: Option<&CrlInfo>) -> Result<Option<CrlInfo>, String> {
         let roots = self.trust.roots();
-        let client =
-            CaClient::mtls(self.ca_urls.clone(), &roots, self.credentials.clone()).map_err(|e| e.to_string())?;
-        let der = client.crl().await.map_err(|e| e.to_string())?;
         let bundle = self.rotator.current();
+        let td = bundle.metadata().spiffe().map(|s| s.trust_domain).ok_or("the certificate has no SPIFFE ID")?;
+        let client = CaClient::mtls(self.ca_urls.clone(), &self.trust, self.credentials.clone(), &td)
+            .map_err(|e| e.to_string())?;
+        let der = client.crl().await.map_err(|e| e.to_string())?;
         let intermediates = bundle.chain().get(1..).unwrap_or_default();
         let info = verify_crl(&der, &roots, intermediates)?;
         if let Some(cur) = current

@@ -22,13 +22,13 @@ use arc_swap::ArcSwap;
 use crank_policy::PolicyGuard;
 use crank_security_core::{
     BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
-    EventSink, KeyType, ProviderError, RenewRequest, RenewalDecision, WorkerId, build_csr, generate_key,
+    EventSink, KeyType, ProviderError, RenewRequest, RenewalDecision, SpiffeId, WorkerId, build_csr, generate_key,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use url::Url;
 
-use super::bootstrap::{BootstrapOptions, RetryPolicy, accept_issued, bootstrap};
+use super::bootstrap::{BootstrapOptions, RetryPolicy, accept_issued, bootstrap, trust_pem};
 use super::ca_client::CaClient;
 use crate::tls::Credentials;
 use crate::trust::TrustStore;
@@ -40,6 +40,7 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Rotator {
     worker: WorkerId,
+    identity: SpiffeId,
     files: CertFiles,
     token_file: PathBuf,
     ca_urls: Vec<Url>,
@@ -81,13 +82,15 @@ impl Rotator {
         credentials: Arc<Credentials>,
         trust: Arc<TrustStore>,
     ) -> Result<Arc<Self>, crate::RuntimeError> {
-        let worker =
-            bundle.metadata().spiffe().map(|s| s.worker_id).ok_or_else(|| {
-                crate::RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into())
-            })?;
+        let identity = bundle
+            .metadata()
+            .spiffe()
+            .ok_or_else(|| crate::RuntimeError::NoCertificate("the certificate carries no worker SPIFFE ID".into()))?;
+        let worker = identity.worker_id.clone();
         let (serial_tx, _) = watch::channel(bundle.metadata().serial.clone());
         Ok(Arc::new(Self {
             worker,
+            identity,
             files: CertFiles::in_dir(&config.cert_dir),
             token_file: config.token_file,
             ca_urls: config.ca_urls,
@@ -304,7 +307,8 @@ impl Rotator {
         self.emit(
             CertificateEvent::new(EventKind::CsrGenerated, cid).detail("san_names", sans).detail("purpose", "renewal"),
         );
-        let client = CaClient::mtls(self.ca_urls.clone(), &self.trust.roots(), self.credentials.clone())?;
+        let client =
+            CaClient::mtls(self.ca_urls.clone(), &self.trust, self.credentials.clone(), &self.identity.trust_domain)?;
         self.emit(CertificateEvent::new(EventKind::CsrSubmitted, cid).detail("purpose", "renewal"));
         let req = RenewRequest {
             csr_pem: csr,
@@ -315,16 +319,15 @@ impl Rotator {
         };
         let issued = client.renew(req).await?;
         let key_pem = key.serialize_pem();
-        // The answer came over a connection verified against the roots we trust; the new
-        // bundle may add roots (a CA root rollover) as long as it keeps one of ours.
-        let trusted = self.trust.roots();
+        // The answer came from the CA (its identity was verified); still, it may change
+        // the trust set only as the rollover rules allow.
         let new =
-            accept_issued(&issued, &key_pem, &self.worker, |c| trusted.contains(c)).map_err(ProviderError::Other)?;
+            accept_issued(&issued, &key_pem, &self.identity, &self.trust.roots()).map_err(ProviderError::Other)?;
         BundleWriter::write(
             &self.files,
             issued.certificate_chain.as_bytes(),
             key_pem.as_bytes(),
-            issued.ca_bundle.as_bytes(),
+            trust_pem(new.ca()).as_bytes(),
         )
         .map_err(|e| ProviderError::Other(e.to_string()))?;
         let meta = new.metadata().clone();
