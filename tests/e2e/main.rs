@@ -4,6 +4,7 @@
 mod bootstrap;
 mod cli;
 mod ha;
+mod impersonation;
 mod intermediate;
 mod issuance;
 mod metrics;
