@@ -59,9 +59,13 @@ pub struct RevokeArgs {
     /// Serial of the certificate (as `crank cert inspect` prints it).
     #[arg(long)]
     pub serial: Option<String>,
-    /// Revoke every unexpired certificate of this worker.
+    /// Revoke every unexpired certificate of this worker (never an administrator's).
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// Revoke every unexpired certificate of this administrator (`crank ca admin-cert
+    /// --name`).
+    #[arg(long)]
+    pub admin: Option<String>,
     /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
     /// superseded, cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
     #[arg(long)]
@@ -745,7 +749,12 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         crate::tls::Credentials::new(bundle.certified_key()?),
         &TrustDomain::new(td)?,
     )?;
-    let body = crate::ca::server::RevokeBody { serial: args.serial, worker_id: args.worker_id, reason: args.reason };
+    let body = crate::ca::server::RevokeBody {
+        serial: args.serial,
+        worker_id: args.worker_id,
+        admin: args.admin,
+        reason: args.reason,
+    };
     let answer = client.revoke(&body).await?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())

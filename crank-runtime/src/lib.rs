@@ -52,7 +52,7 @@ pub use tls::{PeerIdentity, Resumption};
 pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
 pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};
 pub use worker::ca_client::CaClient;
-pub use worker::mtls::MtlsClient;
+pub use worker::mtls::{MtlsClient, MtlsHttpClient};
 
 /// Errors of the worker runtime.
 #[derive(Debug, thiserror::Error)]

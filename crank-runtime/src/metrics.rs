@@ -12,6 +12,8 @@
 //! | `crank_http_requests_total{method,route,status}` | counter | HTTP requests served |
 //! | `crank_http_request_duration_seconds{method,route}` | histogram | request latency |
 //! | `crank_http_requests_in_flight` | gauge | requests being served (the heartbeat's load score) |
+//! | `crank_crl_next_update_seconds` | gauge | seconds until the worker's CRL passes its nextUpdate (negative once stale) |
+//! | `crank_crl_stale` | gauge | 1 while the worker has no CRL, or only a stale one |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -64,7 +66,13 @@ pub struct Metrics {
     not_after: AtomicI64,
     /// Where the current expiry is read at scrape time, when set.
     expiry_source: std::sync::OnceLock<ExpirySource>,
+    crl_next_update: Gauge,
+    crl_stale: Gauge,
+    /// Where the CRL's nextUpdate (Unix seconds) is read at scrape time, when set.
+    crl_source: std::sync::OnceLock<CrlSource>,
 }
+
+type CrlSource = Box<dyn Fn() -> Option<i64> + Send + Sync>;
 
 type ExpirySource = Box<dyn Fn() -> time::OffsetDateTime + Send + Sync>;
 
@@ -94,8 +102,19 @@ impl Metrics {
         registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
         let in_flight = Gauge::default();
         registry.register("crank_http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        let crl_next_update = Gauge::default();
+        registry.register(
+            "crank_crl_next_update_seconds",
+            "Seconds until the CRL in force passes its nextUpdate (negative: stale)",
+            crl_next_update.clone(),
+        );
+        let crl_stale = Gauge::default();
+        registry.register("crank_crl_stale", "1 while this worker has no current CRL", crl_stale.clone());
         Arc::new(Self {
             registry,
+            crl_next_update,
+            crl_stale,
+            crl_source: std::sync::OnceLock::new(),
             expiration,
             issuance,
             renewal,
@@ -125,8 +144,20 @@ impl Metrics {
         let _ = self.expiry_source.set(Box::new(source));
     }
 
+    /// Reads the nextUpdate of the CRL in force from `source` at every scrape (`None`:
+    /// no CRL yet). Only the first call takes effect.
+    pub fn set_crl_source(&self, source: impl Fn() -> Option<i64> + Send + Sync + 'static) {
+        let _ = self.crl_source.set(Box::new(source));
+    }
+
     /// The metrics in OpenMetrics text format.
     pub fn render(&self) -> String {
+        if let Some(source) = self.crl_source.get() {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let next = source();
+            self.crl_next_update.set(next.map_or(0, |n| n - now));
+            self.crl_stale.set(i64::from(next.is_none_or(|n| n <= now)));
+        }
         if let Some(source) = self.expiry_source.get() {
             self.set_certificate_expiry(source());
         }

@@ -161,7 +161,7 @@ pub fn spawn_sweeper(registry: Registry) {
 /// Registers with the platform and sends heartbeats every `interval` until `stop`.
 /// Failures are logged and retried at the next beat; they never stop the worker.
 pub async fn heartbeat_loop(
-    client: reqwest::Client,
+    client: crate::MtlsHttpClient,
     platform: Url,
     service_type: String,
     interval: Duration,

@@ -132,16 +132,17 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 
 /// One certificate as a PEM `CERTIFICATE` block (64-column base64, trailing newline).
 pub fn cert_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    pem_block("CERTIFICATE", der)
+}
+
+/// A certificate revocation list as a PEM `X509 CRL` block.
+pub fn crl_pem(der: &[u8]) -> String {
+    pem_block("X509 CRL", der)
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der.to_vec()), config)
 }
 
 /// Parses every `CERTIFICATE` block of a PEM text; an input without one is an error.

@@ -44,7 +44,9 @@ mod provider;
 mod token;
 mod write;
 
-pub use bundle::{CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, cert_pem, fingerprint_sha256, parse_pem_certs};
+pub use bundle::{
+    CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, cert_pem, crl_pem, fingerprint_sha256, parse_pem_certs,
+};
 pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig, parse_ca_urls};
 pub use dirs::{CertDirResolver, DefaultCertDirResolver, FixedCertDir};
 pub use error::Error;

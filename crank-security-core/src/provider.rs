@@ -116,6 +116,10 @@ pub struct IssuedCertificate {
     pub spiffe_id: String,
     /// Expiry, RFC 3339.
     pub not_after: String,
+    /// The CA's current CRL (PEM `X509 CRL`), so that a worker never starts without
+    /// one. Absent when the CA could not make one at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<String>,
 }
 
 /// Why a provider could not issue.

@@ -31,13 +31,22 @@ pub struct CertFiles {
     pub key: PathBuf,
     /// `ca.crt`: the CA certificates the worker trusts.
     pub ca: PathBuf,
+    /// `ca.crl`: the CA's latest revocation list (PEM) this worker accepted. Written on
+    /// its own (it changes more often than the bundle), never replaced by an older one.
+    pub crl: PathBuf,
 }
 
 impl CertFiles {
     /// The standard files inside `dir`.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
-        Self { cert: dir.join("client.crt"), key: dir.join("client.key"), ca: dir.join("ca.crt"), dir }
+        Self {
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
+            ca: dir.join("ca.crt"),
+            crl: dir.join("ca.crl"),
+            dir,
+        }
     }
 
     /// Whether all three files exist.

@@ -83,7 +83,7 @@ async fn run(duration: Duration) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (client, url, counts, latencies) =
-            (loader.context.client.clone(), url.clone(), counts.clone(), latencies.clone());
+            (loader.context.client.current(), url.clone(), counts.clone(), latencies.clone());
         tasks.push(tokio::spawn(async move {
             let mut failed = 0u64;
             while start.elapsed() < duration {

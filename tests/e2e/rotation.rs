@@ -39,7 +39,7 @@ async fn rotation_under_load_drops_no_request() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();
-    for client in [loader.context.client.clone(), fresh_connection_client(&loader)] {
+    for client in [loader.context.client.current(), fresh_connection_client(&loader)] {
         for _ in 0..2 {
             let (client, url, stop, ok, failed) =
                 (client.clone(), url.clone(), stop.clone(), ok.clone(), failed.clone());

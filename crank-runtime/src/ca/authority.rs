@@ -22,7 +22,8 @@ pub use super::csr::{MAX_CSR_BYTES, ParsedCsr, parse_csr};
 use super::files::CaDir;
 use super::signer::LocalSigner;
 use super::store::{
-    CaStore, CertificateRecord, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError, TokenUse,
+    CaStore, CertificateRecord, Renewal, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError,
+    TokenUse,
 };
 use super::token::TokenAuthority;
 use crate::ApiError;
@@ -35,6 +36,25 @@ pub fn random_serial() -> SerialNumber {
     // Positive and without a leading zero octet, so the DER INTEGER is exactly 16 octets.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     SerialNumber::from_slice(&bytes)
+}
+
+/// What authorises an issuance, recorded with it in one durable write.
+#[derive(Debug)]
+enum Grant {
+    /// A first issuance: the join token is consumed.
+    Token(TokenUse),
+    /// A renewal: the certificate that authenticated it is retired.
+    Renewal(Renewal),
+}
+
+impl Grant {
+    /// The ledger's `kind` of the certificate issued.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Token(_) => "issue",
+            Self::Renewal(_) => "renew",
+        }
+    }
 }
 
 /// Settings of a [`LocalCa`].
@@ -83,6 +103,8 @@ pub struct LocalCa {
     metrics: Arc<crate::metrics::Metrics>,
     crl: arc_swap::ArcSwapOption<SignedCrl>,
     crl_regen: tokio::sync::Mutex<()>,
+    /// Every CRL this replica makes, for its own TLS verifier.
+    crl_updates: tokio::sync::watch::Sender<Option<Arc<SignedCrl>>>,
 }
 
 impl std::fmt::Debug for LocalCa {
@@ -137,6 +159,7 @@ impl LocalCa {
             metrics,
             crl: arc_swap::ArcSwapOption::empty(),
             crl_regen: tokio::sync::Mutex::new(()),
+            crl_updates: tokio::sync::watch::channel(None).0,
         })
     }
 
@@ -227,6 +250,12 @@ impl LocalCa {
         self.regenerate_crl(generation).await
     }
 
+    /// Follows every CRL this replica makes (at once after a revocation here; other
+    /// replicas' revocations when [`LocalCa::crl`] next finds the store changed).
+    pub fn crl_updates(&self) -> tokio::sync::watch::Receiver<Option<Arc<SignedCrl>>> {
+        self.crl_updates.subscribe()
+    }
+
     /// Builds and signs a new CRL now, whatever the cached one (benchmarks, operators).
     pub async fn regenerate_crl_now(&self) -> Result<Arc<SignedCrl>, ApiError> {
         let _one_at_a_time = self.crl_regen.lock().await;
@@ -247,6 +276,7 @@ impl LocalCa {
         tracing::info!(crl_number = number, entries = crl.entries, "CRL generated");
         let crl = Arc::new(crl);
         self.crl.store(Some(crl.clone()));
+        self.crl_updates.send_replace(Some(crl.clone()));
         Ok(crl)
     }
 
@@ -260,10 +290,14 @@ impl LocalCa {
         admin: &str,
         cid: &CorrelationId,
     ) -> Result<Vec<RevocationRecord>, ApiError> {
+        // Administrators are not workers: the worker policy hook is not asked about them
+        // (and a worker's name never reaches an administrator of the same name).
         let worker = match &target {
-            RevokeTarget::Worker(w) => w.clone(),
+            RevokeTarget::Worker(w) => Some(w.clone()),
+            RevokeTarget::Admin(_) => None,
             RevokeTarget::Serial(serial) => match self.store.certificate(serial).await {
-                Ok(Some(r)) => r.worker_id,
+                Ok(Some(r)) if r.kind == "admin" => None,
+                Ok(Some(r)) => Some(r.worker_id),
                 Ok(None) => {
                     return Err(ApiError::missing(
                         "unknown_serial",
@@ -273,7 +307,9 @@ impl LocalCa {
                 Err(e) => return Err(ApiError::unavailable(e.to_string())),
             },
         };
-        if let Err(d) = self.policy.may_revoke(&worker, reason.as_str()) {
+        if let Some(worker) = &worker
+            && let Err(d) = self.policy.may_revoke(worker, reason.as_str())
+        {
             if d.engine_failure {
                 let ev = CertificateEvent::new(EventKind::CertValidationFailed, cid)
                     .worker(worker.as_str())
@@ -389,6 +425,50 @@ impl LocalCa {
         }
     }
 
+    /// A renewal authenticated by a certificate that was renewed already. The same
+    /// request retried (same key: its answer was lost) gets the certificate already
+    /// issued for it, as long as that one is still the worker's current one; anything
+    /// else is refused and raised as a possible key compromise: someone else holds the
+    /// old key and tries to mint with it.
+    async fn renewed_again(
+        &self,
+        old: &CertificateRecord,
+        request_sha256: &str,
+        cid: &CorrelationId,
+    ) -> Result<IssuedCertificate, ProviderError> {
+        let next = self.store.renewal_of(&old.serial).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if let Some((hash, next)) = &next
+            && hash == request_sha256
+            && next.status == "valid"
+            && time::OffsetDateTime::parse(&next.not_after, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| t > OffsetDateTime::now_utc())
+        {
+            tracing::info!(serial = %next.serial, worker_id = %next.worker_id, correlation_id = %cid, "the same renewal retried; answering with the certificate already issued");
+            return Ok(self
+                .answer(next.pem.clone(), next.serial.clone(), next.spiffe_id.clone(), next.not_after.clone())
+                .await);
+        }
+        let by = next.as_ref().map_or_else(|| "another certificate".to_owned(), |(_, n)| n.serial.clone());
+        tracing::error!(
+            serial = %old.serial, superseded_by = %by, worker_id = %old.worker_id, correlation_id = %cid,
+            "a renewed certificate tried to renew again: possible key compromise"
+        );
+        let err = ProviderError::Unauthorized(format!(
+            "client certificate {} was already renewed (superseded by {by}) and cannot renew again; if this worker did not renew it, its key may be compromised: revoke worker {} and issue a new join token",
+            old.serial, old.worker_id
+        ));
+        let event = CertificateEvent::new(EventKind::CsrFailed, cid)
+            .worker(old.worker_id.as_str())
+            .error("superseded", &err)
+            .detail("component", "ca")
+            .detail("alert", "possible_key_compromise")
+            .detail("severity", "critical")
+            .detail("serial", old.serial.clone())
+            .detail("superseded_by", by);
+        self.events.emit(&event);
+        Err(err)
+    }
+
     fn fail(
         &self,
         kind: EventKind,
@@ -435,28 +515,42 @@ impl LocalCa {
             return Err(used());
         }
         tracing::info!(serial = %record.serial, worker_id = %record.worker_id, "same request retried with its token; answering with the certificate already issued");
-        Ok(IssuedCertificate {
-            certificate_chain: record.pem,
-            ca_bundle: self.bundle_pem.clone(),
-            serial: record.serial,
-            spiffe_id: record.spiffe_id,
-            not_after: record.not_after,
-        })
+        Ok(self.answer(record.pem, record.serial, record.spiffe_id, record.not_after).await)
     }
 
-    /// Decides, has the signer sign, checks what it returned, and records. `token` is
-    /// consumed in the same durable write.
-    #[expect(clippy::too_many_arguments, reason = "one issuance pipeline shared by issue and renew")]
+    /// The answer to a worker: its chain, the trust bundle, and the current CRL (so that
+    /// no worker starts without one; a CRL the CA cannot make now is left out, and the
+    /// worker fetches one later).
+    async fn answer(&self, chain: String, serial: String, spiffe_id: String, not_after: String) -> IssuedCertificate {
+        let crl = match self.crl().await {
+            Ok(c) => Some(crank_security_core::crl_pem(&c.der)),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "answering without a CRL");
+                None
+            }
+        };
+        IssuedCertificate {
+            certificate_chain: chain,
+            ca_bundle: self.bundle_pem.clone(),
+            serial,
+            spiffe_id,
+            not_after,
+            crl,
+        }
+    }
+
+    /// Decides, has the signer sign, checks what it returned, and records it with its
+    /// `grant` (the token consumed, or the certificate renewed retired) in one durable
+    /// write.
     async fn sign_and_record(
         &self,
         worker: &WorkerId,
         capabilities: Vec<String>,
-        csr_pem: &str,
-        csr: ParsedCsr,
-        token: Option<TokenUse>,
-        kind: &str,
+        (csr_pem, csr): (&str, ParsedCsr),
+        grant: Grant,
         cid: &CorrelationId,
     ) -> Result<IssuedCertificate, ProviderError> {
+        let kind = grant.kind();
         let input = IssuanceInput {
             worker_id: worker.to_string(),
             capabilities: capabilities.clone(),
@@ -465,7 +559,7 @@ impl LocalCa {
             key_type: csr.key_type.clone(),
             environment: self.config.environment.clone(),
             trust_domain: self.trust_domain.to_string(),
-            renewal: kind == "renew",
+            renewal: matches!(grant, Grant::Renewal(_)),
         };
         let policy_failed = |d: crank_policy::Denied| {
             let kind = if d.engine_failure { EventKind::CertValidationFailed } else { EventKind::CsrFailed };
@@ -496,7 +590,7 @@ impl LocalCa {
             ip_sans: csr.ips.clone(),
             not_before: now - BACKDATE,
             not_after: now + validity,
-            renewal: kind == "renew",
+            renewal: matches!(grant, Grant::Renewal(_)),
         };
         let request =
             SignRequest { csr_pem: csr_pem.to_owned(), template: template.clone(), correlation_id: cid.clone() };
@@ -548,10 +642,17 @@ impl LocalCa {
             status: "valid".into(),
             pem: chain.clone(),
         };
-        self.store.record_issuance(token, record).await.map_err(|e| {
+        let recorded = match grant {
+            Grant::Token(token) => self.store.record_issuance(Some(token), record).await,
+            Grant::Renewal(renewal) => self.store.record_renewal(renewal, record).await,
+        };
+        recorded.map_err(|e| {
             let err = match e {
                 StoreError::TokenUsed(jti) => ProviderError::Unauthorized(format!(
                     "join token {jti} was already used; create a new one with `crank token create`"
+                )),
+                StoreError::Superseded(serial) => ProviderError::Unauthorized(format!(
+                    "client certificate {serial} was renewed already (by a concurrent request) or revoked; it cannot renew again"
                 )),
                 StoreError::DuplicateSerial(s) => ProviderError::Unavailable(format!("serial collision on {s}; retry")),
                 other => ProviderError::Unavailable(format!("the CA could not record the certificate: {other}")),
@@ -567,13 +668,7 @@ impl LocalCa {
                 .detail("signer", self.signer.name())
                 .detail("spiffe_id", uri.clone()),
         );
-        Ok(IssuedCertificate {
-            certificate_chain: chain,
-            ca_bundle: self.bundle_pem.clone(),
-            serial: meta.serial,
-            spiffe_id: uri,
-            not_after: rfc3339(meta.not_after),
-        })
+        Ok(self.answer(chain, meta.serial, uri, rfc3339(meta.not_after)).await)
     }
 }
 
@@ -607,7 +702,7 @@ impl CertificateProvider for LocalCa {
         let jti = claims.jti.clone();
         let token = TokenUse { jti: claims.jti, worker_id: worker.to_string(), expires_at, request_sha256 };
         let hash = token.request_sha256.clone();
-        match self.sign_and_record(&worker, claims.caps, &req.csr_pem, csr, Some(token), "issue", cid).await {
+        match self.sign_and_record(&worker, claims.caps, (&req.csr_pem, csr), Grant::Token(token), cid).await {
             // Another replica (or a concurrent retry) consumed the token first: if it was
             // for this very request, answer with that certificate.
             Err(ProviderError::Unauthorized(m)) if m.contains(&jti) => self.replay(&jti, &hash).await,
@@ -653,6 +748,11 @@ impl CertificateProvider for LocalCa {
                 )),
             ));
         }
+        let csr = parse_csr(&req.csr_pem).map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
+        let request_sha256 = fingerprint_sha256(&csr.public_key);
+        if record.status == "superseded" {
+            return self.renewed_again(&record, &request_sha256, cid).await;
+        }
         if record.status != "valid" || record.kind == "admin" {
             return Err(unauthorized(format!(
                 "client certificate {} ({}, {}) cannot renew",
@@ -660,8 +760,8 @@ impl CertificateProvider for LocalCa {
             )));
         }
         let worker_id = WorkerId::new(worker).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
-        let csr = parse_csr(&req.csr_pem).map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
-        self.sign_and_record(&worker_id, record.capabilities, &req.csr_pem, csr, None, "renew", cid).await
+        let grant = Grant::Renewal(Renewal { previous_serial: record.serial.clone(), request_sha256 });
+        self.sign_and_record(&worker_id, record.capabilities, (&req.csr_pem, csr), grant, cid).await
     }
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {

@@ -7,7 +7,7 @@
 //! | POST | `/v1/certificates` | join token in the body | `{"csr": PEM, "token": JWT}` |
 //! | POST | `/v1/certificates/renew` | current client certificate (mTLS) | `{"csr": PEM}` |
 //! | GET  | `/v1/crl` | none (TLS) | the CRL, DER (`application/pkix-crl`) |
-//! | POST | `/v1/revocations` | an administrator certificate (mTLS) | `{"serial" or "worker_id", "reason"}` |
+//! | POST | `/v1/revocations` | an administrator certificate (mTLS) | `{"serial", "worker_id" or "admin", "reason"}` |
 //! | GET  | `/metrics` | a client certificate from this CA | Prometheus metrics |
 
 use std::net::SocketAddr;
@@ -30,7 +30,8 @@ use tower_http::timeout::TimeoutLayer;
 use super::authority::LocalCa;
 use super::files::CaDir;
 use super::store::{RevocationReason, RevokeTarget};
-use crate::tls::{Credentials, PeerIdentity, optional_mtls_server_config};
+use crate::tls::{Credentials, PeerIdentity, Resumption, server_config};
+use crate::trust::TrustStore;
 use crate::{ApiError, ServerHandle};
 
 /// Largest request body accepted.
@@ -90,8 +91,41 @@ pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -
     let creds = Credentials::new(bundle.certified_key()?);
     ca.metrics().set_certificate_expiry(bundle.metadata().not_after);
     let roots = parse_pem_certs("root certificate", &root)?;
-    let config = optional_mtls_server_config(&roots, creds)?;
+    let trust = TrustStore::new(&roots)?;
+    let config = server_config(&trust, false, creds, Resumption::On)?;
+    tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     Ok(ServerHandle::spawn(listener, config, router(ca))?)
+}
+
+/// How often the CA looks for revocations made at other replicas of its store.
+pub const OWN_CRL_REFRESH: Duration = Duration::from_secs(10);
+
+/// Keeps the CA's own client verifier on its current CRL: a revoked worker or
+/// administrator is refused in the handshake here too (renewal, `/metrics`,
+/// revocation). Ends when the server's trust store is gone.
+async fn enforce_own_crl(trust: std::sync::Weak<TrustStore>, ca: Arc<LocalCa>) {
+    let mut updates = ca.crl_updates();
+    loop {
+        // Picks up revocations recorded by other replicas (and regenerates when due).
+        let crl = match ca.crl().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "the CA's own CRL could not be refreshed; the last one stays in force");
+                updates.borrow().clone()
+            }
+        };
+        let Some(trust) = trust.upgrade() else { return };
+        if let Some(crl) = crl
+            && let Err(e) = trust.set_crls(vec![crl.der.clone().into()])
+        {
+            tracing::warn!(error = %e, "the CA's own CRL could not be installed");
+        }
+        drop(trust);
+        tokio::select! {
+            () = tokio::time::sleep(OWN_CRL_REFRESH) => {}
+            r = updates.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// Binds `listen` and starts the CA service.
@@ -130,9 +164,12 @@ pub struct RevokeBody {
     /// Serial of one certificate (hex, `:`-separated as `crank cert inspect` prints it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    /// A worker: every unexpired certificate of it.
+    /// A worker: every unexpired certificate of it (never an administrator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// An administrator: every unexpired certificate of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// RFC 5280 reason (`keyCompromise`, `superseded`, ...).
     pub reason: String,
 }
@@ -161,12 +198,17 @@ async fn revoke(
     let admin = ca.admin_of(certificate).await?;
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
-    let target = match (body.serial, body.worker_id) {
-        (Some(s), None) => RevokeTarget::Serial(s.trim().to_ascii_lowercase()),
-        (None, Some(w)) => RevokeTarget::Worker(
-            WorkerId::new(w).map_err(|e| ApiError::bad_request("bad_worker_id", e.to_string()))?.to_string(),
-        ),
-        _ => return Err(ApiError::bad_request("bad_target", "give exactly one of \"serial\" and \"worker_id\"")),
+    let name = |w: String| WorkerId::new(w).map_err(|e| ApiError::bad_request("bad_worker_id", e.to_string()));
+    let target = match (body.serial, body.worker_id, body.admin) {
+        (Some(s), None, None) => RevokeTarget::Serial(s.trim().to_ascii_lowercase()),
+        (None, Some(w), None) => RevokeTarget::Worker(name(w)?.to_string()),
+        (None, None, Some(a)) => RevokeTarget::Admin(name(a)?.to_string()),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_target",
+                "give exactly one of \"serial\", \"worker_id\" and \"admin\"",
+            ));
+        }
     };
     let reason: RevocationReason = body.reason.parse().map_err(|e: String| ApiError::bad_request("bad_reason", e))?;
     let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await?;

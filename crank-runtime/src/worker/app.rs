@@ -16,11 +16,11 @@ use crank_security_core::{
 use tower_http::timeout::TimeoutLayer;
 
 use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
-use super::mtls::MtlsClient;
+use super::mtls::{MtlsClient, MtlsHttpClient};
 use super::rotation::{RotationConfig, Rotator};
 use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, Resumption, server_config};
-use crate::trust::TrustStore;
+use crate::trust::{CrlMode, TrustStore};
 use crate::{RuntimeError, ServerHandle};
 use crank_policy::PolicyGuard;
 use tokio::sync::watch;
@@ -33,8 +33,9 @@ pub struct WorkerContext {
     pub worker_id: WorkerId,
     /// This worker's SPIFFE ID.
     pub spiffe_id: SpiffeId,
-    /// An HTTPS client that presents this worker's certificate and trusts only the CA.
-    pub client: reqwest::Client,
+    /// An HTTPS client that presents this worker's certificate, trusts only the CA, and
+    /// never reuses a connection across a revocation.
+    pub client: MtlsHttpClient,
 }
 
 /// A worker service: HTTPS with mandatory client certificates, certificates obtained and
@@ -61,7 +62,8 @@ pub struct WorkerContext {
 /// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in),
 /// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s),
 /// `CRANK_TLS_RESUMPTION` (`on`, the default, or `off`: every connection to this worker
-/// does a full handshake).
+/// does a full handshake), `CRANK_CRL_MODE` (`warn`, the default, or `fail-closed`: peers
+/// are refused while the CRL is missing or stale).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -80,6 +82,7 @@ pub struct WorkerApplication {
     heartbeat_interval: Option<Duration>,
     crl_refresh: Option<Duration>,
     resumption: Option<Resumption>,
+    crl_mode: Option<CrlMode>,
 }
 
 /// A started worker.
@@ -133,6 +136,7 @@ impl WorkerApplication {
             heartbeat_interval: None,
             crl_refresh: None,
             resumption: None,
+            crl_mode: None,
         }
     }
 
@@ -226,6 +230,13 @@ impl WorkerApplication {
     /// carried across a CRL or root change.
     pub fn tls_resumption(mut self, resumption: Resumption) -> Self {
         self.resumption = Some(resumption);
+        self
+    }
+
+    /// What a missing or stale CRL means for peers (default [`CrlMode::Warn`], or
+    /// `CRANK_CRL_MODE=warn|fail-closed`).
+    pub fn crl_mode(mut self, mode: CrlMode) -> Self {
+        self.crl_mode = Some(mode);
         self
     }
 
@@ -343,7 +354,14 @@ impl WorkerApplication {
         }
 
         let credentials = Credentials::new(bundle.certified_key()?);
-        let trust = TrustStore::new(bundle.ca())?;
+        let crl_mode = match self.crl_mode {
+            Some(m) => m,
+            None => env("CRANK_CRL_MODE")
+                .map(|v| v.parse().map_err(|e| RuntimeError::Config(format!("CRANK_CRL_MODE: {e}"))))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let trust = TrustStore::with_mode(bundle.ca(), crl_mode)?;
         let resumption = match self.resumption {
             Some(r) => r,
             None => env("CRANK_TLS_RESUMPTION")
@@ -352,7 +370,7 @@ impl WorkerApplication {
                 .unwrap_or_default(),
         };
         let server_config = server_config(&trust, true, credentials.clone(), resumption)?;
-        let client = MtlsClient::following(&trust, credentials.clone())?;
+        let client = MtlsClient::revocation_aware(&trust, credentials.clone())?;
         let token_file = env("CRANK_JOIN_TOKEN_FILE").map_or_else(|| config.cert_dir.join("join-token"), PathBuf::from);
         let rotation = RotationConfig {
             cert_dir: config.cert_dir.clone(),
@@ -369,7 +387,8 @@ impl WorkerApplication {
         };
         let policy = PolicyGuard::new(engine);
         let events: Arc<dyn EventSink> = Arc::new(self.events.clone());
-        let rotator = Rotator::new(bundle.clone(), rotation, policy, events, credentials.clone(), trust.clone())?;
+        let rotator =
+            Rotator::new(bundle.clone(), rotation, policy, events.clone(), credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
         tokio::spawn(rotator.clone().run(stop_rx));
         let crl_refresh = match self.crl_refresh {
@@ -385,16 +404,21 @@ impl WorkerApplication {
         if crl_refresh < Duration::from_secs(1) {
             return Err(RuntimeError::Config(format!("the CRL refresh interval {crl_refresh:?} is below 1 s")));
         }
-        let watcher = super::crl::CrlWatcher::new(
-            config.ca_urls.clone(),
-            trust.clone(),
-            credentials.clone(),
-            rotator.clone(),
-            crl_refresh,
-        );
+        let crl_status = Arc::new(super::crl::CrlStatus::default());
+        let watcher = super::crl::CrlWatcher::new(rotator.clone(), crl_refresh, crl_status.clone(), events.clone());
+        // The CRL kept beside the certificate is in force before the first handshake.
+        match watcher.load_kept() {
+            Ok(Some(info)) => tracing::info!(crl_number = info.number, "CRL from the cert directory installed"),
+            Ok(None) => tracing::warn!("no CRL in the cert directory yet; fetching one from the CA"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the CRL in the cert directory is not usable; fetching one from the CA")
+            }
+        }
         tokio::spawn(watcher.run(stop_rotation.subscribe()));
         let current = rotator.clone();
         metrics.set_expiry_source(move || current.current().metadata().not_after);
+        let crl_for_metrics = crl_status.clone();
+        metrics.set_crl_source(move || crl_for_metrics.current().and_then(|c| c.next_update));
         if let Some(platform) = self.platform_url.clone().or_else(|| env("PLATFORM_URL")) {
             let platform: url::Url =
                 platform.parse().ok().filter(|u: &url::Url| u.scheme() == "https").ok_or_else(|| {
@@ -424,6 +448,7 @@ impl WorkerApplication {
         let router = self
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
+            .route("/ready", get(move || ready(crl_status.clone())))
             .merge(Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()))
             .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track))
             .layer(Extension(context.clone()))
@@ -436,6 +461,22 @@ impl WorkerApplication {
         let server =
             ServerHandle::spawn(listener, server_config, router).map_err(|e| RuntimeError::Config(e.to_string()))?;
         Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
+    }
+}
+
+/// `GET /ready`: 200 while the worker holds a current CRL; 503 naming the problem when
+/// it has none yet or the one in force is past its nextUpdate (revoked peers might go
+/// unrecognised).
+async fn ready(crl: Arc<super::crl::CrlStatus>) -> (StatusCode, Json<serde_json::Value>) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let info = crl.current();
+    let crl_json = info.as_ref().map(|c| serde_json::json!({"number": c.number, "next_update": c.next_update}));
+    match crl.problem(now) {
+        None => (StatusCode::OK, Json(serde_json::json!({"status": "ready", "crl": crl_json}))),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not_ready", "reason": reason, "crl": crl_json})),
+        ),
     }
 }
 

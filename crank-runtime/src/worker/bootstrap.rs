@@ -125,6 +125,21 @@ pub fn accept_issued(
     Ok(bundle)
 }
 
+/// Keeps the CRL that came with an accepted answer beside the certificate (see
+/// [`keep_crl`](super::crl::keep_crl)); a CRL that does not verify or is older than the
+/// one kept is left out, with a warning: the CRL watcher fetches one.
+pub fn keep_issued_crl(files: &CertFiles, issued: &IssuedCertificate, bundle: &CertificateBundle) {
+    let Some(crl) = &issued.crl else { return };
+    let intermediates = bundle.chain().get(1..).unwrap_or_default();
+    match super::crl::keep_crl(files, crl.as_bytes(), bundle.ca(), intermediates) {
+        Ok((info, true)) => tracing::debug!(crl_number = info.number, "kept the CRL the CA handed over"),
+        Ok((info, false)) => {
+            tracing::warn!(crl_number = info.number, "the CA handed over an older CRL than the one kept")
+        }
+        Err(e) => tracing::warn!(error = %e, "the CRL the CA handed over was not kept"),
+    }
+}
+
 /// CA certificates as one PEM text (what `ca.crt` holds).
 pub fn trust_pem(certs: &[CertificateDer<'_>]) -> String {
     certs.iter().map(|c| cert_pem(c)).collect()
@@ -257,6 +272,7 @@ async fn bootstrap_inner(
         key_pem.as_bytes(),
         trust_pem(bundle.ca()).as_bytes(),
     )?;
+    keep_issued_crl(&files, &issued, &bundle);
     events.emit(
         &CertificateEvent::new(EventKind::CertIssued, cid)
             .worker(&worker)

@@ -45,6 +45,23 @@ impl CaClient {
         Self::with_tls(urls, tls)
     }
 
+    /// A client that verifies the CA like [`CaClient::mtls`] but presents no
+    /// certificate: for what the CA publishes to anyone (the CRL, the trust bundle), so
+    /// that a worker whose own certificate was revoked still learns it.
+    pub fn anonymous(
+        urls: Vec<Url>,
+        trust: &std::sync::Arc<crate::trust::TrustStore>,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, ProviderError> {
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProviderError::Other(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(trust.ca_verifier(trust_domain))
+            .with_no_client_auth();
+        Self::with_tls(urls, tls)
+    }
+
     fn with_tls(urls: Vec<Url>, mut tls: rustls::ClientConfig) -> Result<Self, ProviderError> {
         if urls.is_empty() {
             return Err(ProviderError::Other("no CA URL configured".into()));
@@ -128,11 +145,36 @@ impl CaClient {
                     }
                     last = Some(err);
                 }
+                Err(e) if refused_as_revoked(&e) => {
+                    return Err(ProviderError::Revoked(format!(
+                        "{url}: the CA refused this client certificate in the handshake as revoked"
+                    )));
+                }
                 Err(e) => last = Some(ProviderError::Unavailable(format!("{url}: {}", error_chain(&e)))),
             }
         }
         Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
     }
+}
+
+/// Whether the CA ended the handshake with a `certificate_revoked` alert: it found this
+/// client's certificate in its CRL.
+fn refused_as_revoked(e: &(dyn std::error::Error + 'static)) -> bool {
+    let revoked = |err: &(dyn std::error::Error + 'static)| {
+        matches!(
+            err.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked))
+        )
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let inner_io = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if revoked(err) || inner_io.is_some_and(|i| revoked(i)) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Maps an HTTP error status to a provider error; only `Unavailable` is worth retrying.

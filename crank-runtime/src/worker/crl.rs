@@ -8,7 +8,11 @@
 //!
 //! A fetched CRL is used only if its signature verifies with the trusted certificate
 //! named as its issuer (a root, or in intermediate mode the worker's own intermediate),
-//! and if its CRL number is not lower than the one in use. When the worker finds its own
+//! and if its CRL number is not lower than the one in use. The CRL in force is kept
+//! beside the certificate (`ca.crl`, also written at bootstrap and renewal from the CA's
+//! answer), so a restarted worker starts with it and still refuses an older one.
+//! A CRL past its nextUpdate is reported (event, metric, `/ready`), and in
+//! fail-closed mode refuses every peer until a current one arrives. When the worker finds its own
 //! certificate listed, it tells the rotator, which emits CERT_REVOKED, stops renewing,
 //! and waits for a new join token.
 
@@ -16,16 +20,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crank_security_core::{CertFiles, EventSink};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::sync::watch;
-use url::Url;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::ca_client::CaClient;
 use super::rotation::Rotator;
-use crate::tls::Credentials;
-use crate::trust::TrustStore;
 
 /// Default interval between CRL fetches.
 pub const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(30);
@@ -102,56 +104,152 @@ fn trusted_issuers<'a>(
     accepted
 }
 
+/// Reads a CRL given as PEM (`X509 CRL`) or DER.
+pub fn crl_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    if bytes.starts_with(b"-----") {
+        return CertificateRevocationListDer::from_pem_slice(bytes)
+            .map(|d| d.to_vec())
+            .map_err(|e| format!("not a PEM X509 CRL: {e}"));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// The CRL kept beside the certificate (`ca.crl`), if there is one that verifies with
+/// `roots` (and `intermediates`).
+pub fn load_crl(
+    files: &CertFiles,
+    roots: &[CertificateDer<'_>],
+    intermediates: &[CertificateDer<'_>],
+) -> Result<Option<(Vec<u8>, CrlInfo)>, String> {
+    let bytes = match std::fs::read(&files.crl) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", files.crl.display())),
+    };
+    let der = crl_der(&bytes).map_err(|e| format!("{}: {e}", files.crl.display()))?;
+    let info = verify_crl(&der, roots, intermediates).map_err(|e| format!("{}: {e}", files.crl.display()))?;
+    Ok(Some((der, info)))
+}
+
+/// Verifies a CRL the CA handed over and keeps it beside the certificate, unless the one
+/// there already has a higher number: a CRL number never goes backwards, across restarts
+/// too, so a replayed old CRL cannot bring a revoked peer back. Returns what it verified,
+/// and whether it is now the one kept.
+pub fn keep_crl(
+    files: &CertFiles,
+    crl: &[u8],
+    roots: &[CertificateDer<'_>],
+    intermediates: &[CertificateDer<'_>],
+) -> Result<(CrlInfo, bool), String> {
+    let der = crl_der(crl)?;
+    let info = verify_crl(&der, roots, intermediates)?;
+    let kept = load_crl(files, roots, intermediates).ok().flatten().map(|(_, i)| i.number);
+    if kept.is_some_and(|n| n > info.number) {
+        return Ok((info, false));
+    }
+    if kept != Some(info.number) {
+        crank_security_core::write_file_atomic(&files.crl, crank_security_core::crl_pem(&der).as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((info, true))
+}
+
+/// The CRL a worker holds, as readiness and metrics see it.
+#[derive(Debug, Default)]
+pub struct CrlStatus {
+    current: arc_swap::ArcSwapOption<CrlInfo>,
+}
+
+impl CrlStatus {
+    /// The CRL in force, if any.
+    pub fn current(&self) -> Option<Arc<CrlInfo>> {
+        self.current.load_full()
+    }
+
+    /// Why the worker is not ready as far as revocation goes: no CRL yet, or the one in
+    /// force is past its nextUpdate at `now` (Unix seconds).
+    pub fn problem(&self, now: i64) -> Option<String> {
+        match self.current() {
+            None => Some("no CRL from the CA yet: revoked peers cannot be recognised".into()),
+            Some(c) if c.next_update.is_some_and(|n| n <= now) => Some(format!(
+                "the CRL in force (number {}) is stale: its nextUpdate was {}, and the CA has not answered with a newer one",
+                c.number,
+                c.next_update.unwrap_or_default()
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn set(&self, info: CrlInfo) {
+        self.current.store(Some(Arc::new(info)));
+    }
+}
+
 /// Keeps a worker's CRL current.
 #[derive(Debug)]
 pub struct CrlWatcher {
-    ca_urls: Vec<Url>,
-    trust: Arc<TrustStore>,
-    credentials: Arc<Credentials>,
     rotator: Arc<Rotator>,
     interval: Duration,
+    status: Arc<CrlStatus>,
+    events: Arc<dyn EventSink>,
 }
 
 impl CrlWatcher {
-    /// A watcher fetching from `ca_urls` every `interval`.
-    pub fn new(
-        ca_urls: Vec<Url>,
-        trust: Arc<TrustStore>,
-        credentials: Arc<Credentials>,
-        rotator: Arc<Rotator>,
-        interval: Duration,
-    ) -> Self {
-        Self { ca_urls, trust, credentials, rotator, interval }
+    /// A watcher fetching the CRL every `interval` from the CA `rotator` renews at, into
+    /// the trust store it renews, keeping it beside its certificate and reporting it in
+    /// `status`.
+    pub fn new(rotator: Arc<Rotator>, interval: Duration, status: Arc<CrlStatus>, events: Arc<dyn EventSink>) -> Self {
+        Self { rotator, interval, status, events }
     }
 
-    /// Fetches, verifies and installs the CRL once. Returns what was installed (or kept).
-    pub async fn refresh(&self, current: Option<&CrlInfo>) -> Result<Option<CrlInfo>, String> {
-        let roots = self.trust.roots();
+    /// Installs the CRL kept beside the certificate, if any (at start, before serving).
+    pub fn load_kept(&self) -> Result<Option<CrlInfo>, String> {
         let bundle = self.rotator.current();
-        let td = bundle.metadata().spiffe().map(|s| s.trust_domain).ok_or("the certificate has no SPIFFE ID")?;
-        let client = CaClient::mtls(self.ca_urls.clone(), &self.trust, self.credentials.clone(), &td)
-            .map_err(|e| e.to_string())?;
-        let der = client.crl().await.map_err(|e| e.to_string())?;
         let intermediates = bundle.chain().get(1..).unwrap_or_default();
-        let info = verify_crl(&der, &roots, intermediates)?;
-        if let Some(cur) = current
-            && info.number < cur.number
-        {
-            tracing::debug!(got = info.number, have = cur.number, "CA served an older CRL; keeping ours");
+        let Some((der, info)) = load_crl(self.rotator.files(), &self.rotator.trust().roots(), intermediates)? else {
             return Ok(None);
-        }
-        self.trust.set_crls(vec![CertificateRevocationListDer::from(der)]).map_err(|e| e.to_string())?;
+        };
+        self.install(der, &info)?;
+        Ok(Some(info))
+    }
+
+    fn install(&self, der: Vec<u8>, info: &CrlInfo) -> Result<(), String> {
+        self.rotator.trust().set_crls(vec![CertificateRevocationListDer::from(der)]).map_err(|e| e.to_string())?;
+        self.status.set(info.clone());
         let own = self.rotator.current().metadata().serial.clone();
         if info.serials.contains(&own) {
             self.rotator.mark_revoked(&own);
         }
+        Ok(())
+    }
+
+    /// Fetches, verifies and installs the CRL once. Returns what was installed (or kept).
+    pub async fn refresh(&self, current: Option<&CrlInfo>) -> Result<Option<CrlInfo>, String> {
+        let roots = self.rotator.trust().roots();
+        let bundle = self.rotator.current();
+        let td = bundle.metadata().spiffe().map(|s| s.trust_domain).ok_or("the certificate has no SPIFFE ID")?;
+        // The CRL is public: fetched without a client certificate, so a worker whose own
+        // certificate was revoked (and is refused by the CA) still learns it.
+        let client = CaClient::anonymous(self.rotator.ca_urls().to_vec(), self.rotator.trust(), &td)
+            .map_err(|e| e.to_string())?;
+        let der = client.crl().await.map_err(|e| e.to_string())?;
+        let intermediates = bundle.chain().get(1..).unwrap_or_default();
+        let (info, newest) = keep_crl(self.rotator.files(), &der, &roots, intermediates)?;
+        if !newest || current.is_some_and(|cur| info.number < cur.number) {
+            tracing::warn!(got = info.number, have = ?current.map(|c| c.number), "the CA served an older CRL than this worker holds; keeping ours");
+            return Ok(None);
+        }
+        self.install(der, &info)?;
         Ok(Some(info))
     }
 
     /// Refreshes every interval until `shutdown` turns true. Failures are logged and
-    /// retried at the next interval; the last good CRL stays in force.
+    /// retried at the next interval; the last good CRL stays in force. A CRL past its
+    /// nextUpdate is reported once per episode (`CERT_VALIDATION_FAILED`, phase `crl`).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut current: Option<CrlInfo> = None;
+        let mut current: Option<CrlInfo> = self.status.current().map(|c| (*c).clone());
+        let mut stale_reported = false;
         loop {
             match self.refresh(current.as_ref()).await {
                 Ok(Some(info)) => {
@@ -162,6 +260,30 @@ impl CrlWatcher {
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "CRL refresh failed; the last CRL stays in force"),
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match (self.status.problem(now), stale_reported) {
+                (Some(problem), false) => {
+                    stale_reported = true;
+                    let mut ev = crank_security_core::CertificateEvent::new(
+                        crank_security_core::EventKind::CertValidationFailed,
+                        &crank_security_core::CorrelationId::new(),
+                    )
+                    .error("crl", &problem)
+                    .detail("crl_mode", format!("{:?}", self.rotator.trust().crl_mode()));
+                    if let Some(c) = &current {
+                        ev = ev.detail("crl_number", c.number.to_string());
+                    }
+                    if let Some(w) = self.rotator.current().metadata().spiffe() {
+                        ev = ev.worker(w.worker_id);
+                    }
+                    self.events.emit(&ev);
+                }
+                (None, true) => {
+                    stale_reported = false;
+                    tracing::info!("the CRL is current again");
+                }
+                _ => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}

@@ -1,7 +1,14 @@
 //! The mTLS HTTP client factory. There is no way to turn verification off and no
 //! plaintext HTTP: `https_only` is always set.
+//!
+//! [`MtlsHttpClient`] (what handlers get in `WorkerContext`) also drops its pooled
+//! connections whenever the trust changes (a new CRL, new roots): a connection opened to
+//! a server that has been revoked since is never used again; the next request makes a
+//! new handshake, which refuses it.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use crank_security_core::CertificateBundle;
@@ -31,6 +38,30 @@ impl MtlsClient {
         Self::following(&TrustStore::new(roots)?, creds)
     }
 
+    /// A client that follows `trust` and `creds` like [`MtlsClient::following`], and that
+    /// starts over with a fresh connection pool at every change of `trust`, so no
+    /// connection opened before a revocation serves a request after it. Needs a Tokio
+    /// runtime (it watches the store in a task that ends with the last clone).
+    pub fn revocation_aware(
+        trust: &Arc<TrustStore>,
+        creds: Arc<Credentials>,
+    ) -> Result<MtlsHttpClient, crate::RuntimeError> {
+        let current = Arc::new(ArcSwap::from_pointee(Self::following(trust, creds.clone())?));
+        let weak = Arc::downgrade(&current);
+        let mut changes = trust.changes();
+        let trust = Arc::downgrade(trust);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let (Some(current), Some(trust)) = (weak.upgrade(), trust.upgrade()) else { return };
+                match Self::following(&trust, creds.clone()) {
+                    Ok(fresh) => current.store(Arc::new(fresh)),
+                    Err(e) => tracing::warn!(error = %e, "could not rebuild the mTLS client after a trust change"),
+                }
+            }
+        });
+        Ok(MtlsHttpClient { current })
+    }
+
     /// A client that trusts whatever `trust` holds and presents whatever `creds` holds at
     /// handshake time: rotation and CA root changes apply to new connections.
     pub fn following(trust: &Arc<TrustStore>, creds: Arc<Credentials>) -> Result<reqwest::Client, crate::RuntimeError> {
@@ -46,5 +77,46 @@ impl MtlsClient {
             .no_proxy()
             .build()
             .map_err(|e| crate::RuntimeError::Config(format!("building the mTLS client: {e}")))
+    }
+}
+
+/// The mTLS client handlers use ([`MtlsClient::revocation_aware`]): requests go through
+/// the current `reqwest::Client`, replaced (with its connection pool) at every trust
+/// change. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MtlsHttpClient {
+    current: Arc<ArcSwap<reqwest::Client>>,
+}
+
+impl MtlsHttpClient {
+    /// The client in use now. Take a new one for each request (or batch): a kept copy
+    /// keeps connections opened before a revocation.
+    pub fn current(&self) -> reqwest::Client {
+        self.current.load().as_ref().clone()
+    }
+
+    /// `GET url`.
+    pub fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.current.load().get(url)
+    }
+
+    /// `POST url`.
+    pub fn post(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.current.load().post(url)
+    }
+
+    /// `PUT url`.
+    pub fn put(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.current.load().put(url)
+    }
+
+    /// `DELETE url`.
+    pub fn delete(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.current.load().delete(url)
+    }
+
+    /// A request with any method.
+    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.current.load().request(method, url)
     }
 }

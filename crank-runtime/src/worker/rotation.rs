@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use url::Url;
 
-use super::bootstrap::{BootstrapOptions, RetryPolicy, accept_issued, bootstrap, trust_pem};
+use super::bootstrap::{BootstrapOptions, RetryPolicy, accept_issued, bootstrap, keep_issued_crl, trust_pem};
 use super::ca_client::CaClient;
 use crate::tls::Credentials;
 use crate::trust::TrustStore;
@@ -105,6 +105,26 @@ impl Rotator {
             revoked: arc_swap::ArcSwapOption::empty(),
             wake: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// The trust store renewals update.
+    pub fn trust(&self) -> &Arc<TrustStore> {
+        &self.trust
+    }
+
+    /// The credentials renewals update.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// The CA URLs, in failover order.
+    pub fn ca_urls(&self) -> &[Url] {
+        &self.ca_urls
+    }
+
+    /// The files of the cert directory.
+    pub fn files(&self) -> &CertFiles {
+        &self.files
     }
 
     /// The certificate in use.
@@ -330,6 +350,7 @@ impl Rotator {
             trust_pem(new.ca()).as_bytes(),
         )
         .map_err(|e| ProviderError::Other(e.to_string()))?;
+        keep_issued_crl(&self.files, &issued, &new);
         let meta = new.metadata().clone();
         self.install(new).map_err(ProviderError::Other)?;
         self.emit(

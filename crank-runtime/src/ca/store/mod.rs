@@ -53,7 +53,8 @@ pub struct CertificateRecord {
     pub correlation_id: String,
     /// When it was recorded, RFC 3339.
     pub issued_at: String,
-    /// `valid` or `revoked`.
+    /// `valid`, `superseded` (renewed: still a working certificate until it expires, but
+    /// it cannot renew again) or `revoked`.
     pub status: String,
     /// The certificate, PEM (so a retried request can be answered with it).
     pub pem: String,
@@ -70,6 +71,18 @@ pub struct TokenUse {
     pub expires_at: String,
     /// SHA-256 of the request the token was used for (the CSR), hex: the same request
     /// retried with the same token gets the same certificate back.
+    pub request_sha256: String,
+}
+
+/// A renewal as the store records it: the certificate it replaces, and the SHA-256 of
+/// the request (the CSR's public key) so that the same renewal retried gets the same
+/// certificate back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// Serial of the certificate that authenticated the renewal; it is retired
+    /// (`superseded`) in the same durable write.
+    pub previous_serial: String,
+    /// SHA-256 (hex) of the CSR's public key.
     pub request_sha256: String,
 }
 
@@ -209,8 +222,10 @@ pub struct RevocationRecord {
 pub enum RevokeTarget {
     /// One certificate.
     Serial(String),
-    /// Every certificate of a worker that has not expired.
+    /// Every certificate of a worker that has not expired (never an administrator's).
     Worker(String),
+    /// Every certificate of an administrator that has not expired.
+    Admin(String),
 }
 
 /// A revocation request as the store records it.
@@ -236,6 +251,10 @@ pub enum StoreError {
     /// A certificate with this serial is already recorded.
     #[error("serial {0} is already recorded")]
     DuplicateSerial(String),
+    /// The certificate a renewal presented was already renewed (or is no longer
+    /// valid): it cannot renew again.
+    #[error("certificate {0} was already renewed or is no longer valid")]
+    Superseded(String),
     /// Nothing matched (unknown serial, or a worker without live certificates).
     #[error("{0}")]
     NotFound(String),
@@ -253,6 +272,13 @@ pub trait CaStore: Debug + Send + Sync {
     /// Records an issued certificate, consuming `token` first when given, atomically:
     /// either both are recorded or neither.
     async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError>;
+    /// Records a renewed certificate and retires the one that authenticated it
+    /// (`status = superseded`), atomically; [`StoreError::Superseded`] if that one is not
+    /// `valid` any more (renewed already, by this replica or another, or revoked).
+    async fn record_renewal(&self, renewal: Renewal, cert: CertificateRecord) -> Result<(), StoreError>;
+    /// For a superseded certificate: the SHA-256 of the renewal request that retired it,
+    /// and the ledger row of the certificate that replaced it.
+    async fn renewal_of(&self, previous_serial: &str) -> Result<Option<(String, CertificateRecord)>, StoreError>;
     /// Whether a token id has been used.
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError>;
     /// For a used token: the SHA-256 of the request it was used for, and the ledger row

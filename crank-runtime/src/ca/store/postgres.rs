@@ -16,8 +16,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    CaStore, CertificateRecord, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, parse_rfc3339,
-    redact, rfc3339,
+    CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse,
+    parse_rfc3339, redact, rfc3339,
 };
 
 /// Versioned schema migrations; `crank_schema.version` holds how many have run.
@@ -63,6 +63,9 @@ const MIGRATIONS: &[&str] = &[
         crl_number BIGINT NOT NULL
     );
     INSERT INTO crl_state (id, generation, crl_number) VALUES (1, 0, 0);",
+    // 2: renewal retires the certificate it replaces
+    "ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
+    ALTER TABLE certificates ADD COLUMN renewal_sha256 TEXT;",
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
@@ -216,16 +219,30 @@ fn revocation(row: &tokio_postgres::Row) -> Result<RevocationRecord, StoreError>
     })
 }
 
-#[async_trait]
-impl CaStore for PostgresStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError> {
+impl PostgresStore {
+    /// Records a certificate with what authorised it (a join token, or the certificate a
+    /// renewal retires) in one transaction.
+    async fn record(
+        &self,
+        token: Option<TokenUse>,
+        renewal: Option<Renewal>,
+        cert: CertificateRecord,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let now = OffsetDateTime::now_utc();
+        if let Some(r) = &renewal {
+            let n = tx
+                .execute(
+                    "UPDATE certificates SET status = 'superseded', superseded_by = $1, renewal_sha256 = $2
+                     WHERE serial = $3 AND status = 'valid'",
+                    &[&cert.serial, &r.request_sha256, &r.previous_serial],
+                )
+                .await?;
+            if n == 0 {
+                return Err(StoreError::Superseded(r.previous_serial.clone()));
+            }
+        }
         if let Some(t) = &token {
             let expires = ts("token expiry", &t.expires_at)?;
             let n = tx
@@ -279,6 +296,37 @@ impl CaStore for PostgresStore {
                 pg(&e)
             }
         })
+    }
+}
+
+#[async_trait]
+impl CaStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError> {
+        self.record(token, None, cert).await
+    }
+
+    async fn record_renewal(&self, renewal: Renewal, cert: CertificateRecord) -> Result<(), StoreError> {
+        self.record(None, Some(renewal), cert).await
+    }
+
+    async fn renewal_of(&self, previous_serial: &str) -> Result<Option<(String, CertificateRecord)>, StoreError> {
+        let client = self.client().await?;
+        let Some(t) = client
+            .query_opt(
+                "SELECT superseded_by, renewal_sha256 FROM certificates WHERE serial = $1 AND superseded_by IS NOT NULL",
+                &[&previous_serial],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (serial, hash): (String, String) = (t.get(0), t.get(1));
+        let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
+        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(|r| (hash, cert_row(r))))
     }
 
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError> {
@@ -348,16 +396,20 @@ impl CaStore for PostgresStore {
                 let not_after: OffsetDateTime = row.get(1);
                 targets.push((serial.clone(), row.get(0), not_after.unix_timestamp()));
             }
-            RevokeTarget::Worker(worker) => {
+            RevokeTarget::Worker(worker) | RevokeTarget::Admin(worker) => {
+                // A superseded certificate still works in handshakes until it expires.
+                let admins = matches!(rev.target, RevokeTarget::Admin(_));
                 let rows = tx
                     .query(
                         "SELECT serial, not_after FROM certificates
-                         WHERE worker_id = $1 AND status = 'valid' AND not_after > $2 FOR UPDATE",
-                        &[worker, &rev.at],
+                         WHERE worker_id = $1 AND status IN ('valid', 'superseded') AND not_after > $2
+                           AND (kind = 'admin') = $3 FOR UPDATE",
+                        &[worker, &rev.at, &admins],
                     )
                     .await?;
                 if rows.is_empty() {
-                    return Err(StoreError::NotFound(format!("worker {worker} has no unexpired valid certificate")));
+                    let who = if admins { "administrator" } else { "worker" };
+                    return Err(StoreError::NotFound(format!("{who} {worker} has no unexpired valid certificate")));
                 }
                 for row in rows {
                     let not_after: OffsetDateTime = row.get(1);

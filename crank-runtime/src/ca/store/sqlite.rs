@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::{
-    CaStore, CertificateRecord, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, now_rfc3339,
+    CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, now_rfc3339,
     parse_rfc3339,
 };
 
@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE used_tokens ADD COLUMN serial TEXT;
     ALTER TABLE used_tokens ADD COLUMN request_sha256 TEXT;
     ALTER TABLE certificates ADD COLUMN pem TEXT NOT NULL DEFAULT '';",
+    // 4: renewal retires the certificate it replaces
+    "ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
+    ALTER TABLE certificates ADD COLUMN renewal_sha256 TEXT;",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -74,6 +77,7 @@ impl From<rusqlite::Error> for StoreError {
 
 struct Job {
     token: Option<TokenUse>,
+    renewal: Option<Renewal>,
     cert: CertificateRecord,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -139,6 +143,20 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Hands a change to the writer thread and waits until it is durable.
+    async fn write(
+        &self,
+        token: Option<TokenUse>,
+        renewal: Option<Renewal>,
+        cert: CertificateRecord,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { token, renewal, cert, reply })
+            .map_err(|_| StoreError::Database("the ledger writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Database("the ledger writer dropped the request".into()))?
+    }
+
     /// A point lookup on a free lookup connection, in place; when all are busy, on the
     /// blocking pool like any other read.
     async fn lookup<T: Send + 'static>(
@@ -227,6 +245,17 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Result<(), S
 
 fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let now = now_rfc3339();
+    if let Some(r) = &job.renewal {
+        let n = conn
+            .prepare_cached(
+                "UPDATE certificates SET status = 'superseded', superseded_by = ?1, renewal_sha256 = ?2
+                 WHERE serial = ?3 AND status = 'valid'",
+            )?
+            .execute(params![job.cert.serial, r.request_sha256, r.previous_serial])?;
+        if n == 0 {
+            return Err(StoreError::Superseded(r.previous_serial.clone()));
+        }
+    }
     if let Some(t) = &job.token {
         let n = conn
             .prepare_cached(
@@ -276,11 +305,33 @@ impl CaStore for SqliteStore {
     }
 
     async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job { token, cert, reply })
-            .map_err(|_| StoreError::Database("the ledger writer has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Database("the ledger writer dropped the request".into()))?
+        self.write(token, None, cert).await
+    }
+
+    async fn record_renewal(&self, renewal: Renewal, cert: CertificateRecord) -> Result<(), StoreError> {
+        self.write(None, Some(renewal), cert).await
+    }
+
+    async fn renewal_of(&self, previous_serial: &str) -> Result<Option<(String, CertificateRecord)>, StoreError> {
+        let serial = previous_serial.to_owned();
+        self.lookup(move |c| {
+            let Some((next, hash)) = c
+                .prepare_cached(
+                    "SELECT superseded_by, renewal_sha256 FROM certificates
+                     WHERE serial = ?1 AND superseded_by IS NOT NULL",
+                )?
+                .query_row([serial], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let row = c
+                .prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"))?
+                .query_row([next], cert_row)
+                .optional()?;
+            Ok(row.map(|r| (hash, r)))
+        })
+        .await
     }
 
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError> {
@@ -479,10 +530,15 @@ fn revoke_in(c: &Connection, rev: &Revocation) -> Result<Vec<RevocationRecord>, 
             }
             targets.push((serial.clone(), worker, parse_rfc3339("not_after", &not_after)?.unix_timestamp()));
         }
-        RevokeTarget::Worker(worker) => {
-            let mut stmt =
-                c.prepare("SELECT serial, not_after FROM certificates WHERE worker_id = ?1 AND status = 'valid'")?;
-            let rows = stmt.query_map([worker], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        RevokeTarget::Worker(worker) | RevokeTarget::Admin(worker) => {
+            // A superseded certificate still works in handshakes until it expires.
+            let admins = matches!(rev.target, RevokeTarget::Admin(_));
+            let mut stmt = c.prepare(
+                "SELECT serial, not_after FROM certificates
+                 WHERE worker_id = ?1 AND status IN ('valid', 'superseded') AND (kind = 'admin') = ?2",
+            )?;
+            let rows =
+                stmt.query_map(params![worker, admins], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (serial, not_after) = row?;
                 let not_after = parse_rfc3339("not_after", &not_after)?.unix_timestamp();
@@ -491,7 +547,8 @@ fn revoke_in(c: &Connection, rev: &Revocation) -> Result<Vec<RevocationRecord>, 
                 }
             }
             if targets.is_empty() {
-                return Err(StoreError::NotFound(format!("worker {worker} has no unexpired valid certificate")));
+                let who = if admins { "administrator" } else { "worker" };
+                return Err(StoreError::NotFound(format!("{who} {worker} has no unexpired valid certificate")));
             }
         }
     }
