@@ -321,7 +321,7 @@ impl Rotator {
     }
 
     async fn renew(&self, bundle: &CertificateBundle, cid: &CorrelationId) -> Result<(), ProviderError> {
-        let key = generate_key(self.key_type).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let key = self.renewal_key().map_err(|e| ProviderError::Other(e.to_string()))?;
         let sans = if self.sans.is_empty() { super::bootstrap::default_sans(&self.worker) } else { self.sans.clone() };
         let csr = build_csr(&key, &self.worker, &sans).map_err(|e| ProviderError::Other(e.to_string()))?;
         self.emit(
@@ -351,6 +351,7 @@ impl Rotator {
         )
         .map_err(|e| ProviderError::Other(e.to_string()))?;
         keep_issued_crl(&self.files, &issued, &new);
+        let _ = std::fs::remove_file(self.renewal_key_path());
         let meta = new.metadata().clone();
         self.install(new).map_err(ProviderError::Other)?;
         self.emit(
@@ -359,6 +360,27 @@ impl Rotator {
                 .detail("previous_serial", bundle.metadata().serial.clone()),
         );
         Ok(())
+    }
+
+    fn renewal_key_path(&self) -> PathBuf {
+        self.files.dir.join(".renewal.key")
+    }
+
+    /// The key of the renewal in progress: made once (0600, beside the certificate) and
+    /// used by every attempt until one succeeds, also across restarts. The CA retires a
+    /// certificate when it renews it, and answers the same renewal (same key) again with
+    /// the same certificate, so an attempt whose answer was lost can be repeated; a new
+    /// key would be refused as a second renewal.
+    fn renewal_key(&self) -> Result<rcgen::KeyPair, crank_security_core::Error> {
+        let path = self.renewal_key_path();
+        if let Ok(pem) = std::fs::read_to_string(&path)
+            && let Ok(key) = rcgen::KeyPair::from_pem(&pem)
+        {
+            return Ok(key);
+        }
+        let key = generate_key(self.key_type)?;
+        crank_security_core::write_file_atomic(&path, key.serialize_pem().as_bytes(), 0o600)?;
+        Ok(key)
     }
 
     /// Installs a different, valid certificate for this worker found on disk.
