@@ -12,6 +12,11 @@
 //! | `crank_http_requests_total{method,route,status}` | counter | HTTP requests served |
 //! | `crank_http_request_duration_seconds{method,route}` | histogram | request latency |
 //! | `crank_http_requests_in_flight` | gauge | requests being served (the heartbeat's load score) |
+//!
+//! Every label comes from a fixed set, never from what a client sends: `method` is one of
+//! GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS or `other`; `route` is the route that
+//! matched (as declared, with its `{parameters}`) or `unmatched`; `status` is the status
+//! code the server answered with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,6 +36,9 @@ use prometheus_client::registry::Registry;
 
 use crate::tls::PeerIdentity;
 
+/// The `method` label values besides `other`.
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     r#type: String,
@@ -38,14 +46,14 @@ struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    method: String,
+    method: &'static str,
     route: String,
 }
 
@@ -180,14 +188,32 @@ impl EventSink for PrometheusSink {
     }
 }
 
-/// Middleware counting requests and their latency.
+/// A request in flight until dropped: when its response is ready, or when it is dropped
+/// before (a timeout, a client gone).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Middleware counting requests and their latency. Labels come from fixed sets (see the
+/// module docs), so no request can add series.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = METHODS.into_iter().find(|m| *m == req.method().as_str()).unwrap_or("other");
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let start = Instant::now();
-    metrics.in_flight.inc();
+    let in_flight = InFlight::start(&metrics.in_flight);
     let response = next.run(req).await;
-    metrics.in_flight.dec();
+    drop(in_flight);
     let status = response.status().as_u16();
     let labels = LatencyLabels { method, route };
     metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
@@ -199,4 +225,45 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
 /// `GET /metrics`: only for clients that presented a certificate from the CA.
 pub async fn handler(_peer: PeerIdentity, State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::timeout::TimeoutLayer;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_dropped_by_the_timeout_is_no_longer_in_flight() {
+        let metrics = Metrics::new();
+        let app = Router::new()
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(30))))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), track))
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(50)));
+        let response = app.oneshot(Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(metrics.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_are_counted_as_other_in_one_series() {
+        let metrics = Metrics::new();
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), track));
+        for i in 0..50 {
+            let req = Request::builder().method(format!("M{i}").as_str()).uri("/health").body(Body::empty()).unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let text = metrics.render();
+        let series: Vec<_> = text.lines().filter(|l| l.starts_with("crank_http_requests_total{")).collect();
+        assert_eq!(series, [r#"crank_http_requests_total{method="other",route="/health",status="405"} 50"#], "{text}");
+    }
 }

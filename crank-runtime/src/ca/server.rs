@@ -70,9 +70,10 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
         .merge(metrics_route)
-        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        // Outermost, so requests that time out are counted (408).
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
 }
 
 /// Starts the CA service on `listener` with the TLS certificate from `dir`.

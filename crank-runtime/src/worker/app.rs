@@ -425,10 +425,11 @@ impl WorkerApplication {
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
             .merge(Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()))
-            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track))
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+            // Outermost, so requests that time out are counted (408).
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track));
         let addr = SocketAddr::new(host, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
