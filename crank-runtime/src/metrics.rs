@@ -12,6 +12,10 @@
 //! | `crank_http_requests_total{method,route,status}` | counter | HTTP requests served |
 //! | `crank_http_request_duration_seconds{method,route}` | histogram | request latency |
 //! | `crank_http_requests_in_flight` | gauge | requests being served (the heartbeat's load score) |
+//! | `crank_connections_open` | gauge | TLS connections open (handshaking or serving) |
+//! | `crank_connections_refused_total{reason}` | counter | new connections closed at once: `max_connections`, `max_connections_per_ip` |
+//! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error` |
+//! | `crank_connection_accept_errors_total` | counter | failed accepts (e.g. out of file descriptors) |
 //!
 //! Every label comes from a fixed set, never from what a client sends: `method` is one of
 //! GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS or `other`; `route` is the route that
@@ -34,6 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::server::{CloseReason, Refusal};
 use crate::tls::PeerIdentity;
 
 /// The `method` label values besides `other`.
@@ -57,6 +62,11 @@ struct LatencyLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// The metrics of one process.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +78,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     in_flight: Gauge,
+    connections: ConnectionMetrics,
     /// Unix time of the current certificate's expiry (0: none yet).
     not_after: AtomicI64,
     /// Where the current expiry is read at scrape time, when set.
@@ -102,6 +113,8 @@ impl Metrics {
         registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
         let in_flight = Gauge::default();
         registry.register("crank_http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
         Arc::new(Self {
             registry,
             expiration,
@@ -112,6 +125,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            connections,
             not_after: AtomicI64::new(0),
             expiry_source: std::sync::OnceLock::new(),
         })
@@ -120,6 +134,11 @@ impl Metrics {
     /// Records the expiry of this process's current certificate.
     pub fn set_certificate_expiry(&self, not_after: time::OffsetDateTime) {
         self.not_after.store(not_after.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// The connection metrics, for [`ServerHandle::spawn`](crate::ServerHandle::spawn).
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// Requests being served right now (the worker's load score).
@@ -185,6 +204,47 @@ pub struct PrometheusSink(pub Arc<Metrics>);
 impl EventSink for PrometheusSink {
     fn emit(&self, event: &CertificateEvent) {
         self.0.observe(event);
+    }
+}
+
+/// The connection metrics of one server: open connections, connections refused past the
+/// limits and ended, by reason, and failed accepts. [`Metrics::connections`] gives the
+/// registered ones; [`Default`] makes a set registered nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    accept_errors: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("crank_connections_open", "TLS connections open", self.open.clone());
+        registry.register(
+            "crank_connections_refused",
+            "New connections closed at once past a connection limit",
+            self.refused.clone(),
+        );
+        registry.register("crank_connections_closed", "Connections ended, by reason", self.closed.clone());
+        registry.register("crank_connection_accept_errors", "Failed accepts", self.accept_errors.clone());
+    }
+
+    pub(crate) fn opened(&self) {
+        self.open.inc();
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.open.dec();
+        self.closed.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+    }
+
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
     }
 }
 

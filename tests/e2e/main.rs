@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod cli;
+mod connections;
 mod ha;
 mod intermediate;
 mod issuance;

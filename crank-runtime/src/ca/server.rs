@@ -31,7 +31,7 @@ use super::authority::LocalCa;
 use super::files::CaDir;
 use super::store::{RevocationReason, RevokeTarget};
 use crate::tls::{Credentials, PeerIdentity, optional_mtls_server_config};
-use crate::{ApiError, ServerHandle};
+use crate::{ApiError, ConnectionLimits, ServerHandle};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -76,8 +76,14 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
 }
 
-/// Starts the CA service on `listener` with the TLS certificate from `dir`.
-pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+/// Starts the CA service on `listener` with the TLS certificate from `dir`, within
+/// `limits`.
+pub fn spawn(
+    dir: &CaDir,
+    listener: tokio::net::TcpListener,
+    ca: Arc<LocalCa>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<ServerHandle> {
     let chain = std::fs::read(dir.server_cert())?;
     let key = std::fs::read(dir.server_key())?;
     let root = ca.trust_bundle_pem().as_bytes().to_vec();
@@ -86,14 +92,25 @@ pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -
     ca.metrics().set_certificate_expiry(bundle.metadata().not_after);
     let roots = parse_pem_certs("root certificate", &root)?;
     let config = optional_mtls_server_config(&roots, creds)?;
-    Ok(ServerHandle::spawn(listener, config, router(ca))?)
+    let metrics = ca.metrics().connections();
+    Ok(ServerHandle::spawn(listener, config, router(ca), limits, metrics)?)
 }
 
-/// Binds `listen` and starts the CA service.
+/// Binds `listen` and starts the CA service with the default [`ConnectionLimits`].
 pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+    bind_and_spawn_with(dir, listen, ca, ConnectionLimits::default()).await
+}
+
+/// Binds `listen` and starts the CA service within `limits`.
+pub async fn bind_and_spawn_with(
+    dir: &CaDir,
+    listen: SocketAddr,
+    ca: Arc<LocalCa>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<ServerHandle> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    spawn(dir, listener, ca)
+    spawn(dir, listener, ca, limits)
 }
 
 async fn health(State(ca): State<Arc<LocalCa>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -21,7 +21,7 @@ use super::rotation::{RotationConfig, Rotator};
 use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::TrustStore;
-use crate::{RuntimeError, ServerHandle};
+use crate::{ConnectionLimits, RuntimeError, ServerHandle};
 use crank_policy::PolicyGuard;
 use tokio::sync::watch;
 
@@ -61,7 +61,9 @@ pub struct WorkerContext {
 /// `CRANK_POLICY_DIR` (Rego policy deciding renewal; default: built-in),
 /// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s),
 /// `CRANK_TLS_RESUMPTION` (`on`, the default, or `off`: every connection to this worker
-/// does a full handshake).
+/// does a full handshake), and the connection limits `CRANK_MAX_CONNECTIONS`,
+/// `CRANK_MAX_CONNECTIONS_PER_IP`, `CRANK_HANDSHAKE_TIMEOUT`, `CRANK_HEADER_READ_TIMEOUT`,
+/// `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` (see [`ConnectionLimits`]).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -80,6 +82,7 @@ pub struct WorkerApplication {
     heartbeat_interval: Option<Duration>,
     crl_refresh: Option<Duration>,
     resumption: Option<Resumption>,
+    limits: Option<ConnectionLimits>,
 }
 
 /// A started worker.
@@ -133,6 +136,7 @@ impl WorkerApplication {
             heartbeat_interval: None,
             crl_refresh: None,
             resumption: None,
+            limits: None,
         }
     }
 
@@ -229,6 +233,13 @@ impl WorkerApplication {
         self
     }
 
+    /// Timeouts and connection limits of the HTTPS server, instead of the defaults and the
+    /// `CRANK_*` variables read by [`ConnectionLimits::from_env`].
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Heartbeat interval (default 10 s, or `CRANK_HEARTBEAT_INTERVAL`, e.g. `30s`).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval);
@@ -260,6 +271,10 @@ impl WorkerApplication {
     pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let port = self.port.clone().map_err(RuntimeError::Config)?;
+        let limits = match self.limits {
+            Some(l) => l,
+            None => ConnectionLimits::from_env()?,
+        };
         let config = match self.config.clone() {
             Some(c) => c,
             None => SecurityConfig::from_env()?,
@@ -434,8 +449,8 @@ impl WorkerApplication {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
-        let server =
-            ServerHandle::spawn(listener, server_config, router).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let server = ServerHandle::spawn(listener, server_config, router, limits, metrics.connections())
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
         Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
     }
 }
