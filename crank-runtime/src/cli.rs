@@ -127,7 +127,8 @@ pub struct ConnectionArgs {
     /// 1024, or 3/4 of the open-files limit if lower].
     #[arg(long, env = "CRANK_MAX_CONNECTIONS", value_name = "N", value_parser = crate::server::parse_count)]
     pub max_connections: Option<usize>,
-    /// Connections open from one client IP address at most [default: 128].
+    /// Connections open from one client IP address at most [default: 128, or a quarter
+    /// of the default --max-connections if lower].
     #[arg(long, env = "CRANK_MAX_CONNECTIONS_PER_IP", value_name = "N", value_parser = crate::server::parse_count)]
     pub max_connections_per_ip: Option<usize>,
     /// Longest TLS handshake [default: 10s].

@@ -6,6 +6,9 @@ use crate::RuntimeError;
 
 /// Connections open at most, when the open-files limit allows it.
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections open from one address at most, when the default `max_connections` is at
+/// least four times as many.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 128;
 
 /// What one client can make a server hold: how long a connection may take to finish its
 /// TLS handshake, to send a request header, to stay without a request and to stay open at
@@ -24,7 +27,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// | `idle_timeout` | 60 s | `CRANK_IDLE_TIMEOUT` |
 /// | `max_connection_age` | 1 h | `CRANK_MAX_CONNECTION_AGE` |
 /// | `max_connections` | 1024, or 3/4 of the open-files limit if that is lower | `CRANK_MAX_CONNECTIONS` |
-/// | `max_connections_per_ip` | 128 | `CRANK_MAX_CONNECTIONS_PER_IP` |
+/// | `max_connections_per_ip` | 128, or a quarter of the default `max_connections` if that is lower | `CRANK_MAX_CONNECTIONS_PER_IP` |
 /// | `http2_keep_alive_interval` | 30 s | |
 /// | `http2_keep_alive_timeout` | 20 s | |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +60,14 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
+        let max_connections = open_files_budget().map_or(DEFAULT_MAX_CONNECTIONS, |n| n.min(DEFAULT_MAX_CONNECTIONS));
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connection_age: Duration::from_secs(3600),
-            max_connections: open_files_budget().map_or(DEFAULT_MAX_CONNECTIONS, |n| n.min(DEFAULT_MAX_CONNECTIONS)),
-            max_connections_per_ip: 128,
+            max_connections,
+            max_connections_per_ip: (max_connections / 4).clamp(1, DEFAULT_MAX_CONNECTIONS_PER_IP),
             http2_keep_alive_interval: Duration::from_secs(30),
             http2_keep_alive_timeout: Duration::from_secs(20),
         }
@@ -208,6 +212,7 @@ mod tests {
         if let Some(budget) = open_files_budget() {
             assert!(default.max_connections <= budget);
         }
+        assert!(default.max_connections_per_ip <= (default.max_connections / 4).max(1), "{default:?}");
         let zero = ConnectionLimits { idle_timeout: Duration::ZERO, ..default };
         assert!(zero.validate().unwrap_err().to_string().contains("idle_timeout"));
     }
