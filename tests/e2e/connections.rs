@@ -261,6 +261,41 @@ async fn flood_a_ca_with_128_files(max_connections_per_ip: &str, n: usize, cap: 
 }
 
 #[tokio::test]
+async fn a_busy_connection_is_closed_at_its_maximum_age() {
+    use tokio::io::AsyncReadExt;
+    let ca = Ca::start(ProcessOptions::env(&[("CRANK_MAX_CONNECTION_AGE", "2s")])).await;
+    let Handshake::Done(mut tls) = tls_connect(ca.tls(false, &[]), ATTACKER, ca.addr, Duration::from_secs(5)).await
+    else {
+        panic!("handshake failed")
+    };
+    // A request every 200 ms: never idle, so only its age can end the connection.
+    let start = Instant::now();
+    let mut served = 0;
+    let closed_after = loop {
+        let asked = tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        let mut answer = Vec::new();
+        while asked.is_ok() && !answer.ends_with(b"}") {
+            let mut buf = [0u8; 1024];
+            match tls.read(&mut buf).await {
+                Ok(n @ 1..) => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        if !answer.starts_with(b"HTTP/1.1 200") {
+            break start.elapsed();
+        }
+        served += 1;
+        assert!(start.elapsed() < Duration::from_secs(2) + SLACK, "still open after {served} requests");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(closed_after >= Duration::from_millis(1500), "closed after {closed_after:?}, before its age of 2 s");
+    assert!(served >= 5, "{served} requests served");
+    let body = ca.metrics(ca.addr).await;
+    let (closed, _) = samples(&body, "crank_connections_closed_total", Some(("reason", "max_age")));
+    assert!(closed >= 1.0, "{body}");
+}
+
+#[tokio::test]
 async fn past_the_per_address_limit_connections_are_closed_at_once_and_others_are_served() {
     let (ca, flood) = flood_a_ca_with_128_files("32", 200, 32).await;
 
