@@ -141,11 +141,15 @@ cert_for bench-client "$CLIENT"
 cert_for bench-nginx "$WORK/nginx-cert"
 cert_for bench-cfssl "$WORK/cfssl-cert"
 
-# hello-world, bootstrapped by the CA like any worker.
+# hello-world, bootstrapped by the CA like any worker. All load comes from one address
+# and the memory runs hold 1,000 idle connections for 30 s: lift the connection limits
+# and give idle connections nginx's timeouts (60 s header, 75 s keep-alive).
+HW_LIMITS=(CRANK_MAX_CONNECTIONS=2000 CRANK_MAX_CONNECTIONS_PER_IP=2000
+    CRANK_HEADER_READ_TIMEOUT=60s CRANK_IDLE_TIMEOUT=75s)
 HW_PORT=$(free_port)
 CRANK_JOIN_TOKEN=$(crank token create --dir "$CA" --worker-id hello-world) \
     CA_SERVICE_URL=$CA_URL CERT_DIR=$WORK/hello-world HELLO_WORLD_HTTPS_PORT=$HW_PORT \
-    CRANK_LISTEN_HOST=127.0.0.1 RUST_LOG=error "$BIN/hello-world" >"$WORK/hello-world.log" 2>&1 &
+    CRANK_LISTEN_HOST=127.0.0.1 RUST_LOG=error env "${HW_LIMITS[@]}" "$BIN/hello-world" >"$WORK/hello-world.log" 2>&1 &
 HW_PID=$!
 PIDS+=("$HW_PID")
 HW_URL=https://127.0.0.1:$HW_PORT/health
@@ -154,7 +158,7 @@ HW_URL=https://127.0.0.1:$HW_PORT/health
 HW2_PORT=$(free_port)
 CRANK_JOIN_TOKEN=$(crank token create --dir "$CA" --worker-id hello-world-full) \
     CA_SERVICE_URL=$CA_URL CERT_DIR=$WORK/hello-world-full HELLO_WORLD_HTTPS_PORT=$HW2_PORT \
-    CRANK_LISTEN_HOST=127.0.0.1 CRANK_TLS_RESUMPTION=off RUST_LOG=error "$BIN/hello-world" >"$WORK/hello-world-full.log" 2>&1 &
+    CRANK_LISTEN_HOST=127.0.0.1 CRANK_TLS_RESUMPTION=off RUST_LOG=error env "${HW_LIMITS[@]}" "$BIN/hello-world" >"$WORK/hello-world-full.log" 2>&1 &
 HW2_PID=$!
 PIDS+=("$HW2_PID")
 HW2_URL=https://127.0.0.1:$HW2_PORT/health

@@ -373,21 +373,137 @@ pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
 /// Starts `crank ca serve --dir DIR --listen <free port> EXTRA...` as a process and waits
 /// until it listens.
 pub async fn serve_ca_process(dir: &Path, extra: &[&str]) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
+    serve_ca_process_with(dir, extra, &ProcessOptions::default()).await
+}
+
+/// What else a process started by the test support gets.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessOptions {
+    /// Added to its environment.
+    pub env: Vec<(String, String)>,
+    /// Its open-files limit (soft and hard), set by util-linux `prlimit`.
+    pub nofile: Option<u32>,
+    /// A file that receives its stderr (default: discarded).
+    pub stderr: Option<PathBuf>,
+}
+
+impl ProcessOptions {
+    /// With `vars` added to the environment.
+    pub fn env(vars: &[(&str, &str)]) -> Self {
+        Self { env: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Self::default() }
+    }
+
+    /// `program` with these options applied (through `prlimit` when `nofile` is set).
+    pub fn command(&self, program: &Path) -> std::process::Command {
+        let mut c = match self.nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(program);
+                c
+            }
+            None => std::process::Command::new(program),
+        };
+        c.env("RUST_LOG", "error").envs(self.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null());
+        match &self.stderr {
+            Some(path) => c.stderr(std::fs::File::create(path).unwrap()),
+            None => c.stderr(std::process::Stdio::null()),
+        };
+        c
+    }
+}
+
+/// Starts `crank ca serve` as [`serve_ca_process`] does, with `opts`.
+pub async fn serve_ca_process_with(
+    dir: &Path,
+    extra: &[&str],
+    opts: &ProcessOptions,
+) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
     let addr = free_addr();
-    let child = std::process::Command::new(bin("crank"))
+    let child = opts
+        .command(&bin("crank"))
         .arg("ca")
         .arg("serve")
         .arg("--dir")
         .arg(dir)
         .args(["--listen", &addr.to_string()])
         .args(extra)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()?;
     let guard = KillOnDrop(child);
     wait_for_port(addr).await?;
     Ok((guard, addr))
+}
+
+/// A rustls client config trusting `roots`, presenting `client`'s certificate if given,
+/// offering the ALPN protocols `alpn` (none: the server decides by the first bytes).
+pub fn tls_client_config(
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    client: Option<&CertificateBundle>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut config = match client {
+        Some(bundle) => {
+            let creds = crank_runtime::tls::Credentials::new(bundle.certified_key().unwrap());
+            crank_runtime::tls::mtls_client_config(roots, creds).unwrap()
+        }
+        None => rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(crank_runtime::tls::root_store(roots).unwrap())
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TCP connection to `addr` from the local address `from` (Linux routes all of
+/// 127.0.0.0/8 to the loopback interface, so 127.0.0.2 is another client address).
+pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// How a client's TLS handshake ended.
+#[derive(Debug)]
+pub enum Handshake {
+    /// Done: the connection is open.
+    Done(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    /// The server closed or reset the connection, or the handshake failed.
+    Failed(std::io::Error),
+    /// No answer within the time given.
+    TimedOut,
+}
+
+/// Connects from `from` to `addr` (server name `localhost`) and does a TLS handshake with
+/// `config`, all within `within`.
+pub async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    within: Duration,
+) -> Handshake {
+    let connect = async {
+        let tcp = connect_from(from, addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    };
+    match tokio::time::timeout(within, connect).await {
+        Ok(Ok(tls)) => Handshake::Done(Box::new(tls)),
+        Ok(Err(e)) => Handshake::Failed(e),
+        Err(_) => Handshake::TimedOut,
+    }
+}
+
+/// Waits up to `within` for the peer to close `stream` (end of stream or an error),
+/// discarding whatever it sends first: how long that took, or `None` if it stayed open.
+pub async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while matches!(stream.read(&mut buf).await, Ok(1..)) {}
+    };
+    tokio::time::timeout(within, drain).await.ok().map(|()| start.elapsed())
 }
 
 /// A free port on 127.0.0.1.

@@ -16,6 +16,7 @@ use crate::ca::authority::{LocalCa, LocalCaConfig, admin_spiffe_id};
 use crate::ca::files::{CaDir, InitOptions, init_ca};
 use crate::ca::store::{CaStore, SqliteStore};
 use crate::ca::token::{DEFAULT_TOKEN_TTL, TokenAuthority};
+use crate::server::ConnectionLimits;
 use crate::worker::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 
 /// crank-security: certificate authority, join tokens and worker certificates.
@@ -116,7 +117,53 @@ pub enum PlatformCommand {
         /// Drop workers silent for longer than this.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         expire_after: Duration,
+        /// Timeouts and connection limits.
+        #[command(flatten)]
+        connections: ConnectionArgs,
     },
+}
+
+/// Timeouts and connection limits of a server (see docs/operations.md, "Connection
+/// limits and timeouts"); what is not given keeps its [`ConnectionLimits`] default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectionArgs {
+    /// Connections open at most; past it new connections are closed at once [default:
+    /// 1024, or 3/4 of the open-files limit if lower].
+    #[arg(long, env = "CRANK_MAX_CONNECTIONS", value_name = "N", value_parser = crate::server::parse_count)]
+    pub max_connections: Option<usize>,
+    /// Connections open from one client IP address at most [default: 128, or a quarter
+    /// of the default --max-connections if lower].
+    #[arg(long, env = "CRANK_MAX_CONNECTIONS_PER_IP", value_name = "N", value_parser = crate::server::parse_count)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Longest TLS handshake [default: 10s].
+    #[arg(long, env = "CRANK_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = crate::server::parse_timeout)]
+    pub handshake_timeout: Option<Duration>,
+    /// Longest time to receive an HTTP/1.1 request header, also between keep-alive
+    /// requests [default: 10s].
+    #[arg(long, env = "CRANK_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = crate::server::parse_timeout)]
+    pub header_read_timeout: Option<Duration>,
+    /// Close a connection after this long without a request [default: 60s].
+    #[arg(long, env = "CRANK_IDLE_TIMEOUT", value_name = "DURATION", value_parser = crate::server::parse_timeout)]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection gracefully once it is this old [default: 1h].
+    #[arg(long, env = "CRANK_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = crate::server::parse_timeout)]
+    pub max_connection_age: Option<Duration>,
+}
+
+impl ConnectionArgs {
+    /// The defaults with what these options set.
+    pub fn limits(&self) -> ConnectionLimits {
+        let d = ConnectionLimits::default();
+        ConnectionLimits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            header_read_timeout: self.header_read_timeout.unwrap_or(d.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            max_connection_age: self.max_connection_age.unwrap_or(d.max_connection_age),
+            ..d
+        }
+    }
 }
 
 /// `crank ca ...`
@@ -187,6 +234,9 @@ pub enum CaCommand {
         /// Who signs leaves.
         #[command(flatten)]
         signer: Box<SignerArgs>,
+        /// Timeouts and connection limits.
+        #[command(flatten)]
+        connections: ConnectionArgs,
     },
     /// Issue an administrator client certificate (for `crank revoke`), signed by the
     /// root and recorded in the ledger. Run it where the CA's key is.
@@ -454,6 +504,7 @@ impl Cli {
                 store,
                 replica,
                 signer,
+                connections,
             }) => {
                 let signer = signer.build()?;
                 let policy: Arc<dyn PolicyEngine> = match policy_dir {
@@ -465,7 +516,8 @@ impl Cli {
                     None => Arc::new(DefaultPolicy { validity: leaf_validity }),
                 };
                 let settings = CaSettings { environment, policy, replica, ..CaSettings::default() };
-                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store, signer))
+                let limits = connections.limits();
+                runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store, signer, limits))
             }
             Command::Ca(CaCommand::AdminCert { dir, name, out, validity, store }) => {
                 runtime()?.block_on(admin_cert(CaDir::new(dir), name, out, validity, store))
@@ -480,12 +532,17 @@ impl Cli {
             Command::Cert(CertCommand::Init(args)) => runtime()?.block_on(cert_init(args)),
             Command::Cert(CertCommand::Inspect { file, json }) => inspect(&file, json),
             Command::Policy(cmd) => policy(cmd),
-            Command::Platform(PlatformCommand::Serve { port, expire_after }) => {
+            Command::Platform(PlatformCommand::Serve { port, expire_after, connections }) => {
                 let registry = crate::platform::Registry::new(expire_after);
                 let routes = crate::platform::routes(registry.clone());
                 runtime()?.block_on(async move {
                     crate::platform::spawn_sweeper(registry);
-                    let worker = crate::WorkerApplication::new("platform").port(port).routes(routes).start().await?;
+                    let worker = crate::WorkerApplication::new("platform")
+                        .port(port)
+                        .routes(routes)
+                        .connection_limits(connections.limits())
+                        .start()
+                        .await?;
                     tracing::info!(addr = %worker.addr(), "platform registry serving over mTLS");
                     crate::tls::shutdown_signal().await;
                     worker.shutdown().await?;
@@ -678,6 +735,7 @@ async fn serve_ca(
     settings: CaSettings,
     store: Option<String>,
     signer: Option<Arc<dyn crank_security_core::CertificateProvider>>,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
     let store = open_store(&dir, store.as_deref()).await?;
     let backend = store.backend();
@@ -685,7 +743,7 @@ async fn serve_ca(
         Some(s) => load_ca_with_signer(&dir, settings, store, s).await?,
         None => load_ca_with_store(&dir, settings, store)?,
     };
-    let server = crate::ca::server::bind_and_spawn(&dir, listen, ca.clone()).await?;
+    let server = crate::ca::server::bind_and_spawn_with(&dir, listen, ca.clone(), limits).await?;
     tracing::info!(
         addr = %server.addr(),
         trust_domain = %ca.trust_domain(),
@@ -827,4 +885,33 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("sha256:       {}", m.fingerprint_sha256);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_platform_registry_takes_the_connection_flags() {
+        let cli = Cli::try_parse_from([
+            "crank",
+            "platform",
+            "serve",
+            "--idle-timeout",
+            "5s",
+            "--max-connections-per-ip",
+            "8",
+        ])
+        .unwrap();
+        let Command::Platform(PlatformCommand::Serve { connections, .. }) = cli.command else {
+            panic!("not platform serve")
+        };
+        let limits = connections.limits();
+        assert_eq!((limits.idle_timeout, limits.max_connections_per_ip), (Duration::from_secs(5), 8));
+        assert_eq!(limits.header_read_timeout, ConnectionLimits::default().header_read_timeout);
+        let err = Cli::try_parse_from(["crank", "platform", "serve", "--max-connections", "0"]).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
 }

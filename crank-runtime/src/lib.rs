@@ -47,7 +47,8 @@ pub mod trust;
 pub mod worker;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use server::ServerHandle;
+pub use metrics::ConnectionMetrics;
+pub use server::{ConnectionLimits, ServerHandle, serve_tls};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
 pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};

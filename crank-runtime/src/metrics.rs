@@ -14,6 +14,15 @@
 //! | `crank_http_requests_in_flight` | gauge | requests being served (the heartbeat's load score) |
 //! | `crank_crl_next_update_seconds` | gauge | seconds until the worker's CRL passes its nextUpdate (negative once stale) |
 //! | `crank_crl_stale` | gauge | 1 while the worker has no CRL, or only a stale one |
+//! | `crank_connections_open` | gauge | TLS connections open (handshaking or serving) |
+//! | `crank_connections_refused_total{reason}` | counter | new connections closed at once: `max_connections`, `max_connections_per_ip` |
+//! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error` |
+//! | `crank_connection_accept_errors_total` | counter | failed accepts (e.g. out of file descriptors) |
+//!
+//! Every label comes from a fixed set, never from what a client sends: `method` is one of
+//! GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS or `other`; `route` is the route that
+//! matched (as declared, with its `{parameters}`) or `unmatched`; `status` is the status
+//! code the server answered with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,7 +40,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::server::{CloseReason, Refusal};
 use crate::tls::PeerIdentity;
+
+/// The `method` label values besides `other`.
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
@@ -40,15 +53,20 @@ struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    method: String,
+    method: &'static str,
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 /// The metrics of one process.
@@ -62,6 +80,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     in_flight: Gauge,
+    connections: ConnectionMetrics,
     /// Unix time of the current certificate's expiry (0: none yet).
     not_after: AtomicI64,
     /// Where the current expiry is read at scrape time, when set.
@@ -110,6 +129,8 @@ impl Metrics {
         );
         let crl_stale = Gauge::default();
         registry.register("crank_crl_stale", "1 while this worker has no current CRL", crl_stale.clone());
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
         Arc::new(Self {
             registry,
             crl_next_update,
@@ -123,6 +144,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            connections,
             not_after: AtomicI64::new(0),
             expiry_source: std::sync::OnceLock::new(),
         })
@@ -131,6 +153,11 @@ impl Metrics {
     /// Records the expiry of this process's current certificate.
     pub fn set_certificate_expiry(&self, not_after: time::OffsetDateTime) {
         self.not_after.store(not_after.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// The connection metrics, for [`ServerHandle::spawn`](crate::ServerHandle::spawn).
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// Requests being served right now (the worker's load score).
@@ -211,14 +238,73 @@ impl EventSink for PrometheusSink {
     }
 }
 
-/// Middleware counting requests and their latency.
+/// The connection metrics of one server: open connections, connections refused past the
+/// limits and ended, by reason, and failed accepts. [`Metrics::connections`] gives the
+/// registered ones; [`Default`] makes a set registered nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    accept_errors: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("crank_connections_open", "TLS connections open", self.open.clone());
+        registry.register(
+            "crank_connections_refused",
+            "New connections closed at once past a connection limit",
+            self.refused.clone(),
+        );
+        registry.register("crank_connections_closed", "Connections ended, by reason", self.closed.clone());
+        registry.register("crank_connection_accept_errors", "Failed accepts", self.accept_errors.clone());
+    }
+
+    pub(crate) fn opened(&self) {
+        self.open.inc();
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.open.dec();
+        self.closed.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+    }
+
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
+    }
+}
+
+/// A request in flight until dropped: when its response is ready, or when it is dropped
+/// before (a timeout, a client gone).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Middleware counting requests and their latency. Labels come from fixed sets (see the
+/// module docs), so no request can add series.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = METHODS.into_iter().find(|m| *m == req.method().as_str()).unwrap_or("other");
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let start = Instant::now();
-    metrics.in_flight.inc();
+    let in_flight = InFlight::start(&metrics.in_flight);
     let response = next.run(req).await;
-    metrics.in_flight.dec();
+    drop(in_flight);
     let status = response.status().as_u16();
     let labels = LatencyLabels { method, route };
     metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
@@ -230,4 +316,45 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
 /// `GET /metrics`: only for clients that presented a certificate from the CA.
 pub async fn handler(_peer: PeerIdentity, State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::timeout::TimeoutLayer;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_dropped_by_the_timeout_is_no_longer_in_flight() {
+        let metrics = Metrics::new();
+        let app = Router::new()
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(30))))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), track))
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(50)));
+        let response = app.oneshot(Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(metrics.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_are_counted_as_other_in_one_series() {
+        let metrics = Metrics::new();
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), track));
+        for i in 0..50 {
+            let req = Request::builder().method(format!("M{i}").as_str()).uri("/health").body(Body::empty()).unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let text = metrics.render();
+        let series: Vec<_> = text.lines().filter(|l| l.starts_with("crank_http_requests_total{")).collect();
+        assert_eq!(series, [r#"crank_http_requests_total{method="other",route="/health",status="405"} 50"#], "{text}");
+    }
 }

@@ -1,17 +1,13 @@
-//! rustls configuration shared by the CA service, workers and clients, and the TLS
-//! accept loop that serves an axum router.
+//! rustls configuration shared by the CA service, workers and clients, and what a
+//! connection's handshake established ([`Connection`], [`PeerIdentity`]). Serving is in
+//! [`serve_tls`](crate::serve_tls).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use axum::Router;
 use crank_security_core::{SpiffeId, TrustDomain, fingerprint_sha256};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
@@ -21,13 +17,7 @@ use crate::trust::TrustStore;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-
-/// How long a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The crypto provider used everywhere (aws-lc-rs).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -341,76 +331,6 @@ impl Connection {
     fn of(parts: &axum::http::request::Parts) -> Option<&Self> {
         parts.extensions.get::<Arc<Self>>().map(AsRef::as_ref)
     }
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` resolves, then stops
-/// accepting and waits (up to 30 s) for open connections to finish. Each connection
-/// uses the server config current at accept time, so a new config (rotation) applies to
-/// new handshakes only. Plaintext or failed handshakes are dropped without an answer.
-pub async fn serve_tls(
-    listener: TcpListener,
-    config: watch::Receiver<Arc<ServerConfig>>,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(config.borrow().clone());
-        let router = router.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let certificate =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-            let connection = Arc::new(Connection {
-                peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf),
-                certificate,
-                remote,
-            });
-            let svc = tower::ServiceExt::map_request(
-                router,
-                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(connection.clone());
-                    req
-                },
-            );
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
-        tracing::warn!("open connections did not finish within 30 s of shutdown");
-    }
-    Ok(())
 }
 
 /// Resolves when the process receives SIGTERM or Ctrl-C.

@@ -68,7 +68,8 @@ impl FakeCa {
         let mut tls = tls;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let listener = tokio::net::TcpListener::bind(free_addr()).await.unwrap();
-        let server = ServerHandle::spawn(listener, Arc::new(tls), router).unwrap();
+        let server =
+            ServerHandle::spawn(listener, Arc::new(tls), router, Default::default(), Default::default()).unwrap();
         Self { server, seen }
     }
 

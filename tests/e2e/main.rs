@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod cli;
+mod connections;
 mod ha;
 mod impersonation;
 mod intermediate;

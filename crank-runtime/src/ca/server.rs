@@ -32,7 +32,7 @@ use super::files::CaDir;
 use super::store::{RevocationReason, RevokeTarget};
 use crate::tls::{Credentials, PeerIdentity, Resumption, server_config};
 use crate::trust::TrustStore;
-use crate::{ApiError, ServerHandle};
+use crate::{ApiError, ConnectionLimits, ServerHandle};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -71,13 +71,20 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
         .merge(metrics_route)
-        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        // Outermost, so requests that time out are counted (408).
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
 }
 
-/// Starts the CA service on `listener` with the TLS certificate from `dir`.
-pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+/// Starts the CA service on `listener` with the TLS certificate from `dir`, within
+/// `limits`.
+pub fn spawn(
+    dir: &CaDir,
+    listener: tokio::net::TcpListener,
+    ca: Arc<LocalCa>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<ServerHandle> {
     if dir.ensure_service_identity()? {
         tracing::warn!(
             spiffe_id = %ca.trust_domain().ca_spiffe_id(),
@@ -94,7 +101,8 @@ pub fn spawn(dir: &CaDir, listener: tokio::net::TcpListener, ca: Arc<LocalCa>) -
     let trust = TrustStore::new(&roots)?;
     let config = server_config(&trust, false, creds, Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
-    Ok(ServerHandle::spawn(listener, config, router(ca))?)
+    let metrics = ca.metrics().connections();
+    Ok(ServerHandle::spawn(listener, config, router(ca), limits, metrics)?)
 }
 
 /// How often the CA looks for revocations made at other replicas of its store.
@@ -128,11 +136,21 @@ async fn enforce_own_crl(trust: std::sync::Weak<TrustStore>, ca: Arc<LocalCa>) {
     }
 }
 
-/// Binds `listen` and starts the CA service.
+/// Binds `listen` and starts the CA service with the default [`ConnectionLimits`].
 pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+    bind_and_spawn_with(dir, listen, ca, ConnectionLimits::default()).await
+}
+
+/// Binds `listen` and starts the CA service within `limits`.
+pub async fn bind_and_spawn_with(
+    dir: &CaDir,
+    listen: SocketAddr,
+    ca: Arc<LocalCa>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<ServerHandle> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    spawn(dir, listener, ca)
+    spawn(dir, listener, ca, limits)
 }
 
 async fn health(State(ca): State<Arc<LocalCa>>) -> (StatusCode, Json<serde_json::Value>) {

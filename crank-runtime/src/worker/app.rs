@@ -21,7 +21,7 @@ use super::rotation::{RotationConfig, Rotator};
 use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::{CrlMode, TrustStore};
-use crate::{RuntimeError, ServerHandle};
+use crate::{ConnectionLimits, RuntimeError, ServerHandle};
 use crank_policy::PolicyGuard;
 use tokio::sync::watch;
 
@@ -63,7 +63,10 @@ pub struct WorkerContext {
 /// `CRANK_CRL_REFRESH` (how often the CRL is fetched; default 30 s),
 /// `CRANK_TLS_RESUMPTION` (`on`, the default, or `off`: every connection to this worker
 /// does a full handshake), `CRANK_CRL_MODE` (`warn`, the default, or `fail-closed`: peers
-/// are refused while the CRL is missing or stale).
+/// are refused while the CRL is missing or stale), and the connection limits
+/// `CRANK_MAX_CONNECTIONS`, `CRANK_MAX_CONNECTIONS_PER_IP`, `CRANK_HANDSHAKE_TIMEOUT`,
+/// `CRANK_HEADER_READ_TIMEOUT`, `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` (see
+/// [`ConnectionLimits`]).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -83,6 +86,7 @@ pub struct WorkerApplication {
     crl_refresh: Option<Duration>,
     resumption: Option<Resumption>,
     crl_mode: Option<CrlMode>,
+    limits: Option<ConnectionLimits>,
 }
 
 /// A started worker.
@@ -137,6 +141,7 @@ impl WorkerApplication {
             crl_refresh: None,
             resumption: None,
             crl_mode: None,
+            limits: None,
         }
     }
 
@@ -240,6 +245,13 @@ impl WorkerApplication {
         self
     }
 
+    /// Timeouts and connection limits of the HTTPS server, instead of the defaults and the
+    /// `CRANK_*` variables read by [`ConnectionLimits::from_env`].
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Heartbeat interval (default 10 s, or `CRANK_HEARTBEAT_INTERVAL`, e.g. `30s`).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval);
@@ -271,6 +283,10 @@ impl WorkerApplication {
     pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let port = self.port.clone().map_err(RuntimeError::Config)?;
+        let limits = match self.limits {
+            Some(l) => l,
+            None => ConnectionLimits::from_env()?,
+        };
         let config = match self.config.clone() {
             Some(c) => c,
             None => SecurityConfig::from_env()?,
@@ -450,16 +466,17 @@ impl WorkerApplication {
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
             .route("/ready", get(move || ready(crl_status.clone())))
             .merge(Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()))
-            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track))
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+            // Outermost, so requests that time out are counted (408).
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track));
         let addr = SocketAddr::new(host, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
-        let server =
-            ServerHandle::spawn(listener, server_config, router).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let server = ServerHandle::spawn(listener, server_config, router, limits, metrics.connections())
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
         Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
     }
 }

@@ -74,6 +74,9 @@ impl MtlsClient {
             .https_only(true)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
+            // Servers close idle HTTP/1.1 connections at their header-read timeout (10 s
+            // by default): drop pooled ones sooner, so a request never races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
             .map_err(|e| crate::RuntimeError::Config(format!("building the mTLS client: {e}")))

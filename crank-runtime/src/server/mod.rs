@@ -1,4 +1,16 @@
-//! A running TLS server and its handle.
+//! Serving an axum router over TLS, within [`ConnectionLimits`], and the handle of a
+//! running server.
+//!
+//! ```text
+//!  accept ──► admission: past max_connections or max_connections_per_ip? close at once
+//!    │          (accept errors: back off 10 ms .. 1 s, one warning per episode)
+//!    └─► one task per connection
+//!          TLS handshake ........................ handshake_timeout
+//!          HTTP/1.1 request header ............. header_read_timeout (also between requests)
+//!          no request handled ................... idle_timeout        ─┐ graceful close
+//!          open at all .......................... max_connection_age  ─┘ (GOAWAY / Connection: close)
+//!          HTTP/2 ping unanswered ............... http2_keep_alive_timeout
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +19,18 @@ use axum::Router;
 use rustls::ServerConfig;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+mod accept;
+mod admission;
+mod connection;
+mod limits;
+
+pub use accept::serve_tls;
+pub use limits::ConnectionLimits;
+pub(crate) use limits::{parse_count, parse_timeout};
+pub(crate) use {admission::Refusal, connection::CloseReason};
+
+use crate::metrics::ConnectionMetrics;
 
 /// A server running in the background. Dropping the handle does not stop it; call
 /// [`ServerHandle::shutdown`].
@@ -19,16 +43,21 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Serves `router` over TLS on `listener` in a background task.
+    /// Serves `router` over TLS on `listener` in a background task, within `limits`,
+    /// counting connections into `metrics` ([`Metrics::connections`](crate::metrics::Metrics::connections),
+    /// or `ConnectionMetrics::default()` for none). Fails if `limits` do not validate.
     pub fn spawn(
         listener: tokio::net::TcpListener,
         config: Arc<ServerConfig>,
         router: Router,
+        limits: ConnectionLimits,
+        metrics: ConnectionMetrics,
     ) -> std::io::Result<Self> {
+        limits.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let addr = listener.local_addr()?;
         let (config_tx, config_rx) = watch::channel(config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::tls::serve_tls(listener, config_rx, router, async move {
+        let task = tokio::spawn(serve_tls(listener, config_rx, router, limits, metrics, async move {
             let _ = stop_rx.await;
         }));
         Ok(Self { addr, config: config_tx, stop: Some(stop_tx), task })
