@@ -211,8 +211,13 @@ async fn load_ca(
 ) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    let settings =
-        crank_runtime::cli::CaSettings { environment: "test".into(), policy, events: Arc::new(sinks), replica: None };
+    let settings = crank_runtime::cli::CaSettings {
+        environment: "test".into(),
+        policy,
+        events: Arc::new(sinks),
+        replica: None,
+        crl_validity: None,
+    };
     match signer {
         None => crank_runtime::cli::load_ca_with(dir, settings).unwrap(),
         Some(s) => {

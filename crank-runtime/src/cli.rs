@@ -220,6 +220,10 @@ pub enum CaCommand {
         /// Validity of issued certificates under the built-in policy, e.g. `24h`, `20s`.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         leaf_validity: Duration,
+        /// How long a CRL stays current (its nextUpdate), e.g. `24h`. The CA re-signs it
+        /// at least every 5 minutes (or every half of this, if shorter).
+        #[arg(long, env = "CRANK_CRL_VALIDITY", default_value = "24h", value_parser = humantime::parse_duration)]
+        crl_validity: Duration,
         /// Policy directory: `.rego` files or one `.wasm` module replace the built-in
         /// policy (hot-reloaded).
         #[arg(long, env = "CRANK_POLICY_DIR")]
@@ -500,6 +504,7 @@ impl Cli {
                 listen,
                 environment,
                 leaf_validity,
+                crl_validity,
                 policy_dir,
                 store,
                 replica,
@@ -515,7 +520,13 @@ impl Cli {
                     }
                     None => Arc::new(DefaultPolicy { validity: leaf_validity }),
                 };
-                let settings = CaSettings { environment, policy, replica, ..CaSettings::default() };
+                let settings = CaSettings {
+                    environment,
+                    policy,
+                    replica,
+                    crl_validity: Some(crl_validity),
+                    ..CaSettings::default()
+                };
                 let limits = connections.limits();
                 runtime()?.block_on(serve_ca(CaDir::new(dir), listen, settings, store, signer, limits))
             }
@@ -678,6 +689,8 @@ pub struct CaSettings {
     pub events: Arc<dyn EventSink>,
     /// Name of this replica in the ledger (default: host name and process id).
     pub replica: Option<String>,
+    /// How long a CRL stays current (default 24 h).
+    pub crl_validity: Option<Duration>,
 }
 
 impl Default for CaSettings {
@@ -687,6 +700,7 @@ impl Default for CaSettings {
             policy: crank_policy::builtin(),
             events: Arc::new(EventSinks::default()),
             replica: None,
+            crl_validity: None,
         }
     }
 }
@@ -708,6 +722,10 @@ fn build_ca(dir: &CaDir, settings: CaSettings, store: Arc<dyn CaStore>) -> anyho
     let mut config = LocalCaConfig { environment: settings.environment, ..LocalCaConfig::default() };
     if let Some(r) = settings.replica {
         config.replica = r;
+    }
+    if let Some(v) = settings.crl_validity {
+        anyhow::ensure!(v >= Duration::from_secs(2), "the CRL validity {v:?} is below 2 s");
+        config.crl_validity = v;
     }
     LocalCa::load(dir, config, policy, store, settings.events)
 }

@@ -16,7 +16,7 @@
 //! | `crank_crl_stale` | gauge | 1 while the worker has no CRL, or only a stale one |
 //! | `crank_connections_open` | gauge | TLS connections open (handshaking or serving) |
 //! | `crank_connections_refused_total{reason}` | counter | new connections closed at once: `max_connections`, `max_connections_per_ip` |
-//! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error` |
+//! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error`, `revoked` (its client certificate was revoked) |
 //! | `crank_connection_accept_errors_total` | counter | failed accepts (e.g. out of file descriptors) |
 //!
 //! Every label comes from a fixed set, never from what a client sends: `method` is one of

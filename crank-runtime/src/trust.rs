@@ -51,6 +51,9 @@ struct Verifiers {
     server: Arc<WebPkiServerVerifier>,
     client: Arc<dyn ClientCertVerifier>,
     issued_by: Option<(Arc<WebPkiServerVerifier>, Arc<dyn ClientCertVerifier>)>,
+    /// How the CA service is verified: as peers are, but a missing or stale CRL never
+    /// refuses it (in fail-closed mode the CA is where a current CRL comes from).
+    ca: (Arc<WebPkiServerVerifier>, Option<Arc<WebPkiServerVerifier>>),
     /// (issuer name, serial) of every certificate the CRLs list.
     revoked: HashSet<(Vec<u8>, Vec<u8>)>,
 }
@@ -190,18 +193,20 @@ impl TrustStore {
 
     /// A server-certificate verifier (for clients) that follows this store.
     pub fn server_verifier(self: &Arc<Self>) -> Arc<dyn ServerCertVerifier> {
-        Arc::new(FollowingServerVerifier(self.clone()))
+        Arc::new(FollowingServerVerifier { store: self.clone(), ca: false })
     }
 
     /// A server-certificate verifier that follows this store and accepts only the CA
     /// service of `trust_domain`: its certificate must carry exactly the URI SAN
     /// `spiffe://<trust_domain>/ca`, which no worker certificate can. Every CA client
-    /// uses it.
+    /// uses it. A missing or stale CRL never refuses the CA (even in fail-closed mode: a
+    /// current CRL comes from it).
     pub fn ca_verifier(
         self: &Arc<Self>,
         trust_domain: &crank_security_core::TrustDomain,
     ) -> Arc<dyn ServerCertVerifier> {
-        Arc::new(RequireCaIdentity { inner: self.server_verifier(), expected: trust_domain.ca_spiffe_id() })
+        let inner = Arc::new(FollowingServerVerifier { store: self.clone(), ca: true });
+        Arc::new(RequireCaIdentity { inner, expected: trust_domain.ca_spiffe_id() })
     }
 
     /// A client-certificate verifier (for servers) that follows this store;
@@ -286,11 +291,18 @@ fn build(
     // CA's intermediate and has not learned the enterprise root).
     let anchors = if roots.is_empty() { published.clone() } else { roots.clone() };
     let (server, client) = verifiers(&anchors, &crls, mode)?;
-    let issued_by =
-        if published.is_empty() || roots.is_empty() { None } else { Some(verifiers(&published, &crls, mode)?) };
+    let constrained = !(published.is_empty() || roots.is_empty());
+    let issued_by = if constrained { Some(verifiers(&published, &crls, mode)?) } else { None };
+    let ca = match mode {
+        CrlMode::Warn => (server.clone(), issued_by.as_ref().map(|(s, _)| s.clone())),
+        CrlMode::FailClosed => (
+            verifiers(&anchors, &crls, CrlMode::Warn)?.0,
+            if constrained { Some(verifiers(&published, &crls, CrlMode::Warn)?.0) } else { None },
+        ),
+    };
     let mut set = roots;
     set.extend(published);
-    Ok(Verifiers { trust: set, revoked: crl_entries(&crls), crls, server, client, issued_by })
+    Ok(Verifiers { trust: set, revoked: crl_entries(&crls), crls, server, client, issued_by, ca })
 }
 
 fn verifiers(
@@ -496,7 +508,11 @@ pub(crate) fn require_uri(end_entity: &CertificateDer<'_>, expected: &str) -> Re
 }
 
 #[derive(Debug)]
-struct FollowingServerVerifier(Arc<TrustStore>);
+struct FollowingServerVerifier {
+    store: Arc<TrustStore>,
+    /// Verifying the CA service (see `Verifiers::ca`).
+    ca: bool,
+}
 
 impl ServerCertVerifier for FollowingServerVerifier {
     fn verify_server_cert(
@@ -507,9 +523,14 @@ impl ServerCertVerifier for FollowingServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cur = self.0.current.load();
-        let verified = cur.server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if let Some((server, _)) = &cur.issued_by {
+        let cur = self.store.current.load();
+        let (chain, issued_by) = if self.ca {
+            (&cur.ca.0, cur.ca.1.as_ref())
+        } else {
+            (&cur.server, cur.issued_by.as_ref().map(|(s, _)| s))
+        };
+        let verified = chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Some(server) = issued_by {
             server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         }
         Ok(verified)
@@ -521,7 +542,7 @@ impl ServerCertVerifier for FollowingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current.load().server.verify_tls12_signature(message, cert, dss)
+        self.store.current.load().server.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -530,11 +551,11 @@ impl ServerCertVerifier for FollowingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current.load().server.verify_tls13_signature(message, cert, dss)
+        self.store.current.load().server.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current.load().server.supported_verify_schemes()
+        self.store.current.load().server.supported_verify_schemes()
     }
 }
 

@@ -69,7 +69,7 @@ impl FakeCa {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let listener = tokio::net::TcpListener::bind(free_addr()).await.unwrap();
         let server =
-            ServerHandle::spawn(listener, Arc::new(tls), router, Default::default(), Default::default()).unwrap();
+            ServerHandle::spawn(listener, Arc::new(tls), router, Default::default(), Default::default(), None).unwrap();
         Self { server, seen }
     }
 

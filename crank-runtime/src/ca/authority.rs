@@ -64,6 +64,10 @@ pub struct LocalCaConfig {
     pub environment: String,
     /// Name of this replica, recorded in the ledger (default: host name and pid).
     pub replica: String,
+    /// How long a CRL stays current: its nextUpdate is thisUpdate plus this (default
+    /// [`CRL_VALIDITY`](super::crl::CRL_VALIDITY), 24 h). The CA re-signs it after
+    /// [`CRL_REFRESH_AFTER`] or half of this, whichever is shorter.
+    pub crl_validity: std::time::Duration,
 }
 
 impl Default for LocalCaConfig {
@@ -71,7 +75,11 @@ impl Default for LocalCaConfig {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
-        Self { environment: "development".into(), replica: format!("{host}:{}", std::process::id()) }
+        Self {
+            environment: "development".into(),
+            replica: format!("{host}:{}", std::process::id()),
+            crl_validity: super::crl::CRL_VALIDITY,
+        }
     }
 }
 
@@ -240,14 +248,21 @@ impl LocalCa {
                 };
             }
         };
-        if let Some(c) = cached.filter(|c| fresh(c, generation)) {
+        if let Some(c) = cached.filter(|c| self.fresh(c, generation)) {
             return Ok(c);
         }
         let _one_at_a_time = self.crl_regen.lock().await;
-        if let Some(c) = self.crl.load_full().filter(|c| fresh(c, generation)) {
+        if let Some(c) = self.crl.load_full().filter(|c| self.fresh(c, generation)) {
             return Ok(c);
         }
         self.regenerate_crl(generation).await
+    }
+
+    /// Whether `crl` still stands: made after the last revocation, and not older than
+    /// the re-signing interval.
+    fn fresh(&self, crl: &SignedCrl, generation: u64) -> bool {
+        let every = CRL_REFRESH_AFTER.min(self.config.crl_validity / 2);
+        crl.generation == generation && OffsetDateTime::now_utc() < crl.this_update + every
     }
 
     /// Follows every CRL this replica makes (at once after a revocation here; other
@@ -268,10 +283,9 @@ impl LocalCa {
         let unavailable = |e: StoreError| ApiError::unavailable(format!("cannot build the CRL: {e}"));
         let entries = self.store.revoked_unexpired(now).await.map_err(unavailable)?;
         let number = self.store.next_crl_number().await.map_err(unavailable)?;
-        let crl = super::crl::sign(self.own.issuer(), &entries, number, generation, now).map_err(|e| ApiError {
-            status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            code: "crl_failed",
-            message: e,
+        let validity = self.config.crl_validity;
+        let crl = super::crl::sign(self.own.issuer(), &entries, number, generation, now, validity).map_err(|e| {
+            ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, code: "crl_failed", message: e }
         })?;
         tracing::info!(crl_number = number, entries = crl.entries, "CRL generated");
         let crl = Arc::new(crl);
@@ -670,10 +684,6 @@ impl LocalCa {
         );
         Ok(self.answer(chain, meta.serial, uri, rfc3339(meta.not_after)).await)
     }
-}
-
-fn fresh(crl: &SignedCrl, generation: u64) -> bool {
-    crl.generation == generation && OffsetDateTime::now_utc() < crl.this_update + CRL_REFRESH_AFTER
 }
 
 /// The SPIFFE ID of an administrator.

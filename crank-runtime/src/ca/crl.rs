@@ -15,7 +15,7 @@ use super::store::RevocationRecord;
 
 /// A replica's CRL is regenerated at least this often.
 pub const CRL_REFRESH_AFTER: Duration = Duration::from_secs(300);
-/// nextUpdate is thisUpdate plus this.
+/// nextUpdate is thisUpdate plus this, by default.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// A signed CRL and what it was made from.
@@ -52,6 +52,7 @@ pub fn sign(
     number: u64,
     generation: u64,
     now: OffsetDateTime,
+    validity: Duration,
 ) -> Result<SignedCrl, String> {
     let mut revoked = Vec::with_capacity(entries.len());
     for e in entries {
@@ -65,7 +66,7 @@ pub fn sign(
     }
     // Whole seconds: what the encoding keeps anyway.
     let this_update = now.replace_nanosecond(0).unwrap_or(now);
-    let next_update = this_update + CRL_VALIDITY;
+    let next_update = this_update + validity;
     let params = CertificateRevocationListParams {
         this_update,
         next_update,
@@ -107,7 +108,7 @@ mod tests {
             revoked_by: "admin".into(),
             not_after: now.unix_timestamp() + 60,
         };
-        let crl = sign(&issuer, &[entry], 7, 1, now).unwrap();
+        let crl = sign(&issuer, &[entry], 7, 1, now, CRL_VALIDITY).unwrap();
         use x509_parser::prelude::FromDer;
         let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl.der).unwrap();
         assert_eq!(parsed.crl_number().unwrap().to_string(), "7");

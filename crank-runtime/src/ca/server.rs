@@ -102,7 +102,7 @@ pub fn spawn(
     let config = server_config(&trust, false, creds, Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     let metrics = ca.metrics().connections();
-    Ok(ServerHandle::spawn(listener, config, router(ca), limits, metrics)?)
+    Ok(ServerHandle::spawn(listener, config, router(ca), limits, metrics, Some(trust))?)
 }
 
 /// How often the CA looks for revocations made at other replicas of its store.

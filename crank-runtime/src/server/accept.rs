@@ -38,13 +38,15 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// connection is closed at once, before any TLS work, counted in
 /// `crank_connections_refused_total{reason}` and logged at most every 10 s. When
 /// accepting fails (out of file descriptors), the loop backs off from 10 ms to 1 s and
-/// logs once until an accept succeeds again.
+/// logs once until an accept succeeds again. With `revocations`, a connection whose
+/// client certificate a later CRL of that store lists is closed at once.
 pub async fn serve_tls(
     listener: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
     router: Router,
     limits: ConnectionLimits,
     metrics: ConnectionMetrics,
+    revocations: Option<Arc<crate::trust::TrustStore>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     limits.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -55,7 +57,7 @@ pub async fn serve_tls(
             "max_connections is above three quarters of the open-files limit: the process can run out of descriptors"
         );
     }
-    let shared = Shared::new(router, limits, metrics);
+    let shared = Shared::new(router, limits, metrics, revocations);
     let admission = Admission::new(&limits);
     let (stop, stopped) = watch::channel(false);
     let mut backoff = AcceptBackoff::default();

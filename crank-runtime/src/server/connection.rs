@@ -18,6 +18,8 @@ use super::ConnectionLimits;
 use super::admission::Admitted;
 use crate::metrics::ConnectionMetrics;
 use crate::tls::{Connection, PeerIdentity};
+use crate::trust::TrustStore;
+use rustls_pki_types::CertificateDer;
 
 /// How long requests in progress may take to finish once a connection is closed for its
 /// age or because the server shuts down.
@@ -49,6 +51,8 @@ pub(crate) enum CloseReason {
     Closed,
     /// An I/O or protocol error.
     Error,
+    /// The peer's certificate was revoked (a new CRL lists it).
+    Revoked,
 }
 
 impl CloseReason {
@@ -64,6 +68,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Closed => "closed",
             Self::Error => "error",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -75,11 +80,17 @@ pub(crate) struct Shared {
     router: Router,
     limits: ConnectionLimits,
     pub(crate) metrics: ConnectionMetrics,
+    revocations: Option<Arc<TrustStore>>,
 }
 
 impl Shared {
     /// hyper's HTTP/1.1 header-read timeout and HTTP/2 keep-alive pings, on Tokio's timer.
-    pub(crate) fn new(router: Router, limits: ConnectionLimits, metrics: ConnectionMetrics) -> Arc<Self> {
+    pub(crate) fn new(
+        router: Router,
+        limits: ConnectionLimits,
+        metrics: ConnectionMetrics,
+        revocations: Option<Arc<TrustStore>>,
+    ) -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
         builder
@@ -87,7 +98,7 @@ impl Shared {
             .timer(TokioTimer::new())
             .keep_alive_interval(limits.http2_keep_alive_interval)
             .keep_alive_timeout(limits.http2_keep_alive_timeout);
-        Arc::new(Self { builder, router, limits, metrics })
+        Arc::new(Self { builder, router, limits, metrics, revocations })
     }
 }
 
@@ -123,7 +134,7 @@ async fn serve(
     let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
     let connection = Arc::new(Connection {
         peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf),
-        certificate,
+        certificate: certificate.clone(),
         remote,
     });
     let (activity, mut requests) = watch::channel(0_usize);
@@ -131,10 +142,14 @@ async fn serve(
     let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let limits = &shared.limits;
-    // Every reason to close a connection before its client does is one arm here; a
-    // revoked peer certificate would be another.
+    // Every reason to close a connection before its client does is one arm here.
     let (reason, grace) = tokio::select! {
         ended = conn.as_mut() => return ended_by(ended, h2, remote),
+        // Not one more request from a revoked peer: dropped, not drained.
+        () = revoked(shared.revocations.as_deref(), certificate.as_ref()) => {
+            tracing::info!(%remote, "closing a connection: the client's certificate was revoked");
+            return CloseReason::Revoked;
+        }
         () = stopped(shutdown) => (CloseReason::Shutdown, SHUTDOWN_GRACE),
         () = idle_for(&mut requests, limits.idle_timeout) => (CloseReason::IdleTimeout, IDLE_GRACE),
         () = tokio::time::sleep(limits.max_connection_age) => (CloseReason::MaxAge, SHUTDOWN_GRACE),
@@ -233,6 +248,23 @@ async fn idle_for(requests: &mut watch::Receiver<usize>, timeout: Duration) {
         if changed.is_err() {
             // The service is gone, so the connection is ending by itself.
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves once the CRLs of `trust` list `leaf`: looked at again at every change of
+/// the store. Never resolves without a store or a client certificate.
+async fn revoked(trust: Option<&TrustStore>, leaf: Option<&CertificateDer<'static>>) {
+    let (Some(trust), Some(leaf)) = (trust, leaf) else {
+        return std::future::pending().await;
+    };
+    let mut changes = trust.changes();
+    loop {
+        if trust.is_revoked(leaf) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

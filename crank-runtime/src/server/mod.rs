@@ -10,6 +10,7 @@
 //!          no request handled ................... idle_timeout        ─┐ graceful close
 //!          open at all .......................... max_connection_age  ─┘ (GOAWAY / Connection: close)
 //!          HTTP/2 ping unanswered ............... http2_keep_alive_timeout
+//!          client certificate in a new CRL ...... closed at once
 //! ```
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub(crate) use limits::{parse_count, parse_timeout};
 pub(crate) use {admission::Refusal, connection::CloseReason};
 
 use crate::metrics::ConnectionMetrics;
+use crate::trust::TrustStore;
 
 /// A server running in the background. Dropping the handle does not stop it; call
 /// [`ServerHandle::shutdown`].
@@ -45,19 +47,22 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Serves `router` over TLS on `listener` in a background task, within `limits`,
     /// counting connections into `metrics` ([`Metrics::connections`](crate::metrics::Metrics::connections),
-    /// or `ConnectionMetrics::default()` for none). Fails if `limits` do not validate.
+    /// or `ConnectionMetrics::default()` for none). With `revocations` (the store the
+    /// server's client verifier follows), a connection whose client certificate a new CRL
+    /// lists is closed at once. Fails if `limits` do not validate.
     pub fn spawn(
         listener: tokio::net::TcpListener,
         config: Arc<ServerConfig>,
         router: Router,
         limits: ConnectionLimits,
         metrics: ConnectionMetrics,
+        revocations: Option<Arc<TrustStore>>,
     ) -> std::io::Result<Self> {
         limits.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let addr = listener.local_addr()?;
         let (config_tx, config_rx) = watch::channel(config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_tls(listener, config_rx, router, limits, metrics, async move {
+        let task = tokio::spawn(serve_tls(listener, config_rx, router, limits, metrics, revocations, async move {
             let _ = stop_rx.await;
         }));
         Ok(Self { addr, config: config_tx, stop: Some(stop_tx), task })

@@ -475,8 +475,9 @@ impl WorkerApplication {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
-        let server = ServerHandle::spawn(listener, server_config, router, limits, metrics.connections())
-            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let server =
+            ServerHandle::spawn(listener, server_config, router, limits, metrics.connections(), Some(trust.clone()))
+                .map_err(|e| RuntimeError::Config(e.to_string()))?;
         Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
     }
 }
