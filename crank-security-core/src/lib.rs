@@ -51,7 +51,7 @@ pub use error::Error;
 pub use events::{
     CertSummary, CertificateEvent, CorrelationId, ErrorContext, EventKind, EventSink, EventSinks, JsonLogSink, NoEvents,
 };
-pub use identity::{SpiffeId, TrustDomain, WorkerId};
+pub use identity::{SpiffeId, TrustDomain, WorkerId, validate_host_name};
 pub use keys::{KeyType, build_csr, generate_key};
 pub use policy::{
     DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput,

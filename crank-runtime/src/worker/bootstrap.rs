@@ -7,7 +7,7 @@ use backon::{ExponentialBuilder, Retryable};
 use crank_security_core::{
     BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
     EventSink, IssueRequest, IssuedCertificate, KeyType, ProviderError, WorkerId, build_csr, fingerprint_sha256,
-    generate_key, parse_pem_certs, peek_token_claims,
+    generate_key, parse_pem_certs, peek_token_claims, validate_host_name,
 };
 use rustls_pki_types::CertificateDer;
 use url::Url;
@@ -118,9 +118,12 @@ pub fn accept_issued(
     Ok(bundle)
 }
 
-/// The SANs a worker asks for when none are configured.
+/// The SANs a worker asks for when none are configured: its worker id (when that is a
+/// host name: worker ids may hold `_` or end in digits, DNS names may not), `localhost`
+/// and the loopback addresses.
 pub fn default_sans(worker: &WorkerId) -> Vec<String> {
-    vec![worker.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()]
+    let own = validate_host_name(worker.as_str()).is_ok().then(|| worker.to_string());
+    own.into_iter().chain(["localhost".into(), "127.0.0.1".into(), "::1".into()]).collect()
 }
 
 /// Gets a first certificate: generates the key here, sends only the CSR with the join
