@@ -542,8 +542,35 @@ impl Drop for PgServer {
     }
 }
 
-fn running_as_root() -> bool {
+/// Whether the tests run as root.
+pub fn running_as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Whether `test`, which acts as another user, can run: it needs root. Without root it
+/// fails under `CI=true` (CI runs as root, so a skip there would hide a lost test), and
+/// elsewhere says on the terminal, past the test harness's capture, that it is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if running_as_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root, to act as an unprivileged user with runuser; CI runs the tests as root"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: it needs root, to act as an unprivileged user; run the tests as root to run it !!!!!!!!\n"
+    );
+    false
+}
+
+/// Runs `args` as the unprivileged `user` (`runuser -u USER -- ARGS`, as root); panics
+/// with its stderr if it fails.
+pub fn run_as(user: &str, args: &[&str]) {
+    let out = std::process::Command::new("runuser").args(["-u", user, "--"]).args(args).output().expect("runuser");
+    assert!(out.status.success(), "runuser -u {user} -- {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn pg_command(bindir: &Path, tool: &str, as_root: bool) -> std::process::Command {

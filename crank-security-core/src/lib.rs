@@ -39,6 +39,7 @@ mod error;
 mod events;
 mod identity;
 mod keys;
+mod ownership;
 mod policy;
 mod provider;
 mod token;

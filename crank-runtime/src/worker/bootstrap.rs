@@ -167,6 +167,12 @@ async fn bootstrap_inner(
         ));
     }
 
+    // The directory is checked (and a crashed write finished or discarded) before the
+    // join token is spent: a directory the certificate could not be written into safely
+    // must not use up the token.
+    let files = CertFiles::in_dir(&opts.cert_dir);
+    files.recover()?;
+
     let key = generate_key(opts.key_type)?;
     let sans = if opts.sans.is_empty() { default_sans(&worker) } else { opts.sans.clone() };
     let csr = build_csr(&key, &worker, &sans)?;
@@ -225,7 +231,6 @@ async fn bootstrap_inner(
     let key_pem = key.serialize_pem();
     let bundle = accept_issued(&issued, &key_pem, &worker, |c| fingerprint_sha256(c) == claims.ca_fp)
         .map_err(BootstrapError::InvalidResponse)?;
-    let files = CertFiles::in_dir(&opts.cert_dir);
     BundleWriter::write(&files, issued.certificate_chain.as_bytes(), key_pem.as_bytes(), issued.ca_bundle.as_bytes())?;
     events.emit(
         &CertificateEvent::new(EventKind::CertIssued, cid)
