@@ -429,8 +429,9 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// The directory holding the workspace's built binaries (`target/<profile>`), seen
-/// from a test binary (in `deps/`) or from a binary beside them.
+/// The directory holding the workspace's built binaries (`target/<profile>`, or
+/// `$CARGO_TARGET_DIR/<profile>`), found from where this test binary (in `deps/`) or a
+/// binary beside them runs, so it follows wherever cargo put them.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap();
