@@ -47,7 +47,11 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), Error> {
                 "is owned by uid {}, not by uid {me} that runs this process, so its owner could replace the files in it",
                 meta.uid()
             ),
-            format!("run `chown {me} {}` (or use a directory of your own)", dir.display()),
+            format!(
+                "run `chown {me} {}` if it should be this user's; if it is another user's (a worker running as uid {}), run this as that user",
+                dir.display(),
+                meta.uid()
+            ),
         ));
     }
     let mode = meta.mode() & 0o7777;

@@ -62,10 +62,12 @@ async fn a_cert_dir_another_user_owns_or_may_write_is_refused_by_crank_cert_init
     assert!(e.contains(&format!("{} is owned by uid {attacker_uid}, not by uid 0", dir.display())), "{e}");
     assert!(e.contains(&format!("run `chown 0 {}`", dir.display())), "the refusal names the fix: {e}");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing was written into it");
-    // The refusal came before the CA was asked: once the directory is the worker's own,
-    // as the message said, the same join token works.
-    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
-    cert_init("victim", &victim_token, &url, &dir).unwrap();
+    // The refusal came before the CA was asked: in a directory of the worker's own (not
+    // the attacker's, chowned: the docs say to use a fresh one), the same token works.
+    let own = shared.join("certs-victim");
+    fs::create_dir(&own).unwrap();
+    set_mode(&own, 0o700);
+    cert_init("victim", &victim_token, &url, &own).unwrap();
 
     // The worker's own directory, but writable by group or others.
     for mode in [0o777, 0o770, 0o1733] {
