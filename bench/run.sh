@@ -28,7 +28,10 @@ COLD_RUNS=20
 if [[ $QUICK == 1 ]]; then SECS=3; COLD_RUNS=10; fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/target/release
+# Where cargo puts the binaries: CARGO_TARGET_DIR (relative to the workspace root) or target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+BIN=$TARGET_DIR/release
 export PATH=$HOME/.cargo/bin:$PATH
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

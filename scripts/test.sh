@@ -30,7 +30,9 @@ fi
 # The cfssl signer's tests need cfssl 1.6 or newer.
 bash scripts/install-cfssl.sh
 
-# The WebAssembly policy written in Rust is compiled by the test command itself.
+# The WebAssembly policy written in Rust is compiled by the test command itself. It lands
+# in $CARGO_TARGET_DIR when that is set, else in the policy crate's own target/; the
+# tests look in the same place (crank-policy/tests/support/wasm_module.rs).
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     rustup target add wasm32-unknown-unknown
 fi

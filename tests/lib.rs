@@ -11,8 +11,9 @@ use crank_runtime::ca::authority::LocalCa;
 use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
 use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
-    CertificateBundle, CertificateEvent, CertificateProvider, DefaultPolicy, EventKind, EventSink, EventSinks, KeyType,
-    PolicyEngine, SecurityConfig, TrustDomain, WorkerId,
+    CertificateBundle, CertificateEvent, CertificateProvider, DefaultPolicy, EventKind, EventSink, EventSinks,
+    IssuanceDecision, IssuanceInput, KeyType, PolicyEngine, PolicyError, RenewalDecision, RenewalInput, SecurityConfig,
+    TrustDomain, WorkerId,
 };
 use tempfile::TempDir;
 
@@ -227,6 +228,26 @@ async fn load_ca(
     }
 }
 
+/// A policy that allows every issuance and revocation (24 h certificates, default
+/// renewal): what the CA refuses under it, it refuses before any policy is asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl PolicyEngine for AllowAll {
+    fn can_issue_certificate(&self, _: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
+        Ok(IssuanceDecision::allow())
+    }
+    fn certificate_validity_period(&self, _: &str, _: &str) -> Result<Duration, PolicyError> {
+        Ok(DefaultPolicy::DEFAULT_VALIDITY)
+    }
+    fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+        Ok(crank_security_core::default_renewal(input))
+    }
+    fn revoke_certificate(&self, _: &str, _: &str) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+}
+
 /// Waits until `cond` holds, polling every 100 ms; panics with `what` after `within`.
 pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
@@ -243,20 +264,33 @@ pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `openssl req` with a new P-256 key written to `NAME.key` in `dir`; `args` say what
-/// else to make.
-fn openssl_req(dir: &Path, name: &str, subject: &str, args: &[&str]) -> anyhow::Result<()> {
+/// `openssl req -newkey` arguments for a P-256 key, what the tests use unless they say
+/// otherwise.
+pub const OPENSSL_P256: &[&str] = &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// `openssl req` with a new key (`-newkey NEWKEY...`) written to `NAME.key` in `dir`;
+/// `args` say what else to make.
+fn openssl_req(dir: &Path, name: &str, subject: &str, newkey: &[&str], args: &[&str]) -> anyhow::Result<()> {
     let key = format!("{name}.key");
-    let mut all = vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key];
-    all.extend_from_slice(&["-subj", subject]);
+    let mut all = vec!["req", "-newkey"];
+    all.extend_from_slice(newkey);
+    all.extend_from_slice(&["-nodes", "-keyout", &key, "-subj", subject]);
     all.extend_from_slice(args);
     openssl(dir, &all).map(drop)
 }
 
 /// A new P-256 key and CSR made by `openssl` in `dir`: `NAME.key`, `NAME.csr`.
 pub fn openssl_csr(dir: &Path, name: &str, subject: &str) -> PathBuf {
+    openssl_csr_with(dir, name, subject, OPENSSL_P256, &[])
+}
+
+/// [`openssl_csr`] with another key (`newkey`, e.g. `["rsa:1024"]`) and more `openssl req`
+/// arguments (e.g. `["-sha1"]`); returns the CSR's path.
+pub fn openssl_csr_with(dir: &Path, name: &str, subject: &str, newkey: &[&str], args: &[&str]) -> PathBuf {
     let csr = format!("{name}.csr");
-    openssl_req(dir, name, subject, &["-new", "-out", &csr]).unwrap();
+    let mut all = vec!["-new", "-out", &csr];
+    all.extend_from_slice(args);
+    openssl_req(dir, name, subject, newkey, &all).unwrap();
     dir.join(csr)
 }
 
@@ -270,7 +304,14 @@ pub fn openssl_root(dir: &Path, name: &str, pathlen: Option<u32>) -> PathBuf {
     let pem = format!("{name}.pem");
     let ku = "keyUsage=critical,keyCertSign,cRLSign";
     let subject = format!("/CN={name}/O=Example Enterprise");
-    openssl_req(dir, name, &subject, &["-x509", "-out", &pem, "-days", "30", "-addext", &bc, "-addext", ku]).unwrap();
+    openssl_req(
+        dir,
+        name,
+        &subject,
+        OPENSSL_P256,
+        &["-x509", "-out", &pem, "-days", "30", "-addext", &bc, "-addext", ku],
+    )
+    .unwrap();
     dir.join(pem)
 }
 
@@ -516,8 +557,9 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// The directory holding the workspace's built binaries (`target/<profile>`), seen
-/// from a test binary (in `deps/`) or from a binary beside them.
+/// The directory holding the workspace's built binaries (`target/<profile>`, or
+/// `$CARGO_TARGET_DIR/<profile>`), found from where this test binary (in `deps/`) or a
+/// binary beside them runs, so it follows wherever cargo put them.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap();
@@ -629,8 +671,35 @@ impl Drop for PgServer {
     }
 }
 
-fn running_as_root() -> bool {
+/// Whether the tests run as root.
+pub fn running_as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Whether `test`, which acts as another user, can run: it needs root. Without root it
+/// fails under `CI=true` (CI runs as root, so a skip there would hide a lost test), and
+/// elsewhere says on the terminal, past the test harness's capture, that it is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if running_as_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root, to act as an unprivileged user with runuser; CI runs the tests as root"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: it needs root, to act as an unprivileged user; run the tests as root to run it !!!!!!!!\n"
+    );
+    false
+}
+
+/// Runs `args` as the unprivileged `user` (`runuser -u USER -- ARGS`, as root); panics
+/// with its stderr if it fails.
+pub fn run_as(user: &str, args: &[&str]) {
+    let out = std::process::Command::new("runuser").args(["-u", user, "--"]).args(args).output().expect("runuser");
+    assert!(out.status.success(), "runuser -u {user} -- {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn pg_command(bindir: &Path, tool: &str, as_root: bool) -> std::process::Command {

@@ -11,13 +11,14 @@ use crank_policy::{PolicyEngine, RegoEngine, WasmEngine, builtin};
 use crank_security_core::{IssuanceInput, RenewalInput};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+#[path = "../tests/support/wasm_module.rs"]
+mod wasm_module;
+
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let rego = RegoEngine::from_dir(&root.join("default")).expect("rego");
-    let wasm = WasmEngine::from_file(
-        &root.join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm"),
-    )
-    .expect("wasm module (build it first)");
+    let wasm = WasmEngine::from_file(&wasm_module::default_wasm_policy())
+        .unwrap_or_else(|e| panic!("the Rust WASM policy ({e}): build it first: {}", wasm_module::BUILD_WASM_POLICY));
     // The default policy written against the OPA Wasm ABI, as `opa build -t wasm` output is.
     let opa = WasmEngine::from_file(&root.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
     let engines: Vec<(&str, Arc<dyn PolicyEngine>)> =

@@ -30,6 +30,9 @@ use crank_security_core::{
 };
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+#[path = "../../crank-policy/tests/support/wasm_module.rs"]
+mod wasm_module;
+
 const CONCURRENCY: usize = 64;
 
 fn setup() -> (tempfile::TempDir, CaDir, Arc<LocalCa>) {
@@ -127,10 +130,8 @@ fn bench(c: &mut Criterion) {
     // The same concurrent issuance with each policy engine deciding.
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let rego = crank_policy::RegoEngine::from_dir(&policies.join("default")).expect("rego");
-    let wasm = crank_policy::WasmEngine::from_file(
-        &policies.join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm"),
-    )
-    .expect("wasm module (build it first, see policies/README.md)");
+    let wasm = crank_policy::WasmEngine::from_file(&wasm_module::default_wasm_policy())
+        .unwrap_or_else(|e| panic!("the Rust WASM policy ({e}): build it first: {}", wasm_module::BUILD_WASM_POLICY));
     let opa =
         crank_policy::WasmEngine::from_file(&policies.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
     // The built-in engine again, set up exactly like the others: the peer for their ratios.

@@ -1,5 +1,4 @@
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,6 +10,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::ownership::{Contents, read_checked};
 use crate::{CertFiles, Error, SpiffeId};
 
 /// How far the CA backdates `not_before` to absorb clock skew between machines.
@@ -190,10 +190,19 @@ impl CertificateBundle {
 
     /// Loads `client.crt`, `client.key` and `ca.crt` from a cert directory, finishing or
     /// discarding any interrupted write first (see [`crate::BundleWriter`]).
+    ///
+    /// The directory must pass [`CertFiles::check_dir`]. No file is read through a
+    /// symbolic link (crank never writes one). `client.key` must belong to the running
+    /// user and be closed to group and others (0600); the certificates must belong to the
+    /// running user or root and be writable by their owner only. Each refusal names the
+    /// command that fixes it.
     pub fn load(files: &CertFiles) -> Result<Self, Error> {
         files.recover()?;
-        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("reading", p, e));
-        Self::from_pem(&read(&files.cert)?, &read(&files.key)?, &read(&files.ca)?)
+        Self::from_pem(
+            &read_checked(&files.cert, Contents::Certificate)?,
+            &read_checked(&files.key, Contents::PrivateKey)?,
+            &read_checked(&files.ca, Contents::Certificate)?,
+        )
     }
 
     /// Checks the bundle: the key matches the leaf, the leaf is inside its validity window

@@ -51,10 +51,14 @@ fn is_writable_dir(dir: &Path) -> bool {
         return false;
     }
     // Probe by creating a file: permission bits alone do not tell (read-only mounts, ACLs).
+    // Created exclusively (never through a link someone planted at the probe's name) and
+    // removed only if this process made it.
     let probe = dir.join(format!(".crank-write-probe-{}", std::process::id()));
-    let ok = std::fs::File::create(&probe).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    let made = std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).is_ok();
+    if made {
+        let _ = std::fs::remove_file(&probe);
+    }
+    made
 }
 
 #[cfg(test)]

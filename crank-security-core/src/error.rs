@@ -38,6 +38,19 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A directory or file that another user could change (or, for a key, read): crank
+    /// neither writes into it nor loads it.
+    #[error("{what} {} {problem}: {fix}", path.display())]
+    Insecure {
+        /// What it is ("directory", "file", "private key").
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// Configuration from the environment is not acceptable.
     #[error("configuration error: {0}")]
     Config(String),

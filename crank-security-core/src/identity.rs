@@ -132,6 +132,62 @@ impl fmt::Display for SpiffeId {
     }
 }
 
+/// Checks that `name` is a host name the CA may put in a DNS SAN: LDH labels (ASCII
+/// letters, digits and `-`, neither first nor last in a label) of 1 to 63 octets each,
+/// separated by single dots, at most 253 octets in all, with a last label that is not
+/// all digits (that would be an IP address written as a name). No wildcard (`*`), no
+/// trailing dot, no `_`, no spaces or control characters; internationalised names are
+/// given in their `xn--` form. Letters of either case are accepted (DNS ignores case).
+///
+/// Wildcards are refused on purpose: a worker's certificate names that worker, and a
+/// wildcard would let one worker's key answer for every sibling name under a domain.
+///
+/// ```
+/// use crank_security_core::validate_host_name;
+///
+/// assert!(validate_host_name("api.example.internal").is_ok());
+/// assert!(validate_host_name("*.example.internal").is_err());
+/// assert!(validate_host_name("a\nb.example").is_err());
+/// ```
+pub fn validate_host_name(name: &str) -> Result<(), Error> {
+    let bad = |reason| Err(Error::InvalidName { what: "DNS name", value: name.to_owned(), reason });
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > 253 {
+        return bad("is longer than 253 octets");
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return bad("contains a space or a control character");
+    }
+    if !name.is_ascii() {
+        return bad("is not ASCII (give an internationalised name in its xn-- form)");
+    }
+    if name.contains('*') {
+        return bad("is a wildcard; the CA issues no wildcard names, ask for each name");
+    }
+    let mut last = "";
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("has an empty label (a leading, trailing or doubled '.')");
+        }
+        if label.len() > 63 {
+            return bad("has a label longer than 63 octets");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return bad("may contain only letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("has a label that starts or ends with '-'");
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("ends in an all-numeric label; ask for an IP address as an IP SAN instead");
+    }
+    Ok(())
+}
+
 fn validate_label(what: &'static str, value: &str, max: usize) -> Result<(), Error> {
     let bad = |reason| Err(Error::InvalidName { what, value: value.to_owned(), reason });
     if value.is_empty() {
@@ -169,5 +225,42 @@ mod tests {
         }
         assert!(SpiffeId::parse("spiffe://td/admin/x").is_err());
         assert!(SpiffeId::parse("https://td/worker/x").is_err());
+    }
+
+    #[test]
+    fn host_names() {
+        let long_label = "a".repeat(64);
+        let long_name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+        assert_eq!(long_name.len(), 253);
+        for good in
+            ["localhost", "w1", "api.example.internal", "API.Example", "xn--bcher-kva.example", "a-b.c1", &long_name]
+        {
+            assert!(validate_host_name(good).is_ok(), "{good:?} refused");
+        }
+        let too_long = format!("{long_name}e");
+        for (bad, why) in [
+            ("", "empty"),
+            ("a\nb.example", "control"),
+            ("a b.example", "space"),
+            ("a\u{0}b", "control"),
+            ("b\u{fc}cher.example", "xn--"),
+            ("*.example.internal", "wildcard"),
+            ("a.*.example", "wildcard"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("a.example.", "empty label"),
+            (&long_label, "63"),
+            (&too_long, "253"),
+            ("a_b.example", "letters, digits"),
+            ("a/b", "letters, digits"),
+            ("-a.example", "'-'"),
+            ("a-.example", "'-'"),
+            ("10.0.0.1", "IP"),
+            ("1", "IP"),
+        ] {
+            let e = validate_host_name(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.contains(&format!("{bad:?}")), "the message must name the name, escaped: {e}");
+        }
     }
 }

@@ -71,8 +71,9 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, Error> {
     .map_err(crypto)
 }
 
-/// Builds a PEM CSR for `worker_id`, signed by `key`, asking for `sans` (DNS names or IP
-/// addresses). The CA decides what the certificate finally holds; the CSR only asks.
+/// Builds a PEM CSR for `worker_id`, signed by `key`, asking for `sans` (IP addresses, or
+/// DNS names that pass [`validate_host_name`](crate::validate_host_name), as the CA
+/// requires). The CA decides what the certificate finally holds; the CSR only asks.
 pub fn build_csr(key: &KeyPair, worker_id: &WorkerId, sans: &[String]) -> Result<String, Error> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -87,6 +88,7 @@ fn san_type(name: &str) -> Result<SanType, Error> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
+    crate::validate_host_name(name)?;
     let dns = name.try_into().map_err(|_| Error::InvalidName {
         what: "DNS name",
         value: name.to_owned(),

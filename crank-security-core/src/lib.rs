@@ -39,6 +39,7 @@ mod error;
 mod events;
 mod identity;
 mod keys;
+mod ownership;
 mod policy;
 mod provider;
 mod token;
@@ -53,7 +54,7 @@ pub use error::Error;
 pub use events::{
     CertSummary, CertificateEvent, CorrelationId, ErrorContext, EventKind, EventSink, EventSinks, JsonLogSink, NoEvents,
 };
-pub use identity::{CA_PATH, SpiffeId, TrustDomain, WorkerId};
+pub use identity::{CA_PATH, SpiffeId, TrustDomain, WorkerId, validate_host_name};
 pub use keys::{KeyType, build_csr, generate_key};
 pub use policy::{
     DefaultPolicy, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput,

@@ -6,13 +6,19 @@
 //! the marker is removed. A crash before the marker leaves the old files intact (the
 //! stale `.next` files are discarded on the next load); a crash after it is rolled
 //! forward on the next load. Readers never see a half-written file.
+//!
+//! Before every write (and every load) the directory is checked: it must belong to the
+//! running user and be writable by nobody else. Staging files are created exclusively and
+//! never through a link: a stale one from a crash (a regular file of this user) is
+//! removed first, and anything else found at a staging path is refused, not followed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
+use crate::ownership::{check_private_dir, create_exclusive, is_own_file};
 
 /// Mode of private key files.
 const KEY_MODE: u32 = 0o600;
@@ -54,30 +60,42 @@ impl CertFiles {
         self.cert.exists() && self.key.exists() && self.ca.exists()
     }
 
+    /// Checks that the directory, if it exists, belongs to the running user and is not
+    /// writable by group or others; the error names the command that fixes it. Every
+    /// write and load checks this too; call it where a directory is first used, before
+    /// anything is spent on it (a join token).
+    pub fn check_dir(&self) -> Result<(), Error> {
+        check_private_dir(&self.dir)
+    }
+
     fn entries(&self) -> [(&Path, u32); 3] {
         // The key goes first so that a roll-forward never pairs a new certificate with an
         // old key for longer than one rename.
         [(&self.key, KEY_MODE), (&self.cert, CERT_MODE), (&self.ca, CERT_MODE)]
     }
 
-    /// Finishes a committed but interrupted write, or discards an uncommitted one.
+    /// Finishes a committed but interrupted write, or discards an uncommitted one, after
+    /// [checking the directory](Self::check_dir). A link or another user's file at a
+    /// staging path is refused, never renamed into place or followed.
     pub fn recover(&self) -> Result<(), Error> {
+        self.check_dir()?;
+        if !self.dir.is_dir() {
+            return Ok(());
+        }
         let marker = self.dir.join(MARKER);
-        if marker.exists() {
-            for (path, _) in self.entries() {
-                let next = next_path(path);
-                if next.exists() {
+        let committed = is_own_file(&marker)?;
+        for (path, _) in self.entries() {
+            let next = next_path(path);
+            if is_own_file(&next)? {
+                if committed {
                     rename(&next, path)?;
-                }
-            }
-            remove(&marker)?;
-        } else {
-            for (path, _) in self.entries() {
-                let next = next_path(path);
-                if next.exists() {
+                } else {
                     remove(&next)?;
                 }
             }
+        }
+        if committed {
+            remove(&marker)?;
         }
         sync_dir(&self.dir)
     }
@@ -133,9 +151,12 @@ impl Drop for StagedBundle {
 }
 
 /// Writes one file atomically: temp file in the same directory, sync, rename, sync dir.
+/// The directory must belong to the running user and not be writable by group or others
+/// (it holds keys: a CA's, an administrator's), as a cert directory must.
 pub fn write_file_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), Error> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     create_dir(dir)?;
+    check_private_dir(dir)?;
     let tmp = next_path(path);
     write_synced(&tmp, content, mode)?;
     rename(&tmp, path)?;
@@ -154,16 +175,16 @@ fn create_dir(dir: &Path) -> Result<(), Error> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("creating directory", dir, e))
 }
 
+/// Writes a new file at `path` and syncs it. A stale file of this user there (a crash)
+/// is removed first; the file is then created exclusively, without following links, so
+/// anything that appears there meanwhile makes the write fail instead of being written.
 fn write_synced(path: &Path, content: &[u8], mode: u32) -> Result<(), Error> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| Error::io("creating", path, e))?;
-    // The mode given at creation is reduced by the umask and ignored for an existing
-    // file; set it explicitly so a key is never more readable than 0600.
+    if is_own_file(path)? {
+        remove(path)?;
+    }
+    let mut f = create_exclusive(path, mode)?;
+    // The mode given at creation is reduced by the umask; set it explicitly so a key is
+    // exactly 0600 and a certificate 0644.
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting mode of", path, e))?;
     f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", path, e))
@@ -190,6 +211,7 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ownership::create_exclusive;
 
     fn files() -> (tempfile::TempDir, CertFiles) {
         let tmp = tempfile::tempdir().unwrap();
@@ -239,5 +261,89 @@ mod tests {
         assert_eq!(read(&f.cert), b"new-cert");
         assert_eq!(read(&f.ca), b"new-ca");
         assert!(!f.dir.join(MARKER).exists());
+    }
+
+    fn set_mode(p: &Path, mode: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_link_planted_at_a_staging_path_is_refused_not_followed() {
+        let (t, f) = files();
+        BundleWriter::write(&f, b"cert", b"key", b"ca").unwrap();
+        let target = t.path().join("attacker-owned");
+        fs::write(&target, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&target, next_path(&f.key)).unwrap();
+
+        let e = BundleWriter::write(&f, b"new-cert", b"new-key", b"new-ca").unwrap_err();
+        assert!(matches!(e, Error::Insecure { .. }), "{e}");
+        assert!(e.to_string().contains(".client.key.next is a symbolic link"), "{e}");
+        assert_eq!(read(&target), b"untouched", "the link was followed");
+        assert_eq!(read(&f.key), b"key");
+        // A load refuses it too, rather than discarding the evidence.
+        assert!(f.recover().unwrap_err().to_string().contains("symbolic link"));
+        // With a commit marker (a crash mid-commit, or planted), the link is not renamed
+        // into place either.
+        write_synced(&f.dir.join(MARKER), b"", CERT_MODE).unwrap();
+        assert!(f.recover().is_err());
+        assert!(!f.key.is_symlink() && read(&f.key) == b"key");
+    }
+
+    #[test]
+    fn a_file_that_appears_at_a_staging_path_after_cleanup_is_not_opened() {
+        // What the exclusive create does when something reappears between removing a
+        // stale staging file and creating the new one.
+        let (t, f) = files();
+        create_dir(&f.dir).unwrap();
+        let target = t.path().join("attacker-owned");
+        fs::write(&target, b"untouched").unwrap();
+        let next = next_path(&f.key);
+        std::os::unix::fs::symlink(&target, &next).unwrap();
+        let e = create_exclusive(&next, KEY_MODE).unwrap_err().to_string();
+        assert!(e.contains("appeared while crank was creating it") && e.contains("it was not opened"), "{e}");
+        assert_eq!(read(&target), b"untouched");
+        // A dangling link is not created through either.
+        fs::remove_file(&target).unwrap();
+        assert!(create_exclusive(&next, KEY_MODE).is_err());
+        assert!(!target.exists(), "a file was created through the link");
+        // Nor a regular file opened and truncated.
+        fs::remove_file(&next).unwrap();
+        fs::write(&next, b"someone's").unwrap();
+        assert!(create_exclusive(&next, KEY_MODE).is_err());
+        assert_eq!(read(&next), b"someone's");
+    }
+
+    #[test]
+    fn a_stale_staging_file_from_a_crash_is_removed_and_replaced() {
+        let (_t, f) = files();
+        BundleWriter::write(&f, b"cert", b"key", b"ca").unwrap();
+        // A crash in write_file_atomic left its temp file, readable by all.
+        let next = next_path(&f.key);
+        fs::write(&next, b"stale").unwrap();
+        set_mode(&next, 0o644);
+        write_file_atomic(&f.key, b"fresh", KEY_MODE).unwrap();
+        assert_eq!(read(&f.key), b"fresh");
+        assert_eq!(fs::metadata(&f.key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!next.exists());
+    }
+
+    #[test]
+    fn a_directory_group_or_others_may_write_is_refused_before_any_write() {
+        let (_t, f) = files();
+        BundleWriter::write(&f, b"cert", b"key", b"ca").unwrap();
+        for mode in [0o770, 0o703, 0o1777] {
+            set_mode(&f.dir, mode);
+            let fix = format!("run `chmod go-w {}`", f.dir.display());
+            let e = BundleWriter::write(&f, b"new-cert", b"new-key", b"new-ca").unwrap_err().to_string();
+            assert!(e.contains(&format!("(mode {mode:04o})")) && e.contains(&fix), "{e}");
+            let e = write_file_atomic(&f.dir.join("root.key"), b"k", KEY_MODE).unwrap_err().to_string();
+            assert!(e.contains(&fix), "{e}");
+            assert_eq!(read(&f.key), b"key");
+            assert!(!next_path(&f.key).exists() && !f.dir.join("root.key").exists());
+        }
+        // Readable by others is fine for the directory (the key itself is 0600).
+        set_mode(&f.dir, 0o755);
+        BundleWriter::write(&f, b"new-cert", b"new-key", b"new-ca").unwrap();
+        assert_eq!(read(&f.key), b"new-key");
     }
 }

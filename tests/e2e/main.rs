@@ -2,6 +2,7 @@
 //! ports, and the real `crank` and `hello-world` binaries.
 
 mod bootstrap;
+mod cert_dir;
 mod cli;
 mod connections;
 mod ha;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use crank_runtime::ca::files::CaDir;
 use crank_runtime::demo::hello_routes;
 use crank_runtime::{BootstrapError, ErrorBody};
-use crank_security_core::{CertificateBundle, EventSinks, ProviderError};
-use crank_tests::TestCa;
+use crank_security_core::{CertificateBundle, EventKind, EventSinks, ProviderError};
+use crank_tests::{AllowAll, OPENSSL_P256, TestCa, crank, openssl_csr_with};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 
 use super::{mtls, no_client_cert};
@@ -186,4 +186,130 @@ async fn bad_requests_get_json_errors_with_4xx_codes() {
     assert_eq!(r.status(), 200);
     let r = client.get(url("/v1/trust-bundle")).send().await.unwrap();
     assert!(r.text().await.unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+}
+
+/// Posts `csr_pem` with a fresh join token for `worker` (carrying `caps`) to the CA's
+/// HTTP API: the status and the error message, if any.
+async fn submit(ca: &TestCa, worker: &str, caps: &[&str], csr_pem: &str) -> (u16, String) {
+    let roots = vec![ca.dir.root_der().unwrap()];
+    let token = ca.token_with(worker, Duration::from_secs(60), caps.iter().map(|c| (*c).to_owned()).collect());
+    let url = format!("{}v1/certificates", ca.url());
+    let r = no_client_cert(&roots).post(url).json(&serde_json::json!({"csr": csr_pem, "token": token})).send();
+    let r = r.await.unwrap();
+    let status = r.status().as_u16();
+    let message = if status == 200 { String::new() } else { r.json::<ErrorBody>().await.unwrap().error.message };
+    (status, message)
+}
+
+#[tokio::test]
+async fn csrs_signed_with_sha1_or_with_small_rsa_keys_are_refused_with_400_whatever_the_policy() {
+    // A policy that allows everything: these refusals come before policy.
+    let ca = TestCa::start_with_policy(std::sync::Arc::new(AllowAll)).await;
+    let dir = ca.tmp.path();
+    let csr = |name: &str, newkey: &[&str], args: &[&str]| {
+        std::fs::read_to_string(openssl_csr_with(dir, name, &format!("/CN={name}"), newkey, args)).unwrap()
+    };
+
+    // `openssl req -sha1`, with an RSA key (which a SHA-1 check alone would let through)
+    // and with an EC key.
+    for (name, newkey, algorithm) in
+        [("sha1-rsa", &["rsa:2048"][..], "sha1WithRSAEncryption"), ("sha1-ec", OPENSSL_P256, "ecdsa-with-SHA1")]
+    {
+        let (status, m) = submit(&ca, name, &[], &csr(name, newkey, &["-sha1"])).await;
+        assert_eq!(status, 400, "{name}: {m}");
+        assert!(m.contains(algorithm) && m.contains("SHA-1"), "{name}: the refusal names the algorithm: {m}");
+        assert!(m.contains("SHA-256 or stronger"), "{name}: the refusal says what to use instead: {m}");
+    }
+    let (status, m) = submit(&ca, "md5", &[], &csr("md5", &["rsa:2048"], &["-md5"])).await;
+    assert!(status == 400 && m.contains("md5WithRSAEncryption"), "{status} {m}");
+
+    // RSA-1024, signed with SHA-256.
+    let (status, m) = submit(&ca, "rsa1024", &[], &csr("rsa1024", &["rsa:1024"], &["-sha256"])).await;
+    assert_eq!(status, 400, "{m}");
+    assert!(
+        m.contains("RSA key of 1024 bits, which is too small: at least 2048 bits are required (use ECDSA P-256"),
+        "{m}"
+    );
+
+    // The same keys and tools, done right, are issued.
+    let (status, m) = submit(&ca, "rsa2048", &[], &csr("rsa2048", &["rsa:2048"], &["-sha256"])).await;
+    assert_eq!(status, 200, "{m}");
+    let (status, m) = submit(&ca, "p256", &[], &csr("p256", OPENSSL_P256, &["-sha256"])).await;
+    assert_eq!(status, 200, "{m}");
+    // Nothing refused was recorded.
+    assert_eq!(ca.events.of(EventKind::CertIssued).len(), 2);
+}
+
+/// A CSR from a fresh P-256 key asking for the DNS names `names`, made with rcgen (which,
+/// unlike the worker's `build_csr`, does not check them).
+fn csr_asking_for(names: &[&str]) -> String {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = names.iter().map(|n| SanType::DnsName((*n).try_into().unwrap())).collect();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn dns_names_that_are_not_host_names_are_refused_with_400_even_when_policy_grants_them() {
+    // Granted by a san: capability under the default policy (capabilities are checked when
+    // tokens are made, so this token is made as an older crank would have made it), and
+    // by a policy that allows everything.
+    let default = TestCa::start().await;
+    let claims = crank_security_core::JoinTokenClaims {
+        caps: vec!["san:a\nb.example".into()],
+        ..crank_security_core::peek_token_claims(&default.token("newline")).unwrap()
+    };
+    let old_token = forge_with_token_key(&default.dir, &claims);
+    let r = crank_security_core::CertificateProvider::issue(
+        default.ca.as_ref(),
+        crank_security_core::IssueRequest {
+            csr_pem: csr_asking_for(&["a\nb.example"]),
+            token: old_token,
+            correlation_id: Default::default(),
+        },
+    )
+    .await;
+    match r {
+        Err(ProviderError::BadRequest(m)) => assert!(m.contains(r#""a\nb.example""#), "{m}"),
+        other => panic!("a name with a newline must be refused with 400, got {other:?}"),
+    }
+
+    let ca = TestCa::start_with_policy(std::sync::Arc::new(AllowAll)).await;
+    for (name, why) in [
+        ("a\nb.example", "control character"),
+        ("*.example.internal", "wildcard"),
+        ("a b.example", "space"),
+        ("a..example", "empty label"),
+        ("under_score.example", "letters, digits"),
+    ] {
+        let (status, m) = submit(&ca, "names", &[], &csr_asking_for(&["names", name])).await;
+        assert_eq!(status, 400, "{name:?}: {m}");
+        assert!(m.contains(&format!("{name:?}")) && m.contains(why), "the refusal names {name:?}, escaped: {m}");
+    }
+    let (status, m) = submit(&ca, "names", &[], &csr_asking_for(&["names", "api.example.internal"])).await;
+    assert_eq!(status, 200, "{m}");
+}
+
+/// A join token with `claims`, signed with the CA's token key as `crank token create`
+/// signs (but without its checks).
+fn forge_with_token_key(dir: &CaDir, claims: &crank_security_core::JoinTokenClaims) -> String {
+    let pem = CaDir::read_key(&dir.token_key()).unwrap().serialize_pem();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), claims, &key).unwrap()
+}
+
+#[test]
+fn crank_token_create_refuses_a_san_capability_that_is_not_a_name_or_an_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let dir = dir.to_str().unwrap();
+    crank(&["ca", "init", "--dir", dir]).unwrap();
+    for bad in ["san:a\nb.example", "san:*.example.internal", "san:"] {
+        let e = crank(&["token", "create", "--dir", dir, "--worker-id", "w", "--capability", bad]).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains(&format!("capability {bad:?} is not valid")), "{bad:?}: {e}");
+    }
+    let token = crank(&["token", "create", "--dir", dir, "--worker-id", "w", "--capability", "san:API.example"]);
+    let claims = crank_security_core::peek_token_claims(&token.unwrap()).unwrap();
+    assert_eq!(claims.caps, ["san:api.example"]);
 }

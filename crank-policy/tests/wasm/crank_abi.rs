@@ -6,13 +6,14 @@ use std::time::Duration;
 use crank_policy::wasm::Abi;
 use crank_policy::{PolicyEngine, WasmEngine};
 
-use super::{default_case_failures, denied_quickly, load, on_four_threads, policies};
+use super::wasm_module::{BUILD_WASM_POLICY, default_wasm_policy};
+use super::{default_case_failures, denied_quickly, load, on_four_threads};
 
 fn default_module() -> PathBuf {
-    let p = policies().join("wasm/default-policy/target/wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm");
+    let p = default_wasm_policy();
     assert!(
         p.exists(),
-        "{} is missing: build it with `cargo build --release --target wasm32-unknown-unknown --manifest-path policies/wasm/default-policy/Cargo.toml` (scripts/test.sh does)",
+        "{} is missing: build it with `{BUILD_WASM_POLICY}` (scripts/test.sh does), with the same CARGO_TARGET_DIR as the tests",
         p.display()
     );
     p

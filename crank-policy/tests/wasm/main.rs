@@ -3,6 +3,8 @@
 
 mod crank_abi;
 mod opa;
+#[path = "../support/wasm_module.rs"]
+mod wasm_module;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

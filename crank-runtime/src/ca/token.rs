@@ -1,8 +1,9 @@
 //! Join tokens: ES256 JWTs signed by the CA's token key.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use crank_security_core::{JoinTokenClaims, TrustDomain, WorkerId};
+use crank_security_core::{JoinTokenClaims, TrustDomain, WorkerId, validate_host_name};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::KeyPair;
 
@@ -12,6 +13,8 @@ pub const TOKEN_AUDIENCE: &str = "crank-join";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// Longest token lifetime accepted at creation: 7 days.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The prefix of a capability that lets a worker ask for one more DNS name or IP address.
+pub const SAN_CAPABILITY: &str = "san:";
 
 /// Signs and verifies join tokens.
 pub struct TokenAuthority {
@@ -56,10 +59,13 @@ impl TokenAuthority {
         Ok(Self { encoding, decoding, validation, trust_domain, root_fingerprint })
     }
 
-    /// A new single-use token for `worker_id`.
+    /// A new single-use token for `worker_id`. Each `san:<name>` capability must name one
+    /// IP address or one host name the CA can issue ([`validate_host_name`]); host names
+    /// are stored in lowercase, as the CA compares them.
     pub fn create(&self, worker_id: &WorkerId, ttl: Duration, capabilities: Vec<String>) -> anyhow::Result<String> {
         anyhow::ensure!(ttl <= MAX_TOKEN_TTL, "token TTL {ttl:?} is longer than the maximum of 7 days");
         anyhow::ensure!(!ttl.is_zero(), "token TTL must be positive");
+        let capabilities = capabilities.into_iter().map(checked_capability).collect::<anyhow::Result<Vec<_>>>()?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = JoinTokenClaims {
             iss: issuer(&self.trust_domain),
@@ -95,6 +101,21 @@ impl TokenAuthority {
     }
 }
 
+/// A `san:` capability with a valid name (lowercased), or an error naming it; other
+/// capabilities as they are.
+fn checked_capability(cap: String) -> anyhow::Result<String> {
+    let Some(name) = cap.strip_prefix(SAN_CAPABILITY) else { return Ok(cap) };
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(cap);
+    }
+    validate_host_name(name).map_err(|e| {
+        anyhow::anyhow!(
+            "capability {cap:?} is not valid: {e}. A {SAN_CAPABILITY} capability names one host name or IP address the worker may ask for, e.g. {SAN_CAPABILITY}api.example.internal"
+        )
+    })?;
+    Ok(format!("{SAN_CAPABILITY}{}", name.to_ascii_lowercase()))
+}
+
 fn issuer(td: &TrustDomain) -> String {
     format!("crank-ca:{td}")
 }
@@ -125,5 +146,19 @@ mod tests {
         assert!(matches!(a.verify(&parts.join(".")), Err(TokenError::Invalid(_))));
         // Another CA's token.
         assert!(authority().verify(&t).is_err());
+    }
+
+    #[test]
+    fn san_capabilities_must_name_a_host_name_or_an_ip_address() {
+        let a = authority();
+        let w = WorkerId::new("w1").unwrap();
+        let ttl = Duration::from_secs(60);
+        for bad in ["san:a\nb.example", "san:*.example", "san:", "san:a b", "san:bad_name.example"] {
+            let e = a.create(&w, ttl, vec!["read".into(), bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(&format!("capability {bad:?} is not valid")), "{bad:?}: {e}");
+        }
+        let caps = vec!["san:API.Example".into(), "san:10.0.0.1".into(), "san:::1".into(), "orders:read".into()];
+        let c = a.verify(&a.create(&w, ttl, caps).unwrap()).unwrap();
+        assert_eq!(c.caps, ["san:api.example", "san:10.0.0.1", "san:::1", "orders:read"]);
     }
 }

@@ -330,6 +330,9 @@ impl WorkerApplication {
         let metrics = Metrics::new();
         self.events.register(Arc::new(PrometheusSink(metrics.clone())));
         let files = CertFiles::in_dir(&config.cert_dir);
+        // A directory another user could write to is refused before anything is read
+        // from it or a join token is spent on it.
+        files.check_dir()?;
         let existing = load_valid(&files, &self.events);
         let explicit_id = self.worker_id.clone().or_else(|| env("CRANK_WORKER_ID"));
         let bundle = match (existing, token) {

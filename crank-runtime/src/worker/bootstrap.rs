@@ -7,7 +7,7 @@ use backon::{ExponentialBuilder, Retryable};
 use crank_security_core::{
     BundleWriter, CertFiles, CertificateBundle, CertificateEvent, CertificateProvider, CorrelationId, EventKind,
     EventSink, IssueRequest, IssuedCertificate, KeyType, ProviderError, SpiffeId, TrustDomain, WorkerId, build_csr,
-    cert_pem, fingerprint_sha256, generate_key, parse_pem_certs, peek_token_claims,
+    cert_pem, fingerprint_sha256, generate_key, parse_pem_certs, peek_token_claims, validate_host_name,
 };
 use rustls_pki_types::CertificateDer;
 use url::Url;
@@ -145,9 +145,12 @@ pub fn trust_pem(certs: &[CertificateDer<'_>]) -> String {
     certs.iter().map(|c| cert_pem(c)).collect()
 }
 
-/// The SANs a worker asks for when none are configured.
+/// The SANs a worker asks for when none are configured: its worker id (when that is a
+/// host name: worker ids may hold `_` or end in digits, DNS names may not), `localhost`
+/// and the loopback addresses.
 pub fn default_sans(worker: &WorkerId) -> Vec<String> {
-    vec![worker.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()]
+    let own = validate_host_name(worker.as_str()).is_ok().then(|| worker.to_string());
+    own.into_iter().chain(["localhost".into(), "127.0.0.1".into(), "::1".into()]).collect()
 }
 
 /// Gets a first certificate: generates the key here, sends only the CSR with the join
@@ -190,6 +193,12 @@ async fn bootstrap_inner(
             "the join token has expired; create a new one with `crank token create`".into(),
         ));
     }
+
+    // The directory is checked (and a crashed write finished or discarded) before the
+    // join token is spent: a directory the certificate could not be written into safely
+    // must not use up the token.
+    let files = CertFiles::in_dir(&opts.cert_dir);
+    files.recover()?;
 
     let key = generate_key(opts.key_type)?;
     let sans = if opts.sans.is_empty() { default_sans(&worker) } else { opts.sans.clone() };
@@ -265,7 +274,6 @@ async fn bootstrap_inner(
     }
     let expected = SpiffeId::new(trust_domain, worker.clone());
     let bundle = accept_issued(&issued, &key_pem, &expected, &pinned).map_err(BootstrapError::InvalidResponse)?;
-    let files = CertFiles::in_dir(&opts.cert_dir);
     BundleWriter::write(
         &files,
         issued.certificate_chain.as_bytes(),
