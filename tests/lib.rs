@@ -733,3 +733,147 @@ pub fn pg_bindir() -> PathBuf {
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (`apt-get install postgresql`, as scripts/test.sh does) or set CRANK_PG_BINDIR",
     )
 }
+
+/// A platform made of the real binaries: a CA directory (`crank ca init`), its
+/// `crank ca serve` process, and helpers that run `crank` and the example workers
+/// against it as an operator would.
+#[derive(Debug)]
+pub struct Platform {
+    /// Holds every directory of the platform.
+    pub tmp: TempDir,
+    /// The CA directory.
+    pub ca_dir: PathBuf,
+    /// Where the CA listens.
+    pub ca_addr: SocketAddr,
+    /// Arguments `crank ca serve` was started with (besides `--dir` and `--listen`).
+    ca_args: Vec<String>,
+    ca: Option<KillOnDrop>,
+}
+
+impl Platform {
+    /// `crank ca init` and `crank ca serve EXTRA...`.
+    pub async fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca_dir = tmp.path().join("ca");
+        crank(&["ca", "init", "--dir", ca_dir.to_str().unwrap()]).unwrap();
+        let (ca, ca_addr) = serve_ca_process(&ca_dir, extra).await.unwrap();
+        let ca_args = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self { tmp, ca_dir, ca_addr, ca_args, ca: Some(ca) }
+    }
+
+    /// `https://ADDR` of the CA.
+    pub fn ca_url(&self) -> String {
+        format!("https://{}", self.ca_addr)
+    }
+
+    /// Stops the CA process.
+    pub fn stop_ca(&mut self) {
+        self.ca = None;
+    }
+
+    /// Starts the CA process again on the same address and arguments.
+    pub async fn start_ca(&mut self) {
+        self.start_ca_with(std::process::Stdio::null(), "error").await;
+    }
+
+    /// Starts the CA process again, logging its events (JSON) into `<tmp>/ca.log`.
+    pub async fn start_ca_logging(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("ca.log")).unwrap();
+        self.start_ca_with(log.into(), "info").await;
+    }
+
+    /// What the CA logged (after [`Platform::start_ca_logging`]).
+    pub fn ca_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("ca.log")).unwrap_or_default()
+    }
+
+    async fn start_ca_with(&mut self, stderr: std::process::Stdio, level: &str) {
+        let child = std::process::Command::new(bin("crank"))
+            .args(["ca", "serve", "--dir", self.ca_dir.to_str().unwrap(), "--listen", &self.ca_addr.to_string()])
+            .args(&self.ca_args)
+            .env("RUST_LOG", level)
+            .env("CRANK_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.ca = Some(KillOnDrop(child));
+        wait_for_port(self.ca_addr).await.unwrap();
+    }
+
+    /// A join token (`crank token create`).
+    pub fn token(&self, worker: &str) -> String {
+        crank(&["token", "create", "--dir", self.ca_dir.to_str().unwrap(), "--worker-id", worker]).unwrap()
+    }
+
+    /// `crank cert init` for `worker` into `<tmp>/<worker>`; its bundle.
+    pub fn identity(&self, worker: &str) -> CertificateBundle {
+        let dir = self.tmp.path().join(worker);
+        cert_init(worker, &self.token(worker), &self.ca_url(), &dir).unwrap();
+        CertificateBundle::load(&crank_security_core::CertFiles::in_dir(&dir)).unwrap()
+    }
+
+    /// `crank ca admin-cert --name NAME` into `<tmp>/admin-NAME`; that folder.
+    pub fn admin(&self, name: &str) -> PathBuf {
+        let out = self.tmp.path().join(format!("admin-{name}"));
+        let (dir, o) = (self.ca_dir.to_str().unwrap(), out.to_str().unwrap());
+        crank(&["ca", "admin-cert", "--dir", dir, "--name", name, "--out", o]).unwrap();
+        out
+    }
+
+    /// `crank revoke --admin-dir ADMIN TARGET...`: its output, or its error.
+    pub fn revoke(&self, admin: &Path, target: &[&str]) -> anyhow::Result<String> {
+        let url = self.ca_url();
+        let args = ["revoke", "--admin-dir", admin.to_str().unwrap(), "--ca-url", &url, "--reason", "keyCompromise"];
+        crank(&[&args[..], target].concat())
+    }
+
+    /// Starts the example worker `name` (`hello-world`, `caller`) on a free port with its
+    /// certificates in `<tmp>/<name>` (bootstrapped with a new token when there are none
+    /// yet), this CA, `env` added, and its log (JSON) in `<tmp>/<name>.log`; waits until it
+    /// listens.
+    pub async fn worker(&self, name: &str, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) {
+        let addr = free_addr();
+        let certs = self.tmp.path().join(name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
+        let port_var = format!("{}_HTTPS_PORT", name.to_ascii_uppercase().replace('-', "_"));
+        let mut c = std::process::Command::new(bin(name));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("CRANK_LOG_FORMAT", "json")
+            .env("CA_SERVICE_URL", self.ca_url())
+            .env("CERT_DIR", &certs)
+            .env(&port_var, addr.port().to_string())
+            .env("CRANK_LISTEN_HOST", "127.0.0.1")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log));
+        if !certs.join("client.crt").exists() {
+            c.env("CRANK_JOIN_TOKEN", self.token(name));
+        }
+        let process = KillOnDrop(c.spawn().unwrap());
+        wait_for_port(addr).await.unwrap();
+        (process, addr)
+    }
+
+    /// The log file of a worker started by [`Platform::worker`].
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(format!("{name}.log"))
+    }
+
+    /// What a worker has logged so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// An HTTPS client presenting `bundle` and trusting what it trusts.
+    pub fn client(bundle: &CertificateBundle) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(Arc::unwrap_or_clone(tls_client_config(bundle.ca(), Some(bundle), &[])))
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .unwrap()
+    }
+}

@@ -55,7 +55,7 @@ pub enum Command {
 
 /// `crank revoke`
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "worker_id"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "worker_id", "admin"])))]
 pub struct RevokeArgs {
     /// Serial of the certificate (as `crank cert inspect` prints it).
     #[arg(long)]

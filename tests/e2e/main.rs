@@ -14,6 +14,7 @@ mod platform;
 mod policy;
 mod refusals;
 mod revocation;
+mod revocation_gaps;
 mod rotation;
 mod store;
 mod transport;
