@@ -81,25 +81,6 @@ pub fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore
     Ok(Arc::new(store))
 }
 
-/// A server config that requires a client certificate chaining to `roots`.
-pub fn mtls_server_config(
-    roots: &[CertificateDer<'static>],
-    creds: Arc<Credentials>,
-) -> Result<Arc<ServerConfig>, rustls::Error> {
-    server_config(&TrustStore::new(roots)?, true, creds, Resumption::On)
-}
-
-/// A server config that verifies a client certificate when one is offered (it must then
-/// chain to `roots`) but also accepts clients without one. Used by the CA service, whose
-/// first-issuance endpoint is reached before a worker has a certificate; routes that need
-/// a client identity check for a [`PeerIdentity`].
-pub fn optional_mtls_server_config(
-    roots: &[CertificateDer<'static>],
-    creds: Arc<Credentials>,
-) -> Result<Arc<ServerConfig>, rustls::Error> {
-    server_config(&TrustStore::new(roots)?, false, creds, Resumption::On)
-}
-
 /// Whether a server lets clients resume TLS sessions (skipping the certificate
 /// signature and verification of a full handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
