@@ -104,16 +104,38 @@ async fn suite(s: Arc<dyn CaStore>) {
     let e = s.revoke(&revocation(RevokeTarget::Worker("w2".into()), RevocationReason::Unspecified)).await;
     assert!(matches!(e, Err(StoreError::NotFound(ref m)) if m.contains("w2")), "{e:?}");
 
-    // Revoking a worker revokes its live certificates only.
+    // A renewal retires the certificate it replaces, once, and remembers how.
+    let renewal = |prev: &str, hash: &str| store::Renewal { previous_serial: prev.into(), request_sha256: hash.into() };
+    let r5 = CertificateRecord { kind: "renew".into(), ..rec("05:ee", "w1", now + hour) };
+    s.record_renewal(renewal("02:bb", "sha-k1"), r5.clone()).await.unwrap();
+    assert_eq!(s.certificate("02:bb").await.unwrap().unwrap().status, "superseded");
+    assert_eq!(s.renewal_of("02:bb").await.unwrap(), Some(("sha-k1".to_owned(), r5.clone())));
+    assert!(s.renewal_of("05:ee").await.unwrap().is_none());
+    let e = s.record_renewal(renewal("02:bb", "sha-k2"), rec("06:ff", "w1", now + hour)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Superseded(ref x) if x == "02:bb"), "{e}");
+    assert!(s.certificate("06:ff").await.unwrap().is_none(), "a refused renewal leaves nothing behind");
+    // An administrator that has a worker's name.
+    s.record_issuance(None, CertificateRecord { kind: "admin".into(), ..rec("07:aa", "w1", now + hour) })
+        .await
+        .unwrap();
+
+    // Revoking a worker revokes its live certificates (superseded ones too: they still
+    // work until they expire), never an administrator's.
     let out = s.revoke(&revocation(RevokeTarget::Worker("w1".into()), RevocationReason::CessationOfOperation)).await;
     let got: HashSet<String> = out.unwrap().into_iter().map(|r| r.serial).collect();
-    assert_eq!(got, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned()]));
+    assert_eq!(got, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned(), "05:ee".to_owned()]));
     assert_eq!(s.certificate("03:cc").await.unwrap().unwrap().status, "valid", "expired ones are left alone");
+    assert_eq!(s.certificate("07:aa").await.unwrap().unwrap().status, "valid", "the administrator is not a worker");
     assert!(s.revocation_generation().await.unwrap() > g1);
+    let out = s.revoke(&revocation(RevokeTarget::Admin("w1".into()), RevocationReason::AffiliationChanged)).await;
+    assert_eq!(out.unwrap().into_iter().map(|r| r.serial).collect::<Vec<_>>(), vec!["07:aa".to_owned()]);
+    let e = s.revoke(&revocation(RevokeTarget::Admin("w2".into()), RevocationReason::Unspecified)).await;
+    assert!(matches!(e, Err(StoreError::NotFound(ref m)) if m.contains("administrator w2")), "{e:?}");
 
     // The CRL's view: revoked and unexpired.
     let listed: HashSet<String> = s.revoked_unexpired(now).await.unwrap().into_iter().map(|r| r.serial).collect();
-    assert_eq!(listed, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned(), "04:dd".to_owned()]));
+    let expected = ["01:aa", "02:bb", "04:dd", "05:ee", "07:aa"].map(str::to_owned);
+    assert_eq!(listed, HashSet::from(expected));
     assert!(s.revoked_unexpired(now + hour + time::Duration::seconds(1)).await.unwrap().is_empty());
 
     // CRL numbers strictly increase.
@@ -133,7 +155,7 @@ async fn suite(s: Arc<dyn CaStore>) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(s.certificate_count().await.unwrap(), 204);
+    assert_eq!(s.certificate_count().await.unwrap(), 206);
     let mut racers = Vec::new();
     for i in 0..20 {
         let s = s.clone();
@@ -150,7 +172,7 @@ async fn suite(s: Arc<dyn CaStore>) {
         }
     }
     assert_eq!(wins, 1, "exactly one issuance may consume a token");
-    assert_eq!(s.certificate_count().await.unwrap(), 205);
+    assert_eq!(s.certificate_count().await.unwrap(), 207);
 }
 
 #[tokio::test]
@@ -160,9 +182,9 @@ async fn sqlite_store_passes_the_suite_and_keeps_state_across_reopen() {
     suite(Arc::new(SqliteStore::open(&path).unwrap())).await;
     let reopened = store::open(Some(&format!("sqlite://{}", path.display())), &path).await.unwrap();
     assert_eq!(reopened.backend(), "sqlite");
-    assert_eq!(reopened.certificate_count().await.unwrap(), 205);
+    assert_eq!(reopened.certificate_count().await.unwrap(), 207);
     assert!(reopened.token_used("t1").await.unwrap());
-    assert_eq!(reopened.revoked_unexpired(OffsetDateTime::now_utc()).await.unwrap().len(), 3);
+    assert_eq!(reopened.revoked_unexpired(OffsetDateTime::now_utc()).await.unwrap().len(), 5);
 }
 
 #[tokio::test]
@@ -173,7 +195,7 @@ async fn postgres_store_passes_the_suite_and_keeps_state_across_reconnect() {
     assert_eq!(s.backend(), "postgres");
     suite(s).await;
     let again = PostgresStore::connect(&url).await.unwrap();
-    assert_eq!(again.certificate_count().await.unwrap(), 205);
+    assert_eq!(again.certificate_count().await.unwrap(), 207);
     assert!(again.token_used("t1").await.unwrap());
 }
 
