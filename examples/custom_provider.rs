@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
-use crank_runtime::ca::signer::leaf_params;
-use crank_runtime::cli::{CaSettings, load_ca_with_signer, open_store};
+use crank_ca::LocalCa;
+use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::signer::leaf_params;
 use crank_security_core::{CertificateProvider, ProviderError, SignRequest, TrustDomain, write_file_atomic};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
@@ -97,11 +97,10 @@ fn main() -> anyhow::Result<()> {
     }
     let team = Arc::new(TeamCa::load_or_create(&dir.dir)?);
     tokio::runtime::Runtime::new()?.block_on(async {
-        let store = open_store(&dir, None).await?;
-        let ca = load_ca_with_signer(&dir, CaSettings::default(), store, team).await?;
-        let server = crank_runtime::ca::server::bind_and_spawn(&dir, listen, ca).await?;
+        let ca = LocalCa::builder(dir.clone()).signer(team).build().await?;
+        let server = crank_ca::server::bind_and_spawn(&dir, listen, ca).await?;
         println!("CA with the team-ca signer listening on https://{}", server.addr());
-        crank_runtime::tls::shutdown_signal().await;
+        crank_runtime::shutdown_signal().await;
         server.shutdown().await?;
         Ok(())
     })

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use crank_runtime::ca::authority::LocalCa;
-use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::authority::LocalCa;
+use crank_ca::files::{CaDir, InitOptions, init_ca};
 use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
     CertificateBundle, CertificateEvent, CertificateProvider, DefaultPolicy, EventKind, EventSink, EventSinks,
@@ -89,7 +89,7 @@ impl TestCa {
     /// Inits an intermediate CA, has an `openssl` root (`enterprise.pem` in the CA's temp
     /// dir) sign it, imports it and serves it.
     pub async fn start_intermediate() -> Self {
-        use crank_runtime::ca::intermediate::{CsrOptions, import, init_csr};
+        use crank_ca::intermediate::{CsrOptions, import, init_csr};
         let tmp = tempfile::tempdir().unwrap();
         let dir = CaDir::new(tmp.path().join("ca"));
         let opts = CsrOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
@@ -110,7 +110,7 @@ impl TestCa {
     ) -> Self {
         let events = Arc::default();
         let ca = load_ca(&dir, &events, policy.clone(), signer.clone()).await;
-        let server = Some(crank_runtime::ca::server::bind_and_spawn(&dir, free_addr(), ca.clone()).await.unwrap());
+        let server = Some(crank_ca::server::bind_and_spawn(&dir, free_addr(), ca.clone()).await.unwrap());
         Self { tmp, dir, ca, server, events, policy, signer }
     }
 
@@ -120,7 +120,7 @@ impl TestCa {
             s.shutdown().await.unwrap();
         }
         self.ca = load_ca(&self.dir, &self.events, self.policy.clone(), self.signer.clone()).await;
-        self.server = Some(crank_runtime::ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone()).await.unwrap());
+        self.server = Some(crank_ca::server::bind_and_spawn(&self.dir, addr, self.ca.clone()).await.unwrap());
     }
 
     /// Stops serving.
@@ -147,7 +147,7 @@ impl TestCa {
 
     /// A join token with TTL and capabilities.
     pub fn token_with(&self, worker: &str, ttl: Duration, caps: Vec<String>) -> String {
-        crank_runtime::cli::create_token(&self.dir, &WorkerId::new(worker).unwrap(), ttl, caps).unwrap()
+        crank_ca::create_token(&self.dir, &WorkerId::new(worker).unwrap(), ttl, caps).unwrap()
     }
 
     /// Bootstrap options for `worker` into a fresh directory under the CA's temp dir.
@@ -212,20 +212,11 @@ async fn load_ca(
 ) -> Arc<LocalCa> {
     let sinks = EventSinks::default();
     sinks.register(events.clone());
-    let settings = crank_runtime::cli::CaSettings {
-        environment: "test".into(),
-        policy,
-        events: Arc::new(sinks),
-        replica: None,
-        crl_validity: None,
-    };
-    match signer {
-        None => crank_runtime::cli::load_ca_with(dir, settings).unwrap(),
-        Some(s) => {
-            let store = crank_runtime::cli::open_store(dir, None).await.unwrap();
-            crank_runtime::cli::load_ca_with_signer(dir, settings, store, s).await.unwrap()
-        }
+    let mut builder = LocalCa::builder(dir.clone()).environment("test").policy(policy).events(Arc::new(sinks));
+    if let Some(s) = signer {
+        builder = builder.signer(s);
     }
+    builder.build().await.unwrap()
 }
 
 /// A policy that allows every issuance and revocation (24 h certificates, default

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crank_runtime::ca::cfssl::{AuthKey, CfsslConfig, CfsslProvider, ClientIdentity};
+use crank_ca::cfssl::{AuthKey, CfsslConfig, CfsslProvider, ClientIdentity};
 use crank_security_core::{CertificateProvider, parse_pem_certs};
 use serde_json::{Value, json};
 use tempfile::TempDir;

@@ -1,8 +1,8 @@
+use crate::api::{ErrorBody, ErrorDetail};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crank_security_core::ProviderError;
-use serde::{Deserialize, Serialize};
 
 /// An HTTP error answer: a status and a JSON body saying what was wrong.
 ///
@@ -16,22 +16,6 @@ pub struct ApiError {
     /// Stable machine-readable code.
     pub code: &'static str,
     /// What was wrong and what to do.
-    pub message: String,
-}
-
-/// The JSON shape of an error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// The inner error object.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    /// Stable code.
-    pub code: String,
-    /// Human-readable message.
     pub message: String,
 }
 

@@ -33,8 +33,7 @@
 // input must never make them panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-pub mod ca;
-pub mod cli;
+pub mod api;
 pub mod demo;
 mod error;
 pub mod events;
@@ -46,9 +45,10 @@ pub mod tls;
 pub mod trust;
 pub mod worker;
 
-pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use api::{ErrorBody, ErrorDetail};
+pub use error::ApiError;
 pub use metrics::ConnectionMetrics;
-pub use server::{ConnectionLimits, ServerHandle, serve_tls};
+pub use server::{ConnectionLimits, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
 pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};

@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use crank_ca::files::CaDir;
+use crank_ca::token::TokenAuthority;
 use crank_runtime::MtlsClient;
-use crank_runtime::ca::files::CaDir;
-use crank_runtime::ca::token::TokenAuthority;
 use crank_runtime::tls::{Credentials, mtls_client_config};
 use crank_security_core::{CertFiles, CertificateBundle, WorkerId};
 use rustls::client::Resumption;

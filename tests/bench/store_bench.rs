@@ -15,10 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crank_runtime::ca::authority::LocalCa;
-use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
-use crank_runtime::ca::store::{CaStore, CertificateRecord, Revocation, RevocationReason, RevokeTarget};
-use crank_runtime::cli::{CaSettings, load_ca_with_store, open_store};
+use crank_ca::authority::LocalCa;
+use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::store::{CaStore, CertificateRecord, Revocation, RevocationReason, RevokeTarget};
 use crank_security_core::{
     CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr,
     generate_key,
@@ -38,9 +37,11 @@ async fn ca_on(store_url: Option<&str>) -> (tempfile::TempDir, Arc<LocalCa>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = CaDir::new(tmp.path().join("ca"));
     init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
-    let store = open_store(&dir, store_url).await.unwrap();
-    let settings = CaSettings { events: Arc::new(EventSinks::empty()), ..CaSettings::default() };
-    (tmp, load_ca_with_store(&dir, settings, store).unwrap())
+    let mut builder = LocalCa::builder(dir.clone()).events(Arc::new(EventSinks::empty()));
+    if let Some(url) = store_url {
+        builder = builder.store_url(url);
+    }
+    (tmp, builder.build().await.unwrap())
 }
 
 /// Issuances per second over `seconds`, `CONCURRENCY` in flight.

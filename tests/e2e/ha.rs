@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
-use crank_runtime::ca::store::{CaStore, PostgresStore, SqliteStore};
+use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::store::{CaStore, PostgresStore, SqliteStore};
 use crank_runtime::worker::ca_client::CaClient;
 use crank_security_core::{
     CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
@@ -37,7 +37,7 @@ struct Bootstrap {
 
 fn bootstrap_request(dir: &CaDir, worker: &str) -> Bootstrap {
     let id = WorkerId::new(worker).unwrap();
-    let token = crank_runtime::cli::create_token(dir, &id, Duration::from_secs(600), vec![]).unwrap();
+    let token = crank_ca::create_token(dir, &id, Duration::from_secs(600), vec![]).unwrap();
     let key = generate_key(KeyType::default()).unwrap();
     Bootstrap { token, csr: build_csr(&key, &id, &[worker.to_owned()]).unwrap() }
 }

@@ -163,7 +163,7 @@ async fn expiry_while_the_ca_is_down_then_recovery_with_a_new_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_root_rollover_drill_keeps_workers_talking() {
-    use crank_runtime::ca::rollover;
+    use crank_ca::rollover;
     let mut ca = TestCa::start_with_validity(Duration::from_secs(10)).await;
     let addr = ca.addr();
     let ping = || axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));

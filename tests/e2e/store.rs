@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crank_runtime::ca::store::{
+use crank_ca::store::{
     self, CaStore, CertificateRecord, PostgresStore, Revocation, RevocationReason, RevokeTarget, SqliteStore,
     StoreError, TokenUse,
 };

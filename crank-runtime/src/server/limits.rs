@@ -75,6 +75,26 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// Parses a timeout such as `10s`, `2m` or `1h 30m` (above zero). Used for the
+    /// variables and for the `crank` flags.
+    pub fn parse_timeout(value: &str) -> Result<Duration, String> {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if d.is_zero() => Err("must be longer than 0".into()),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("not a duration such as 10s or 2m ({e})")),
+        }
+    }
+
+    /// Parses a connection count (at least 1). Used for the variables and for the `crank`
+    /// flags.
+    pub fn parse_count(value: &str) -> Result<usize, String> {
+        match value.trim().parse::<usize>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(n) => Ok(n),
+            Err(_) => Err("not a whole number".into()),
+        }
+    }
+
     /// The defaults, with what `CRANK_HANDSHAKE_TIMEOUT`, `CRANK_HEADER_READ_TIMEOUT`,
     /// `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` (durations such as `10s`, `2m`)
     /// and `CRANK_MAX_CONNECTIONS`, `CRANK_MAX_CONNECTIONS_PER_IP` (counts) set. An
@@ -95,7 +115,7 @@ impl ConnectionLimits {
             ("CRANK_MAX_CONNECTION_AGE", &mut limits.max_connection_age),
         ] {
             if let Some(v) = set(var) {
-                *field = parse_timeout(&v).map_err(|e| bad(var, &v, e))?;
+                *field = Self::parse_timeout(&v).map_err(|e| bad(var, &v, e))?;
             }
         }
         for (var, field) in [
@@ -103,7 +123,7 @@ impl ConnectionLimits {
             ("CRANK_MAX_CONNECTIONS_PER_IP", &mut limits.max_connections_per_ip),
         ] {
             if let Some(v) = set(var) {
-                *field = parse_count(&v).map_err(|e| bad(var, &v, e))?;
+                *field = Self::parse_count(&v).map_err(|e| bad(var, &v, e))?;
             }
         }
         Ok(limits)
@@ -128,26 +148,6 @@ impl ConnectionLimits {
             return Err(RuntimeError::Config(format!("connection limit {name} must be at least 1")));
         }
         Ok(())
-    }
-}
-
-/// Parses a timeout such as `10s`, `2m` or `1h 30m` (above zero). Used for the
-/// variables and for the `crank` flags.
-pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(value.trim()) {
-        Ok(d) if d.is_zero() => Err("must be longer than 0".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("not a duration such as 10s or 2m ({e})")),
-    }
-}
-
-/// Parses a connection count (at least 1). Used for the variables and for the `crank`
-/// flags.
-pub(crate) fn parse_count(value: &str) -> Result<usize, String> {
-    match value.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("not a whole number".into()),
     }
 }
 

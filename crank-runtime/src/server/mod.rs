@@ -28,7 +28,6 @@ mod limits;
 
 pub use accept::serve_tls;
 pub use limits::ConnectionLimits;
-pub(crate) use limits::{parse_count, parse_timeout};
 pub(crate) use {admission::Refusal, connection::CloseReason};
 
 use crate::metrics::ConnectionMetrics;
@@ -90,4 +89,25 @@ impl ServerHandle {
     pub async fn wait(self) -> std::io::Result<()> {
         self.task.await.map_err(std::io::Error::other)?
     }
+}
+
+/// Resolves when the process receives SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing open connections");
 }

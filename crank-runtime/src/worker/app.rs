@@ -1,6 +1,6 @@
 //! `WorkerApplication`: a worker's `main` in three lines.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,7 @@ use tower_http::timeout::TimeoutLayer;
 use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::{MtlsClient, MtlsHttpClient};
 use super::rotation::{RotationConfig, Rotator};
+use super::settings::{Resolved, WorkerSettings};
 use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::{CrlMode, TrustStore};
@@ -71,22 +72,9 @@ pub struct WorkerContext {
 pub struct WorkerApplication {
     service_name: String,
     port: Result<u16, String>,
-    host: Option<IpAddr>,
     routes: Router,
-    config: Option<SecurityConfig>,
-    token: Option<String>,
-    worker_id: Option<String>,
-    sans: Vec<String>,
-    key_type: Option<KeyType>,
-    retry: Option<RetryPolicy>,
     events: EventSinks,
-    policy: Option<Arc<dyn PolicyEngine>>,
-    platform_url: Option<String>,
-    heartbeat_interval: Option<Duration>,
-    crl_refresh: Option<Duration>,
-    resumption: Option<Resumption>,
-    crl_mode: Option<CrlMode>,
-    limits: Option<ConnectionLimits>,
+    settings: WorkerSettings,
 }
 
 /// A started worker.
@@ -126,22 +114,9 @@ impl WorkerApplication {
         Self {
             service_name: service_name.into(),
             port: Ok(8500),
-            host: None,
             routes: Router::new(),
-            config: None,
-            token: None,
-            worker_id: None,
-            sans: Vec::new(),
-            key_type: None,
-            retry: None,
             events: EventSinks::default(),
-            policy: None,
-            platform_url: None,
-            heartbeat_interval: None,
-            crl_refresh: None,
-            resumption: None,
-            crl_mode: None,
-            limits: None,
+            settings: WorkerSettings::default(),
         }
     }
 
@@ -163,7 +138,7 @@ impl WorkerApplication {
 
     /// The address to bind (default `0.0.0.0`, or `CRANK_LISTEN_HOST`).
     pub fn host(mut self, host: IpAddr) -> Self {
-        self.host = Some(host);
+        self.settings.host = Some(host);
         self
     }
 
@@ -175,50 +150,50 @@ impl WorkerApplication {
 
     /// Security settings, instead of reading the environment.
     pub fn security_config(mut self, config: SecurityConfig) -> Self {
-        self.config = Some(config);
+        self.settings.security = Some(config);
         self
     }
 
     /// The join token, instead of `CRANK_JOIN_TOKEN`.
     pub fn join_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.settings.join_token = Some(token.into());
         self
     }
 
     /// The worker id, instead of `CRANK_WORKER_ID` or the token's.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
-        self.worker_id = Some(id.into());
+        self.settings.worker_id = Some(id.into());
         self
     }
 
     /// Adds a SAN to ask for (default: worker id, localhost, 127.0.0.1, ::1).
     pub fn san(mut self, name: impl Into<String>) -> Self {
-        self.sans.push(name.into());
+        self.settings.sans.push(name.into());
         self
     }
 
     /// The key type (default ECDSA P-256).
     pub fn key_type(mut self, key_type: KeyType) -> Self {
-        self.key_type = Some(key_type);
+        self.settings.key_type = Some(key_type);
         self
     }
 
     /// Retry of an unavailable CA at bootstrap.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = Some(retry);
+        self.settings.retry = Some(retry);
         self
     }
 
     /// The policy engine deciding renewal (default: the built-in policy).
     pub fn policy(mut self, engine: Arc<dyn PolicyEngine>) -> Self {
-        self.policy = Some(engine);
+        self.settings.policy = Some(engine);
         self
     }
 
     /// The platform registry to register with and send heartbeats to, instead of
     /// `PLATFORM_URL`.
     pub fn platform_url(mut self, url: impl Into<String>) -> Self {
-        self.platform_url = Some(url.into());
+        self.settings.platform_url = Some(url.into());
         self
     }
 
@@ -226,7 +201,7 @@ impl WorkerApplication {
     /// `CRANK_CRL_REFRESH`, e.g. `10s`); also the longest time a revoked peer can still
     /// open new connections to this worker.
     pub fn crl_refresh(mut self, interval: Duration) -> Self {
-        self.crl_refresh = Some(interval);
+        self.settings.crl_refresh = Some(interval);
         self
     }
 
@@ -234,27 +209,27 @@ impl WorkerApplication {
     /// [`Resumption::On`], or `CRANK_TLS_RESUMPTION=on|off`). Resumed sessions are never
     /// carried across a CRL or root change.
     pub fn tls_resumption(mut self, resumption: Resumption) -> Self {
-        self.resumption = Some(resumption);
+        self.settings.resumption = Some(resumption);
         self
     }
 
     /// What a missing or stale CRL means for peers (default [`CrlMode::Warn`], or
     /// `CRANK_CRL_MODE=warn|fail-closed`).
     pub fn crl_mode(mut self, mode: CrlMode) -> Self {
-        self.crl_mode = Some(mode);
+        self.settings.crl_mode = Some(mode);
         self
     }
 
     /// Timeouts and connection limits of the HTTPS server, instead of the defaults and the
     /// `CRANK_*` variables read by [`ConnectionLimits::from_env`].
     pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
-        self.limits = Some(limits);
+        self.settings.limits = Some(limits);
         self
     }
 
     /// Heartbeat interval (default 10 s, or `CRANK_HEARTBEAT_INTERVAL`, e.g. `30s`).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = Some(interval);
+        self.settings.heartbeat_interval = Some(interval);
         self
     }
 
@@ -272,7 +247,7 @@ impl WorkerApplication {
         rt.block_on(async move {
             let worker = self.start().await?;
             tracing::info!(addr = %worker.addr(), worker_id = %worker.context.worker_id, "worker serving HTTPS with mandatory client certificates");
-            crate::tls::shutdown_signal().await;
+            crate::shutdown_signal().await;
             worker.shutdown().await?;
             tracing::info!("worker stopped");
             Ok(())
@@ -281,51 +256,23 @@ impl WorkerApplication {
 
     /// Obtains certificates and starts serving in the background.
     pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let port = self.port.clone().map_err(RuntimeError::Config)?;
-        let limits = match self.limits {
-            Some(l) => l,
-            None => ConnectionLimits::from_env()?,
-        };
-        let config = match self.config.clone() {
-            Some(c) => c,
-            None => SecurityConfig::from_env()?,
-        };
-        let token = self.token.clone().or_else(|| env("CRANK_JOIN_TOKEN"));
-        let key_type = match self.key_type {
-            Some(k) => k,
-            None => env("CRANK_KEY_TYPE").map(|k| k.parse()).transpose()?.unwrap_or_default(),
-        };
-        let mut sans = self.sans.clone();
-        if sans.is_empty()
-            && let Some(list) = env("CRANK_SANS")
-        {
-            sans = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-        }
-        let retry = match self.retry {
-            Some(r) => r,
-            None => {
-                let attempts = env("CRANK_BOOTSTRAP_ATTEMPTS")
-                    .map(|v| {
-                        v.parse::<usize>().map_err(|_| {
-                            RuntimeError::Config(format!("CRANK_BOOTSTRAP_ATTEMPTS={v:?} is not a number"))
-                        })
-                    })
-                    .transpose()?;
-                RetryPolicy { attempts: attempts.unwrap_or(RetryPolicy::default().attempts), ..RetryPolicy::default() }
-            }
-        };
-        let host = match self.host {
-            Some(h) => h,
-            None => env("CRANK_LISTEN_HOST")
-                .map(|h| {
-                    h.parse::<IpAddr>()
-                        .map_err(|_| RuntimeError::Config(format!("CRANK_LISTEN_HOST={h:?} is not an IP address")))
-                })
-                .transpose()?
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        };
-
+        let Resolved {
+            security: config,
+            join_token: token,
+            token_file,
+            worker_id: explicit_id,
+            sans,
+            key_type,
+            retry,
+            host,
+            policy: engine,
+            platform,
+            crl_refresh,
+            crl_mode,
+            resumption,
+            limits,
+        } = self.settings.clone().resolve_from_env()?;
         let sans_for_rotation = sans.clone();
         let metrics = Metrics::new();
         self.events.register(Arc::new(PrometheusSink(metrics.clone())));
@@ -334,7 +281,6 @@ impl WorkerApplication {
         // from it or a join token is spent on it.
         files.check_dir()?;
         let existing = load_valid(&files, &self.events);
-        let explicit_id = self.worker_id.clone().or_else(|| env("CRANK_WORKER_ID"));
         let bundle = match (existing, token) {
             (Ok(bundle), _) => bundle,
             (Err(why), Some(token)) => {
@@ -373,24 +319,9 @@ impl WorkerApplication {
         }
 
         let credentials = Credentials::new(bundle.certified_key()?);
-        let crl_mode = match self.crl_mode {
-            Some(m) => m,
-            None => env("CRANK_CRL_MODE")
-                .map(|v| v.parse().map_err(|e| RuntimeError::Config(format!("CRANK_CRL_MODE: {e}"))))
-                .transpose()?
-                .unwrap_or_default(),
-        };
         let trust = TrustStore::with_mode(bundle.ca(), crl_mode)?;
-        let resumption = match self.resumption {
-            Some(r) => r,
-            None => env("CRANK_TLS_RESUMPTION")
-                .map(|v| v.parse().map_err(|e| RuntimeError::Config(format!("CRANK_TLS_RESUMPTION: {e}"))))
-                .transpose()?
-                .unwrap_or_default(),
-        };
         let server_config = server_config(&trust, true, credentials.clone(), resumption)?;
         let client = MtlsClient::revocation_aware(&trust, credentials.clone())?;
-        let token_file = env("CRANK_JOIN_TOKEN_FILE").map_or_else(|| config.cert_dir.join("join-token"), PathBuf::from);
         let rotation = RotationConfig {
             cert_dir: config.cert_dir.clone(),
             token_file,
@@ -398,31 +329,12 @@ impl WorkerApplication {
             key_type,
             sans: sans_for_rotation,
         };
-        let engine: Arc<dyn PolicyEngine> = match (self.policy.clone(), env("CRANK_POLICY_DIR")) {
-            (Some(p), _) => p,
-            (None, Some(dir)) => crank_policy::from_dir(std::path::Path::new(&dir))
-                .map_err(|e| RuntimeError::Config(format!("CRANK_POLICY_DIR={dir}: {e}")))?,
-            (None, None) => crank_policy::builtin(),
-        };
         let policy = PolicyGuard::new(engine);
         let events: Arc<dyn EventSink> = Arc::new(self.events.clone());
         let rotator =
             Rotator::new(bundle.clone(), rotation, policy, events.clone(), credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
         tokio::spawn(rotator.clone().run(stop_rx));
-        let crl_refresh = match self.crl_refresh {
-            Some(i) => i,
-            None => env("CRANK_CRL_REFRESH")
-                .map(|v| {
-                    humantime::parse_duration(&v)
-                        .map_err(|e| RuntimeError::Config(format!("CRANK_CRL_REFRESH={v:?}: {e}")))
-                })
-                .transpose()?
-                .unwrap_or(super::crl::DEFAULT_CRL_REFRESH),
-        };
-        if crl_refresh < Duration::from_secs(1) {
-            return Err(RuntimeError::Config(format!("the CRL refresh interval {crl_refresh:?} is below 1 s")));
-        }
         let crl_status = Arc::new(super::crl::CrlStatus::default());
         let watcher = super::crl::CrlWatcher::new(rotator.clone(), crl_refresh, crl_status.clone(), events.clone());
         // The CRL kept beside the certificate is in force before the first handshake.
@@ -438,21 +350,7 @@ impl WorkerApplication {
         metrics.set_expiry_source(move || current.current().metadata().not_after);
         let crl_for_metrics = crl_status.clone();
         metrics.set_crl_source(move || crl_for_metrics.current().and_then(|c| c.next_update));
-        if let Some(platform) = self.platform_url.clone().or_else(|| env("PLATFORM_URL")) {
-            let platform: url::Url =
-                platform.parse().ok().filter(|u: &url::Url| u.scheme() == "https").ok_or_else(|| {
-                    RuntimeError::Config(format!("PLATFORM_URL {platform:?} must be an https:// URL"))
-                })?;
-            let interval = match self.heartbeat_interval {
-                Some(i) => i,
-                None => env("CRANK_HEARTBEAT_INTERVAL")
-                    .map(|v| {
-                        humantime::parse_duration(&v)
-                            .map_err(|e| RuntimeError::Config(format!("CRANK_HEARTBEAT_INTERVAL={v:?}: {e}")))
-                    })
-                    .transpose()?
-                    .unwrap_or(crate::platform::DEFAULT_HEARTBEAT_INTERVAL),
-            };
+        if let Some((platform, interval)) = platform {
             let load = metrics.clone();
             tokio::spawn(crate::platform::heartbeat_loop(
                 client.clone(),

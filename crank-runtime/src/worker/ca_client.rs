@@ -9,7 +9,10 @@ use crank_security_core::{
 use serde::Serialize;
 use url::Url;
 
-use crate::error::ErrorBody;
+use crate::api::{
+    CRL_PATH, ErrorBody, ISSUE_PATH, IssueBody, RENEW_PATH, REVOKE_PATH, RenewBody, RevokeAnswer, RevokeBody,
+    TRUST_BUNDLE_PATH,
+};
 
 /// Talks to one or more CA service URLs, failing over in order.
 #[derive(Debug, Clone)]
@@ -87,11 +90,8 @@ impl CaClient {
     }
 
     /// Asks the CA to revoke (the client certificate must be an administrator's).
-    pub async fn revoke(
-        &self,
-        body: &crate::ca::server::RevokeBody,
-    ) -> Result<crate::ca::server::RevokeAnswer, ProviderError> {
-        self.post("/v1/revocations", body, &CorrelationId::new()).await
+    pub async fn revoke(&self, body: &RevokeBody) -> Result<RevokeAnswer, ProviderError> {
+        self.post(REVOKE_PATH, body, &CorrelationId::new()).await
     }
 
     /// Fetches the CA's CRL (DER) from the first CA URL that answers. The caller
@@ -99,7 +99,7 @@ impl CaClient {
     pub async fn crl(&self) -> Result<Vec<u8>, ProviderError> {
         let mut last = None;
         for base in &self.urls {
-            let url = base.join("/v1/crl").map_err(|e| ProviderError::Other(e.to_string()))?;
+            let url = base.join(CRL_PATH).map_err(|e| ProviderError::Other(e.to_string()))?;
             match self.http.get(url.clone()).send().await {
                 Ok(r) if r.status().is_success() => match r.bytes().await {
                     Ok(b) => return Ok(b.to_vec()),
@@ -203,31 +203,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[derive(Serialize)]
-struct IssueBody<'a> {
-    csr: &'a str,
-    token: &'a str,
-}
-
-#[derive(Serialize)]
-struct RenewBody<'a> {
-    csr: &'a str,
-}
-
 #[async_trait]
 impl CertificateProvider for CaClient {
     async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
-        self.post("/v1/certificates", &IssueBody { csr: &req.csr_pem, token: &req.token }, &req.correlation_id).await
+        let body = IssueBody { csr: req.csr_pem, token: req.token };
+        self.post(ISSUE_PATH, &body, &req.correlation_id).await
     }
 
     async fn renew(&self, req: RenewRequest) -> Result<IssuedCertificate, ProviderError> {
-        self.post("/v1/certificates/renew", &RenewBody { csr: &req.csr_pem }, &req.correlation_id).await
+        self.post(RENEW_PATH, &RenewBody { csr: req.csr_pem }, &req.correlation_id).await
     }
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {
         let mut last = None;
         for base in &self.urls {
-            let url = base.join("/v1/trust-bundle").map_err(|e| ProviderError::Other(e.to_string()))?;
+            let url = base.join(TRUST_BUNDLE_PATH).map_err(|e| ProviderError::Other(e.to_string()))?;
             match self.http.get(url.clone()).send().await {
                 Ok(r) if r.status().is_success() => {
                     return r.text().await.map_err(|e| ProviderError::Unavailable(e.to_string()));

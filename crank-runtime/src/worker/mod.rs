@@ -6,3 +6,4 @@ pub mod ca_client;
 pub mod crl;
 pub mod mtls;
 pub mod rotation;
+mod settings;

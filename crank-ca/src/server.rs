@@ -24,15 +24,18 @@ use crank_security_core::{
     CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest, WorkerId,
     parse_pem_certs,
 };
-use serde::{Deserialize, Serialize};
 use tower_http::timeout::TimeoutLayer;
 
 use super::authority::LocalCa;
 use super::files::CaDir;
 use super::store::{RevocationReason, RevokeTarget};
-use crate::tls::{Credentials, PeerIdentity, Resumption, server_config};
-use crate::trust::TrustStore;
-use crate::{ApiError, ConnectionLimits, ServerHandle};
+use crank_runtime::api::{
+    CRL_PATH, ISSUE_PATH, IssueBody, RENEW_PATH, REVOKE_PATH, RenewBody, RevokeAnswer, RevokeBody, Revoked,
+    TRUST_BUNDLE_PATH,
+};
+use crank_runtime::tls::{Credentials, PeerIdentity, Resumption, server_config};
+use crank_runtime::trust::TrustStore;
+use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,40 +44,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default listen address of `crank ca serve`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
 
-/// Body of `POST /v1/certificates`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IssueBody {
-    /// PEM CSR.
-    pub csr: String,
-    /// Join token.
-    pub token: String,
-}
-
-/// Body of `POST /v1/certificates/renew`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RenewBody {
-    /// PEM CSR for the new key.
-    pub csr: String,
-}
-
 /// The CA API router.
 pub fn router(ca: Arc<LocalCa>) -> Router {
     let metrics = ca.metrics().clone();
-    let metrics_route = Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone());
+    let metrics_route =
+        Router::new().route("/metrics", get(crank_runtime::metrics::handler)).with_state(metrics.clone());
     Router::new()
         .route("/health", get(health))
-        .route("/v1/trust-bundle", get(trust_bundle))
-        .route("/v1/certificates", post(issue))
-        .route("/v1/certificates/renew", post(renew))
-        .route("/v1/crl", get(crl))
-        .route("/v1/revocations", post(revoke))
+        .route(TRUST_BUNDLE_PATH, get(trust_bundle))
+        .route(ISSUE_PATH, post(issue))
+        .route(RENEW_PATH, post(renew))
+        .route(CRL_PATH, get(crl))
+        .route(REVOKE_PATH, post(revoke))
         .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
         .merge(metrics_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         // Outermost, so requests that time out are counted (408).
-        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(metrics, crank_runtime::metrics::track))
 }
 
 /// Starts the CA service on `listener` with the TLS certificate from `dir`, within
@@ -175,35 +163,9 @@ async fn crl(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiErr
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der.clone()))
 }
 
-/// Body of `POST /v1/revocations`: exactly one of `serial` and `worker_id`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeBody {
-    /// Serial of one certificate (hex, `:`-separated as `crank cert inspect` prints it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<String>,
-    /// A worker: every unexpired certificate of it (never an administrator's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_id: Option<String>,
-    /// An administrator: every unexpired certificate of it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin: Option<String>,
-    /// RFC 5280 reason (`keyCompromise`, `superseded`, ...).
-    pub reason: String,
-}
-
-/// Answer of `POST /v1/revocations`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RevokeAnswer {
-    /// What is now revoked.
-    pub revoked: Vec<serde_json::Value>,
-    /// Number of the CRL that lists them (absent if it could not be regenerated yet).
-    pub crl_number: Option<u64>,
-}
-
 async fn revoke(
     State(ca): State<Arc<LocalCa>>,
-    connection: Option<axum::Extension<Arc<crate::tls::Connection>>>,
+    connection: Option<axum::Extension<Arc<crank_runtime::tls::Connection>>>,
     headers: HeaderMap,
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<Json<RevokeAnswer>, ApiError> {
@@ -231,7 +193,7 @@ async fn revoke(
     let reason: RevocationReason = body.reason.parse().map_err(|e: String| ApiError::bad_request("bad_reason", e))?;
     let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await?;
     let crl_number = ca.crl().await.ok().map(|c| c.number);
-    let revoked = records.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+    let revoked = records.into_iter().map(Revoked::from).collect();
     Ok(Json(RevokeAnswer { revoked, crl_number }))
 }
 

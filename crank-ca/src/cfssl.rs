@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use url::Url;
 
-use crate::worker::ca_client::error_chain;
+use crank_runtime::worker::ca_client::error_chain;
 
 /// Default timeout of one request to cfssl.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,8 +149,8 @@ impl CfsslProvider {
         if !config.chain_pem.trim().is_empty() {
             parse_pem_certs("cfssl chain", config.chain_pem.as_bytes()).map_err(|e| e.to_string())?;
         }
-        let roots = crate::tls::root_store(&config.server_roots).map_err(|e| format!("--cfssl-ca: {e}"))?;
-        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let roots = crank_runtime::tls::root_store(&config.server_roots).map_err(|e| format!("--cfssl-ca: {e}"))?;
+        let builder = rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);

@@ -217,6 +217,19 @@ pub struct RevocationRecord {
     pub not_after: i64,
 }
 
+impl From<RevocationRecord> for crank_runtime::api::Revoked {
+    fn from(r: RevocationRecord) -> Self {
+        Self {
+            serial: r.serial,
+            worker_id: r.worker_id,
+            reason: r.reason.as_str().to_owned(),
+            revoked_at: r.revoked_at,
+            revoked_by: r.revoked_by,
+            not_after: r.not_after,
+        }
+    }
+}
+
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeTarget {

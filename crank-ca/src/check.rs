@@ -210,7 +210,7 @@ fn verify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::signer::leaf_params;
+    use crate::signer::leaf_params;
     use crank_security_core::{SpiffeId, TrustDomain, WorkerId};
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,

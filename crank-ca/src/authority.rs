@@ -26,7 +26,7 @@ use super::store::{
     TokenUse,
 };
 use super::token::TokenAuthority;
-use crate::ApiError;
+use crank_runtime::ApiError;
 
 /// Clock-skew allowance: not-before is set this far in the past.
 pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
@@ -108,7 +108,7 @@ pub struct LocalCa {
     policy: PolicyGuard,
     store: Arc<dyn CaStore>,
     events: Arc<dyn EventSink>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crank_runtime::metrics::Metrics>,
     crl: arc_swap::ArcSwapOption<SignedCrl>,
     crl_regen: tokio::sync::Mutex<()>,
     /// Every CRL this replica makes, for its own TLS verifier.
@@ -141,10 +141,10 @@ impl LocalCa {
         let own = Arc::new(LocalSigner::load(dir)?);
         let bundle_pem = dir.trust_bundle_pem()?;
         // Metrics decorate the event sink: every event is also counted.
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crank_runtime::metrics::Metrics::new();
         let sinks = crank_security_core::EventSinks::empty();
         sinks.register(events);
-        sinks.register(Arc::new(crate::metrics::PrometheusSink(metrics.clone())));
+        sinks.register(Arc::new(crank_runtime::metrics::PrometheusSink(metrics.clone())));
         let events: Arc<dyn EventSink> = Arc::new(sinks);
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
@@ -222,7 +222,7 @@ impl LocalCa {
     }
 
     /// The CA's metrics.
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+    pub fn metrics(&self) -> &Arc<crank_runtime::metrics::Metrics> {
         &self.metrics
     }
 

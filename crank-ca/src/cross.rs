@@ -1,7 +1,7 @@
 //! Cross-certificates: how a CA certificate a worker already trusts vouches for another
 //! root. A worker never trusts a new root because an answer lists it; it trusts it when
 //! the same answer carries a certificate for that root's name and key signed by a root it
-//! trusts ([`crate::trust::accept_trust_update`]). The CA makes them for the next root
+//! trusts ([`crank_runtime::trust::accept_trust_update`]). The CA makes them for the next root
 //! of a rollover (both ways) and for an upstream signer's roots.
 
 use anyhow::Context;
@@ -40,7 +40,7 @@ pub(crate) fn certificate(
     issuer_end: OffsetDateTime,
     now: OffsetDateTime,
 ) -> anyhow::Result<String> {
-    params.serial_number = Some(crate::ca::authority::random_serial());
+    params.serial_number = Some(crate::authority::random_serial());
     params.not_before = now - time::Duration::seconds(60);
     params.not_after = params.not_after.min(issuer_end);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));

@@ -82,7 +82,7 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::store::RevocationReason;
+    use crate::store::RevocationReason;
 
     #[test]
     fn serials_round_trip_and_bad_ones_are_named() {

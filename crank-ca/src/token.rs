@@ -120,6 +120,27 @@ fn issuer(td: &TrustDomain) -> String {
     format!("crank-ca:{td}")
 }
 
+/// Creates a join token for `worker` with the token key of the CA in `dir` (what
+/// `crank token create` does). A worker id that is one of the CA service's names is
+/// refused.
+pub fn create_token(
+    dir: &crate::files::CaDir,
+    worker: &WorkerId,
+    ttl: Duration,
+    capabilities: Vec<String>,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let key = crate::files::CaDir::read_key(&dir.token_key())
+        .with_context(|| format!("is {} a CA directory made by `crank ca init`?", dir.dir.display()))?;
+    if dir.service_names().iter().any(|n| n == worker.as_str()) {
+        anyhow::bail!(
+            "worker id {worker:?} is a name of the CA service itself; a worker may not carry the CA's names: choose another worker id"
+        );
+    }
+    let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
+    authority.create(worker, ttl, capabilities)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

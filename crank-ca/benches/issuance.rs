@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crank_runtime::ca::authority::LocalCa;
-use crank_runtime::ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::authority::LocalCa;
+use crank_ca::files::{CaDir, InitOptions, init_ca};
 use crank_security_core::{
     CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr,
     generate_key,
@@ -44,9 +44,8 @@ fn setup_with(policy: Arc<dyn crank_security_core::PolicyEngine>) -> (tempfile::
     let dir = CaDir::new(tmp.path().join("ca"));
     let opts = InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
     init_ca(&dir, &opts).expect("init");
-    let settings =
-        crank_runtime::cli::CaSettings { events: Arc::new(EventSinks::empty()), policy, ..Default::default() };
-    let ca = crank_runtime::cli::load_ca_with(&dir, settings).expect("load");
+    let builder = LocalCa::builder(dir.clone()).events(Arc::new(EventSinks::empty())).policy(policy);
+    let ca = tokio::runtime::Runtime::new().expect("runtime").block_on(builder.build()).expect("load");
     (tmp, dir, ca)
 }
 
@@ -98,7 +97,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("baseline_rcgen_sign", |b| {
         b.iter(|| {
             let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("p");
-            p.serial_number = Some(crank_runtime::ca::authority::random_serial());
+            p.serial_number = Some(crank_ca::authority::random_serial());
             p.signed_by(&key, &issuer).expect("sign")
         });
     });
@@ -157,7 +156,7 @@ fn bench(c: &mut Criterion) {
     }
 
     let listen = "127.0.0.1:0".parse().expect("addr");
-    let server = rt.block_on(crank_runtime::ca::server::bind_and_spawn(&dir, listen, ca.clone())).expect("serve");
+    let server = rt.block_on(crank_ca::server::bind_and_spawn(&dir, listen, ca.clone())).expect("serve");
     let url = format!("https://{}/v1/certificates", server.addr());
     let tls = rustls::ClientConfig::builder_with_provider(crank_runtime::tls::provider())
         .with_safe_default_protocol_versions()

@@ -1,0 +1,113 @@
+//! The `crank` command: run and operate a crank-security CA, create join tokens,
+//! bootstrap and inspect certificates, test policies, run the platform registry and the
+//! demo. One module per subcommand group; the library crates do the work.
+
+mod ca;
+mod cert;
+mod connections;
+mod demo;
+mod platform;
+mod policy;
+mod revoke;
+mod token;
+
+use clap::{Parser, Subcommand};
+
+/// crank-security: certificate authority, join tokens and worker certificates.
+#[derive(Debug, Parser)]
+#[command(name = "crank", version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Create join tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Bootstrap and inspect worker certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Evaluate and test policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Run the platform registry that workers send heartbeats to.
+    #[command(subcommand)]
+    Platform(platform::PlatformCommand),
+    /// Revoke a certificate, or every live certificate of a worker or an administrator,
+    /// at the CA (needs an administrator certificate from `crank ca admin-cert`).
+    Revoke(revoke::RevokeArgs),
+    /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    crank_runtime::logging::init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Platform(cmd) => platform::run(cmd),
+        Command::Revoke(args) => runtime()?.block_on(revoke::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+    }
+}
+
+/// A multi-threaded Tokio runtime for the commands that talk over the network.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// A time as RFC 3339.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use crank_runtime::ConnectionLimits;
+
+    use super::*;
+
+    #[test]
+    fn the_platform_registry_takes_the_connection_flags() {
+        let cli = Cli::try_parse_from([
+            "crank",
+            "platform",
+            "serve",
+            "--idle-timeout",
+            "5s",
+            "--max-connections-per-ip",
+            "8",
+        ])
+        .unwrap();
+        let Command::Platform(platform::PlatformCommand::Serve { connections, .. }) = cli.command else {
+            panic!("not platform serve")
+        };
+        let limits = connections.limits();
+        assert_eq!((limits.idle_timeout, limits.max_connections_per_ip), (Duration::from_secs(5), 8));
+        assert_eq!(limits.header_read_timeout, ConnectionLimits::default().header_read_timeout);
+        let err = Cli::try_parse_from(["crank", "platform", "serve", "--max-connections", "0"]).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! The wire types of the CA's HTTP API, used by both sides: the CA service
+//! (`crank-ca`) and its client ([`CaClient`](crate::CaClient)).
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | POST | [`ISSUE_PATH`] | [`IssueBody`] | [`IssuedCertificate`](crank_security_core::IssuedCertificate) |
+//! | POST | [`RENEW_PATH`] | [`RenewBody`] (mTLS) | [`IssuedCertificate`](crank_security_core::IssuedCertificate) |
+//! | POST | [`REVOKE_PATH`] | [`RevokeBody`] (administrator mTLS) | [`RevokeAnswer`] |
+//! | GET | [`CRL_PATH`] | | the CRL, DER |
+//! | GET | [`TRUST_BUNDLE_PATH`] | | the trust bundle, PEM |
+//!
+//! Every error is an [`ErrorBody`].
+
+use serde::{Deserialize, Serialize};
+
+/// First issuance with a join token.
+pub const ISSUE_PATH: &str = "/v1/certificates";
+/// Renewal, authenticated by the current certificate.
+pub const RENEW_PATH: &str = "/v1/certificates/renew";
+/// Revocation, by an administrator.
+pub const REVOKE_PATH: &str = "/v1/revocations";
+/// The CA's CRL.
+pub const CRL_PATH: &str = "/v1/crl";
+/// The CA's trust bundle.
+pub const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
+
+/// Body of `POST /v1/certificates`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueBody {
+    /// PEM CSR.
+    pub csr: String,
+    /// Join token.
+    pub token: String,
+}
+
+/// Body of `POST /v1/certificates/renew`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewBody {
+    /// PEM CSR for the new key.
+    pub csr: String,
+}
+
+/// Body of `POST /v1/revocations`: exactly one of `serial`, `worker_id` and `admin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Serial of one certificate (hex, `:`-separated as `crank cert inspect` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// A worker: every unexpired certificate of it (never an administrator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// An administrator: every unexpired certificate of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// RFC 5280 reason (`keyCompromise`, `superseded`, ...).
+    pub reason: String,
+}
+
+/// One certificate a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Serial, hex with `:`.
+    pub serial: String,
+    /// The worker (or administrator) it belonged to.
+    pub worker_id: String,
+    /// RFC 5280 reason name.
+    pub reason: String,
+    /// When, Unix seconds.
+    pub revoked_at: i64,
+    /// Who asked (`admin/<name>`).
+    pub revoked_by: String,
+    /// The certificate's expiry, Unix seconds; after it the entry leaves the CRL.
+    pub not_after: i64,
+}
+
+/// Answer of `POST /v1/revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeAnswer {
+    /// What is now revoked.
+    pub revoked: Vec<Revoked>,
+    /// Number of the CRL that lists them (absent if it could not be regenerated yet).
+    pub crl_number: Option<u64>,
+}
+
+/// The JSON shape of every error answer:
+/// `{"error": {"code": "token_reused", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inner error object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code.
+    pub code: String,
+    /// Human-readable message: what was wrong and what to do.
+    pub message: String,
+}
