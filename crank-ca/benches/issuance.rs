@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("baseline_rcgen_sign", |b| {
         b.iter(|| {
             let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("p");
-            p.serial_number = Some(crank_ca::authority::random_serial());
+            p.serial_number = Some(crank_ca::serial::random_serial());
             p.signed_by(&key, &issuer).expect("sign")
         });
     });

@@ -9,11 +9,11 @@ use crank_policy::PolicyGuard;
 use crank_security_core::{
     CertMetadata, CertificateEvent, CertificateProvider, CertificateTemplate, CorrelationId, EventKind, EventSink,
     IssuanceInput, IssueRequest, IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest, SignRequest,
-    SpiffeId, TrustDomain, WorkerId, fingerprint_sha256, parse_pem_certs,
+    SpiffeId, TrustDomain, WorkerId, fingerprint_sha256, parse_pem_certs, rfc3339,
 };
-use rcgen::{
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
+use rcgen::{DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+use crate::serial::random_serial;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -30,13 +30,6 @@ use crank_runtime::ApiError;
 
 /// Clock-skew allowance: not-before is set this far in the past.
 pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
-/// A random positive serial of 127 bits (RFC 5280 allows up to 20 octets).
-pub fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    // Positive and without a leading zero octet, so the DER INTEGER is exactly 16 octets.
-    bytes[0] = (bytes[0] & 0x7f) | 0x01;
-    SerialNumber::from_slice(&bytes)
-}
 
 /// What authorises an issuance, recorded with it in one durable write.
 #[derive(Debug)]
@@ -691,10 +684,6 @@ pub fn admin_spiffe_id(td: &TrustDomain, name: &str) -> String {
     format!("spiffe://{td}/admin/{name}")
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
 #[async_trait]
 impl CertificateProvider for LocalCa {
     async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, ProviderError> {
@@ -776,20 +765,5 @@ impl CertificateProvider for LocalCa {
 
     async fn trust_bundle(&self) -> Result<String, ProviderError> {
         Ok(self.bundle_pem.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_are_positive_and_16_octets() {
-        for _ in 0..100 {
-            let s = random_serial();
-            let b = s.to_bytes();
-            assert_eq!(b.len(), 16);
-            assert!(b[0] & 0x80 == 0 && b[0] != 0);
-        }
     }
 }

@@ -40,7 +40,7 @@ pub(crate) fn certificate(
     issuer_end: OffsetDateTime,
     now: OffsetDateTime,
 ) -> anyhow::Result<String> {
-    params.serial_number = Some(crate::authority::random_serial());
+    params.serial_number = Some(crate::serial::random_serial());
     params.not_before = now - time::Duration::seconds(60);
     params.not_after = params.not_after.min(issuer_end);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));

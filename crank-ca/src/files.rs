@@ -359,7 +359,7 @@ pub(crate) fn server_certificate(
     sp.not_before = now - Duration::seconds(60);
     // Never beyond the issuer's own validity.
     sp.not_after = issuer_not_after.map_or(now + SERVER_VALIDITY, |end| end.min(now + SERVER_VALIDITY));
-    sp.serial_number = Some(crate::authority::random_serial());
+    sp.serial_number = Some(crate::serial::random_serial());
     sp.is_ca = IsCa::ExplicitNoCa;
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -383,7 +383,7 @@ pub(crate) fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateP
     p.distinguished_name = dn;
     p.not_before = now - Duration::seconds(60);
     p.not_after = now + ROOT_VALIDITY;
-    p.serial_number = Some(crate::authority::random_serial());
+    p.serial_number = Some(crate::serial::random_serial());
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p

@@ -14,6 +14,7 @@ pub mod csr;
 pub mod files;
 pub mod intermediate;
 pub mod rollover;
+pub mod serial;
 pub mod server;
 pub mod signer;
 pub mod store;

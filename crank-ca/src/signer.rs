@@ -10,9 +10,9 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use super::authority::random_serial;
 use super::csr::parse_verified_csr;
 use super::files::CaDir;
+use crate::serial::random_serial;
 
 /// Signs with the key in the CA directory.
 pub struct LocalSigner {

@@ -264,7 +264,7 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             let done = crank_ca::intermediate::import(&dir, &read(&cert)?, &read(&chain)?, switch_root)?;
             println!("intermediate {} installed in {}", done.subject, dir.dir.display());
             println!("  under root:  {} (sha256 {})", done.root_subject, done.root_fingerprint);
-            println!("  valid until: {}", crate::rfc3339(done.not_after));
+            println!("  valid until: {}", crank_security_core::rfc3339(done.not_after));
             if done.upper_intermediates > 0 {
                 println!("  with {} intermediate(s) above it", done.upper_intermediates);
             }

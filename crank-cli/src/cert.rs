@@ -83,7 +83,7 @@ async fn init(args: CertInitArgs) -> anyhow::Result<()> {
     println!("certificate written to {}", opts.cert_dir.display());
     println!("  spiffe id: {}", m.spiffe_id.as_deref().unwrap_or("-"));
     println!("  serial:    {}", m.serial);
-    println!("  expires:   {}", crate::rfc3339(m.not_after));
+    println!("  expires:   {}", crank_security_core::rfc3339(m.not_after));
     Ok(())
 }
 
@@ -111,8 +111,8 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("spiffe id:    {}", m.spiffe_id.as_deref().unwrap_or("-"));
         println!("dns sans:     {}", m.dns_sans.join(", "));
         println!("ip sans:      {}", m.ip_sans.join(", "));
-        println!("not before:   {}", crate::rfc3339(m.not_before));
-        println!("not after:    {}", crate::rfc3339(m.not_after));
+        println!("not before:   {}", crank_security_core::rfc3339(m.not_before));
+        println!("not after:    {}", crank_security_core::rfc3339(m.not_after));
         println!("remaining:    {remaining} s");
         println!("is CA:        {}", m.is_ca);
         println!("sha256:       {}", m.fingerprint_sha256);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use crank_security_core::CertMetadata;
+use crank_security_core::{CertMetadata, rfc3339};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use url::Url;
@@ -187,8 +187,4 @@ pub async fn heartbeat_loop(
             return;
         }
     }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

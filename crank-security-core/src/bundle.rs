@@ -264,6 +264,7 @@ impl CertificateBundle {
     }
 }
 
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+/// A time as RFC 3339 (`2026-11-26T08:00:00Z`), the format of every timestamp crank writes.
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }

@@ -47,6 +47,7 @@ mod write;
 
 pub use bundle::{
     CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, cert_pem, crl_pem, fingerprint_sha256, parse_pem_certs,
+    rfc3339,
 };
 pub use config::{DEFAULT_CA_SERVICE_URL, SecurityConfig, parse_ca_urls};
 pub use dirs::{CertDirResolver, DefaultCertDirResolver, FixedCertDir};

@@ -15,9 +15,11 @@ use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::{
+use crank_security_core::rfc3339;
+
+use super::model::{
     CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse,
-    parse_rfc3339, redact, rfc3339,
+    parse_rfc3339, redact,
 };
 
 /// Versioned schema migrations; `crank_schema.version` holds how many have run.

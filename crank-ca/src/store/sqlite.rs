@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::{
+use super::model::{
     CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, now_rfc3339,
     parse_rfc3339,
 };

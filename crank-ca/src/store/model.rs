@@ -1,0 +1,321 @@
+//! What the CA stores and the trait every backend implements.
+
+use std::fmt::Debug;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// One row of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRecord {
+    /// Serial, hex with `:`.
+    pub serial: String,
+    /// Worker id.
+    pub worker_id: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// All SANs (JSON array text).
+    pub sans: Vec<String>,
+    /// Capabilities the certificate was issued under (carried over on renewal).
+    pub capabilities: Vec<String>,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Which CA replica issued it.
+    pub issued_by: String,
+    /// `issue`, `renew` or `admin`.
+    pub kind: String,
+    /// Correlation id of the issuance.
+    pub correlation_id: String,
+    /// When it was recorded, RFC 3339.
+    pub issued_at: String,
+    /// `valid`, `superseded` (renewed: still a working certificate until it expires, but
+    /// it cannot renew again) or `revoked`.
+    pub status: String,
+    /// The certificate, PEM (so a retried request can be answered with it).
+    pub pem: String,
+}
+
+/// A used join token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUse {
+    /// Token id.
+    pub jti: String,
+    /// Worker it was bound to.
+    pub worker_id: String,
+    /// Token expiry, RFC 3339.
+    pub expires_at: String,
+    /// SHA-256 of the request the token was used for (the CSR), hex: the same request
+    /// retried with the same token gets the same certificate back.
+    pub request_sha256: String,
+}
+
+/// A renewal as the store records it: the certificate it replaces, and the SHA-256 of
+/// the request (the CSR's public key) so that the same renewal retried gets the same
+/// certificate back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// Serial of the certificate that authenticated the renewal; it is retired
+    /// (`superseded`) in the same durable write.
+    pub previous_serial: String,
+    /// SHA-256 (hex) of the CSR's public key.
+    pub request_sha256: String,
+}
+
+/// RFC 5280 CRL reason codes (section 5.3.1). `removeFromCRL` (8) only makes sense for
+/// delta CRLs and is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RevocationReason {
+    /// 0
+    Unspecified,
+    /// 1
+    KeyCompromise,
+    /// 2
+    CaCompromise,
+    /// 3
+    AffiliationChanged,
+    /// 4
+    Superseded,
+    /// 5
+    CessationOfOperation,
+    /// 6
+    CertificateHold,
+    /// 9
+    PrivilegeWithdrawn,
+    /// 10
+    AaCompromise,
+}
+
+impl RevocationReason {
+    /// Every accepted reason.
+    pub const ALL: [Self; 9] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::CaCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+        Self::CertificateHold,
+        Self::PrivilegeWithdrawn,
+        Self::AaCompromise,
+    ];
+
+    /// The RFC 5280 name (`keyCompromise`, ...), also what policy sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "keyCompromise",
+            Self::CaCompromise => "cACompromise",
+            Self::AffiliationChanged => "affiliationChanged",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessationOfOperation",
+            Self::CertificateHold => "certificateHold",
+            Self::PrivilegeWithdrawn => "privilegeWithdrawn",
+            Self::AaCompromise => "aACompromise",
+        }
+    }
+
+    /// The RFC 5280 `CRLReason` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::CaCompromise => 2,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::CertificateHold => 6,
+            Self::PrivilegeWithdrawn => 9,
+            Self::AaCompromise => 10,
+        }
+    }
+
+    /// The rcgen value written into the CRL entry.
+    pub fn to_rcgen(self) -> rcgen::RevocationReason {
+        use rcgen::RevocationReason as R;
+        match self {
+            Self::Unspecified => R::Unspecified,
+            Self::KeyCompromise => R::KeyCompromise,
+            Self::CaCompromise => R::CaCompromise,
+            Self::AffiliationChanged => R::AffiliationChanged,
+            Self::Superseded => R::Superseded,
+            Self::CessationOfOperation => R::CessationOfOperation,
+            Self::CertificateHold => R::CertificateHold,
+            Self::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            Self::AaCompromise => R::AaCompromise,
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RevocationReason {
+    type Err = String;
+
+    /// Accepts the RFC 5280 name in any case, with or without `-`/`_`
+    /// (`keyCompromise`, `key-compromise`, `KEY_COMPROMISE`), or the numeric code.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let norm: String = s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str().to_ascii_lowercase() == norm || r.code().to_string() == norm)
+            .ok_or_else(|| {
+                format!("unknown revocation reason {s:?}; use one of {}", Self::ALL.map(Self::as_str).join(", "))
+            })
+    }
+}
+
+impl Serialize for RevocationReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevocationRecord {
+    /// Serial, hex with `:`.
+    pub serial: String,
+    /// The worker it belonged to.
+    pub worker_id: String,
+    /// Why.
+    pub reason: RevocationReason,
+    /// When, Unix seconds.
+    pub revoked_at: i64,
+    /// Who asked (the administrator's identity).
+    pub revoked_by: String,
+    /// The certificate's expiry, Unix seconds; after it the entry leaves the CRL.
+    pub not_after: i64,
+}
+
+impl From<RevocationRecord> for crank_runtime::api::Revoked {
+    fn from(r: RevocationRecord) -> Self {
+        Self {
+            serial: r.serial,
+            worker_id: r.worker_id,
+            reason: r.reason.as_str().to_owned(),
+            revoked_at: r.revoked_at,
+            revoked_by: r.revoked_by,
+            not_after: r.not_after,
+        }
+    }
+}
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One certificate.
+    Serial(String),
+    /// Every certificate of a worker that has not expired (never an administrator's).
+    Worker(String),
+    /// Every certificate of an administrator that has not expired.
+    Admin(String),
+}
+
+/// A revocation request as the store records it.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// What.
+    pub target: RevokeTarget,
+    /// Why.
+    pub reason: RevocationReason,
+    /// Who asked.
+    pub revoked_by: String,
+    /// When (also the cut-off for "not expired").
+    pub at: OffsetDateTime,
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The join token was already used.
+    #[error("join token {0} was already used")]
+    TokenUsed(String),
+    /// A certificate with this serial is already recorded.
+    #[error("serial {0} is already recorded")]
+    DuplicateSerial(String),
+    /// The certificate a renewal presented was already renewed (or is no longer
+    /// valid): it cannot renew again.
+    #[error("certificate {0} was already renewed or is no longer valid")]
+    Superseded(String),
+    /// Nothing matched (unknown serial, or a worker without live certificates).
+    #[error("{0}")]
+    NotFound(String),
+    /// The database failed or cannot be reached.
+    #[error("CA store error: {0}")]
+    Database(String),
+}
+
+/// Durable CA state. Every method that changes state returns only after the change is
+/// durable.
+#[async_trait]
+pub trait CaStore: Debug + Send + Sync {
+    /// The backend's name (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+    /// Records an issued certificate, consuming `token` first when given, atomically:
+    /// either both are recorded or neither.
+    async fn record_issuance(&self, token: Option<TokenUse>, cert: CertificateRecord) -> Result<(), StoreError>;
+    /// Records a renewed certificate and retires the one that authenticated it
+    /// (`status = superseded`), atomically; [`StoreError::Superseded`] if that one is not
+    /// `valid` any more (renewed already, by this replica or another, or revoked).
+    async fn record_renewal(&self, renewal: Renewal, cert: CertificateRecord) -> Result<(), StoreError>;
+    /// For a superseded certificate: the SHA-256 of the renewal request that retired it,
+    /// and the ledger row of the certificate that replaced it.
+    async fn renewal_of(&self, previous_serial: &str) -> Result<Option<(String, CertificateRecord)>, StoreError>;
+    /// Whether a token id has been used.
+    async fn token_used(&self, jti: &str) -> Result<bool, StoreError>;
+    /// For a used token: the SHA-256 of the request it was used for, and the ledger row
+    /// of the certificate issued for it.
+    async fn issued_with_token(&self, jti: &str) -> Result<Option<(String, CertificateRecord)>, StoreError>;
+    /// The ledger row of a serial.
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+    /// Number of ledger rows.
+    async fn certificate_count(&self) -> Result<u64, StoreError>;
+    /// The latest `not_after` among certificates issued before `before`.
+    async fn latest_expiry_issued_before(&self, before: OffsetDateTime) -> Result<Option<OffsetDateTime>, StoreError>;
+    /// Revokes, atomically: marks the certificates revoked and records why, and bumps
+    /// the revocation generation. Revoking an already revoked serial returns its
+    /// existing record. A serial not in the ledger, or a worker with no unexpired
+    /// valid certificate, is [`StoreError::NotFound`].
+    async fn revoke(&self, revocation: &Revocation) -> Result<Vec<RevocationRecord>, StoreError>;
+    /// Revoked certificates that have not expired at `now`, oldest revocation first.
+    async fn revoked_unexpired(&self, now: OffsetDateTime) -> Result<Vec<RevocationRecord>, StoreError>;
+    /// A number that changes whenever a revocation is recorded (by any replica).
+    async fn revocation_generation(&self) -> Result<u64, StoreError>;
+    /// The next CRL number: strictly increasing across every replica of this store.
+    async fn next_crl_number(&self) -> Result<u64, StoreError>;
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    crank_security_core::rfc3339(OffsetDateTime::now_utc())
+}
+
+pub(crate) fn parse_rfc3339(what: &str, s: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Database(format!("{what} {s:?} in the store is not RFC 3339: {e}")))
+}
+
+/// Hides the password of a URL for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable store URL>".into(),
+    }
+}
