@@ -39,6 +39,8 @@ fi
 cargo build --release --locked --target wasm32-unknown-unknown --manifest-path policies/wasm/default-policy/Cargo.toml
 
 cargo fmt --all --check
+# No import cycles between the files of a crate (docs/architecture.md, "The layout").
+python3 scripts/import-cycles.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real `crank` and `hello-world` binaries.
 cargo build --workspace --bins --locked

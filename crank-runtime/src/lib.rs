@@ -34,6 +34,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod api;
+mod crypto;
 pub mod demo;
 mod error;
 pub mod events;
@@ -47,8 +48,7 @@ pub mod worker;
 
 pub use api::{ErrorBody, ErrorDetail};
 pub use error::ApiError;
-pub use metrics::ConnectionMetrics;
-pub use server::{ConnectionLimits, ServerHandle, serve_tls, shutdown_signal};
+pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
 pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};

@@ -40,7 +40,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::server::{CloseReason, Refusal};
+use crate::server::ConnectionMetrics;
 use crate::tls::PeerIdentity;
 
 /// The `method` label values besides `other`.
@@ -62,11 +62,6 @@ struct RequestLabels {
 struct LatencyLabels {
     method: &'static str,
     route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 /// The metrics of one process.
@@ -235,47 +230,6 @@ pub struct PrometheusSink(pub Arc<Metrics>);
 impl EventSink for PrometheusSink {
     fn emit(&self, event: &CertificateEvent) {
         self.0.observe(event);
-    }
-}
-
-/// The connection metrics of one server: open connections, connections refused past the
-/// limits and ended, by reason, and failed accepts. [`Metrics::connections`] gives the
-/// registered ones; [`Default`] makes a set registered nowhere.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionMetrics {
-    open: Gauge,
-    refused: Family<ReasonLabels, Counter>,
-    closed: Family<ReasonLabels, Counter>,
-    accept_errors: Counter,
-}
-
-impl ConnectionMetrics {
-    fn register(&self, registry: &mut Registry) {
-        registry.register("crank_connections_open", "TLS connections open", self.open.clone());
-        registry.register(
-            "crank_connections_refused",
-            "New connections closed at once past a connection limit",
-            self.refused.clone(),
-        );
-        registry.register("crank_connections_closed", "Connections ended, by reason", self.closed.clone());
-        registry.register("crank_connection_accept_errors", "Failed accepts", self.accept_errors.clone());
-    }
-
-    pub(crate) fn opened(&self) {
-        self.open.inc();
-    }
-
-    pub(crate) fn closed(&self, reason: CloseReason) {
-        self.open.dec();
-        self.closed.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
-    }
-
-    pub(crate) fn refused(&self, reason: Refusal) {
-        self.refused.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
-    }
-
-    pub(crate) fn accept_error(&self) {
-        self.accept_errors.inc();
     }
 }
 

@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::ConnectionLimits;
 use super::admission::{Admission, Refusal};
 use super::connection::{SHUTDOWN_GRACE, Shared, serve_connection};
+use super::limits::ConnectionLimits;
 use super::limits::open_files_budget;
-use crate::metrics::ConnectionMetrics;
+use super::metrics::ConnectionMetrics;
 
 /// Delays after failed accepts: 10 ms, doubling, at most 1 s.
 const ACCEPT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::ConnectionLimits;
+use super::limits::ConnectionLimits;
 
 /// Why a new connection was refused: the `reason` label of
 /// `crank_connections_refused_total`.

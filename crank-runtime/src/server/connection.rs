@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::ConnectionLimits;
 use super::admission::Admitted;
-use crate::metrics::ConnectionMetrics;
+use super::limits::ConnectionLimits;
+use super::metrics::{CloseReason, ConnectionMetrics};
 use crate::tls::{Connection, PeerIdentity};
 use crate::trust::TrustStore;
 use rustls_pki_types::CertificateDer;
@@ -28,50 +28,6 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long an idle connection may take to close once told to: HTTP/2 sends GOAWAY and
 /// waits for the answer to a ping, which a client that sends nothing never gives.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
-
-/// Why a connection ended: the `reason` label of `crank_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// The TLS handshake took longer than `handshake_timeout`.
-    HandshakeTimeout,
-    /// The TLS handshake failed (plaintext, no or a refused client certificate, ...).
-    HandshakeFailed,
-    /// HTTP/1.1: a request header took longer than `header_read_timeout`.
-    HeaderTimeout,
-    /// HTTP/2: a keep-alive ping went unanswered.
-    KeepAliveTimeout,
-    /// No request for `idle_timeout`.
-    IdleTimeout,
-    /// Open for `max_connection_age`.
-    MaxAge,
-    /// The server shut down.
-    Shutdown,
-    /// Ended without an error: the client closed it, or hyper closed an idle HTTP/1.1
-    /// connection at the header-read timeout.
-    Closed,
-    /// An I/O or protocol error.
-    Error,
-    /// The peer's certificate was revoked (a new CRL lists it).
-    Revoked,
-}
-
-impl CloseReason {
-    /// The metric label.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::HandshakeFailed => "handshake_failed",
-            Self::HeaderTimeout => "header_timeout",
-            Self::KeepAliveTimeout => "keepalive_timeout",
-            Self::IdleTimeout => "idle_timeout",
-            Self::MaxAge => "max_age",
-            Self::Shutdown => "shutdown",
-            Self::Closed => "closed",
-            Self::Error => "error",
-            Self::Revoked => "revoked",
-        }
-    }
-}
 
 /// What every connection of one server shares.
 #[derive(Debug)]

@@ -25,12 +25,12 @@ mod accept;
 mod admission;
 mod connection;
 mod limits;
+mod metrics;
 
 pub use accept::serve_tls;
 pub use limits::ConnectionLimits;
-pub(crate) use {admission::Refusal, connection::CloseReason};
 
-use crate::metrics::ConnectionMetrics;
+pub use self::metrics::ConnectionMetrics;
 use crate::trust::TrustStore;
 
 /// A server running in the background. Dropping the handle does not stop it; call

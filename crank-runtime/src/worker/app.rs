@@ -336,7 +336,8 @@ impl WorkerApplication {
         let (stop_rotation, stop_rx) = watch::channel(false);
         tokio::spawn(rotator.clone().run(stop_rx));
         let crl_status = Arc::new(super::crl::CrlStatus::default());
-        let watcher = super::crl::CrlWatcher::new(rotator.clone(), crl_refresh, crl_status.clone(), events.clone());
+        let watcher =
+            super::crl_watch::CrlWatcher::new(rotator.clone(), crl_refresh, crl_status.clone(), events.clone());
         // The CRL kept beside the certificate is in force before the first handshake.
         match watcher.load_kept() {
             Ok(Some(info)) => tracing::info!(crl_number = info.number, "CRL from the cert directory installed"),

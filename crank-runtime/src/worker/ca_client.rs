@@ -56,7 +56,7 @@ impl CaClient {
         trust: &std::sync::Arc<crate::trust::TrustStore>,
         trust_domain: &TrustDomain,
     ) -> Result<Self, ProviderError> {
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ProviderError::Other(e.to_string()))?
             .dangerous()

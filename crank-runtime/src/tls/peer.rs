@@ -1,0 +1,82 @@
+//! Who is on the other end: the identity and certificate a connection's handshake
+//! verified, for handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crank_security_core::SpiffeId;
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// The identity of a peer, taken from its client certificate after rustls verified it.
+/// Handlers take it as an argument (requests without a worker identity get 401), or
+/// `Option<PeerIdentity>`; [`Connection`] has the rest of what the handshake established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The peer's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Serial of the peer's certificate (hex, `:`-separated).
+    pub serial: String,
+    /// The peer's leaf certificate.
+    pub certificate: CertificateDer<'static>,
+}
+
+impl PeerIdentity {
+    /// Reads the identity from a verified leaf; `None` if it has no worker SPIFFE ID.
+    pub fn from_verified_leaf(der: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        let spiffe_id = san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => SpiffeId::parse(u).ok(),
+            _ => None,
+        })?;
+        Some(Self { spiffe_id, serial: cert.raw_serial_as_string(), certificate: der.clone().into_owned() })
+    }
+
+    /// The worker id.
+    pub fn worker_id(&self) -> &str {
+        self.spiffe_id.worker_id.as_str()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIdentity {
+    type Rejection = crate::ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Connection::of(parts).and_then(|c| c.peer.clone()).ok_or_else(|| {
+            crate::ApiError::unauthorized(
+                "client_certificate_required",
+                "this endpoint requires a client certificate issued by this CA with a worker SPIFFE ID",
+            )
+        })
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for PeerIdentity {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(Connection::of(parts).and_then(|c| c.peer.clone()))
+    }
+}
+
+/// What a connection's TLS handshake established, shared by every request on the
+/// connection: a request extension, `Extension<Arc<Connection>>`.
+#[derive(Debug)]
+pub struct Connection {
+    /// The peer's worker identity, if its certificate carries one.
+    pub peer: Option<PeerIdentity>,
+    /// The client certificate rustls verified (any identity, not only workers).
+    pub certificate: Option<CertificateDer<'static>>,
+    /// The peer's socket address.
+    pub remote: SocketAddr,
+}
+
+impl Connection {
+    fn of(parts: &axum::http::request::Parts) -> Option<&Self> {
+        parts.extensions.get::<Arc<Self>>().map(AsRef::as_ref)
+    }
+}
