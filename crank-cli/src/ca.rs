@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use crank_ca::authority::admin_spiffe_id;
 use crank_ca::{CaDir, InitOptions, LocalCa, init_ca, open_store};
 use crank_runtime::ConnectionLimits;
 use crank_security_core::{DefaultPolicy, PolicyEngine, TrustDomain, WorkerId, parse_pem_certs};
@@ -355,7 +354,7 @@ async fn admin_cert(
     crank_security_core::write_file_atomic(&out.join("ca.crt"), dir.trust_bundle_pem()?.as_bytes(), 0o644)?;
     println!(
         "administrator certificate for {} written to {}",
-        admin_spiffe_id(ca.trust_domain(), name.as_str()),
+        ca.trust_domain().admin_spiffe_id(name.as_str()),
         out.display()
     );
     println!("next: crank revoke --admin-dir {} --serial SERIAL --reason keyCompromise", out.display());

@@ -71,6 +71,12 @@ impl TrustDomain {
     pub fn ca_spiffe_id(&self) -> String {
         format!("spiffe://{}/{CA_PATH}", self.0)
     }
+
+    /// The identity of the administrator `name`, `spiffe://<td>/admin/<name>`: what
+    /// `crank ca admin-cert` issues and the CA's revocation API requires.
+    pub fn admin_spiffe_id(&self, name: &str) -> String {
+        format!("spiffe://{}/admin/{name}", self.0)
+    }
 }
 
 /// The path of the CA service's SPIFFE ID ([`TrustDomain::ca_spiffe_id`]).
