@@ -99,10 +99,10 @@ async fn crl_time(ca: &Arc<LocalCa>, n: usize) -> (Duration, usize) {
             not_after: not_after.clone(),
             fingerprint: serial,
             issued_by: "bench".into(),
-            kind: "issue".into(),
+            kind: crank_ca::store::CertKind::Issue,
             correlation_id: "bench".into(),
             issued_at: now.format(&Rfc3339).unwrap(),
-            status: "valid".into(),
+            status: crank_ca::store::CertStatus::Valid,
             pem: String::new(),
         };
         pending.push(tokio::spawn(async move { store.record_issuance(None, rec).await }));

@@ -148,7 +148,10 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_presented_certificate() {
     let renewed = client.renew(req).await.unwrap();
     assert_eq!(renewed.spiffe_id, "spiffe://crank.local/worker/renewer");
     assert_ne!(renewed.serial, current.metadata().serial);
-    assert_eq!(ca.ca.store().certificate(&renewed.serial).await.unwrap().unwrap().kind, "renew");
+    assert_eq!(
+        ca.ca.store().certificate(&renewed.serial).await.unwrap().unwrap().kind,
+        crank_ca::store::CertKind::Renew
+    );
 
     // Without a client certificate, renewal is refused with 401.
     let fp = crank_security_core::fingerprint_sha256(&current.ca()[0]);
@@ -171,5 +174,5 @@ async fn nothing_is_returned_before_its_ledger_row_exists() {
     let row = ca.ca.store().certificate(&bundle.metadata().serial).await.unwrap().expect("ledger row");
     assert_eq!(row.worker_id, "ledger");
     assert_eq!(row.fingerprint, bundle.metadata().fingerprint_sha256);
-    assert_eq!(row.status, "valid");
+    assert_eq!(row.status, crank_ca::store::CertStatus::Valid);
 }

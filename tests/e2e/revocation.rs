@@ -257,7 +257,10 @@ async fn the_revocation_api_needs_an_administrator_and_names_bad_input() {
         assert!(text.contains(needle), "{bad}: {text}");
     }
     // Nothing was revoked by any of that.
-    assert_eq!(ca.ca.store().certificate(&worker.metadata().serial).await.unwrap().unwrap().status, "valid");
+    assert_eq!(
+        ca.ca.store().certificate(&worker.metadata().serial).await.unwrap().unwrap().status,
+        crank_ca::store::CertStatus::Valid
+    );
     assert!(ca.events.of(EventKind::CertRevoked).is_empty());
 
     // Revoking by serial works and emits CERT_REVOKED at the CA.
@@ -288,11 +291,17 @@ async fn a_revocation_the_policy_denies_is_refused_and_changes_nothing() {
     assert!(text.contains("policy_denied"), "{text}");
     let r = revoke(&ca, &admin, json!({"serial": protected.metadata().serial, "reason": "superseded"})).await;
     assert_eq!(r.status(), 403, "by serial too: the hook sees the certificate's worker");
-    assert_eq!(ca.ca.store().certificate(&protected.metadata().serial).await.unwrap().unwrap().status, "valid");
+    assert_eq!(
+        ca.ca.store().certificate(&protected.metadata().serial).await.unwrap().unwrap().status,
+        crank_ca::store::CertStatus::Valid
+    );
 
     let r = revoke(&ca, &admin, json!({"worker_id": "other", "reason": "keyCompromise"})).await;
     assert_eq!(r.status(), 200, "other workers can still be revoked");
-    assert_eq!(ca.ca.store().certificate(&other.metadata().serial).await.unwrap().unwrap().status, "revoked");
+    assert_eq!(
+        ca.ca.store().certificate(&other.metadata().serial).await.unwrap().unwrap().status,
+        crank_ca::store::CertStatus::Revoked
+    );
 }
 
 /// A policy giving workers named `short-*` 5 s certificates and everyone else 1 h.

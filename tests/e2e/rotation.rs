@@ -88,7 +88,7 @@ async fn rotation_under_load_drops_no_request() {
     .await;
     // Renewed certificates are in the CA's ledger as renewals.
     let last = seen.last().unwrap();
-    assert_eq!(ca.ca.store().certificate(last).await.unwrap().unwrap().kind, "renew");
+    assert_eq!(ca.ca.store().certificate(last).await.unwrap().unwrap().kind, crank_ca::store::CertKind::Renew);
     hello.shutdown().await.unwrap();
     loader.shutdown().await.unwrap();
 }

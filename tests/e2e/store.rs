@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crank_ca::store::{
-    self, CaStore, CertificateRecord, PostgresStore, Revocation, RevocationReason, RevokeTarget, SqliteStore,
-    StoreError, TokenUse,
+    self, CaStore, CertStatus, CertificateRecord, PostgresStore, Revocation, RevocationReason, RevokeTarget,
+    SqliteStore, StoreError, TokenUse,
 };
 use crank_tests::PgServer;
 use time::OffsetDateTime;
@@ -28,10 +28,10 @@ fn rec(serial: &str, worker: &str, not_after: OffsetDateTime) -> CertificateReco
         not_after: at(not_after.replace_nanosecond(0).unwrap()),
         fingerprint: format!("fp-{serial}"),
         issued_by: "replica-a".into(),
-        kind: "issue".into(),
+        kind: crank_ca::store::CertKind::Issue,
         correlation_id: format!("req_{serial}"),
         issued_at: at(now),
-        status: "valid".into(),
+        status: crank_ca::store::CertStatus::Valid,
         pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
     }
 }
@@ -92,7 +92,7 @@ async fn suite(s: Arc<dyn CaStore>) {
     assert_eq!(out[0].reason, RevocationReason::KeyCompromise);
     assert_eq!(out[0].revoked_by, "admin/alice");
     assert_eq!(out[0].not_after, (now + hour).unix_timestamp());
-    assert_eq!(s.certificate("04:dd").await.unwrap().unwrap().status, "revoked");
+    assert_eq!(s.certificate("04:dd").await.unwrap().unwrap().status, CertStatus::Revoked);
     let g1 = s.revocation_generation().await.unwrap();
     assert!(g1 > g0);
     let again = s.revoke(&revocation(RevokeTarget::Serial("04:dd".into()), RevocationReason::Superseded)).await;
@@ -106,26 +106,33 @@ async fn suite(s: Arc<dyn CaStore>) {
 
     // A renewal retires the certificate it replaces, once, and remembers how.
     let renewal = |prev: &str, hash: &str| store::Renewal { previous_serial: prev.into(), request_sha256: hash.into() };
-    let r5 = CertificateRecord { kind: "renew".into(), ..rec("05:ee", "w1", now + hour) };
+    let r5 = CertificateRecord { kind: crank_ca::store::CertKind::Renew, ..rec("05:ee", "w1", now + hour) };
     s.record_renewal(renewal("02:bb", "sha-k1"), r5.clone()).await.unwrap();
-    assert_eq!(s.certificate("02:bb").await.unwrap().unwrap().status, "superseded");
+    assert_eq!(s.certificate("02:bb").await.unwrap().unwrap().status, CertStatus::Superseded);
     assert_eq!(s.renewal_of("02:bb").await.unwrap(), Some(("sha-k1".to_owned(), r5.clone())));
     assert!(s.renewal_of("05:ee").await.unwrap().is_none());
     let e = s.record_renewal(renewal("02:bb", "sha-k2"), rec("06:ff", "w1", now + hour)).await.unwrap_err();
     assert!(matches!(e, StoreError::Superseded(ref x) if x == "02:bb"), "{e}");
     assert!(s.certificate("06:ff").await.unwrap().is_none(), "a refused renewal leaves nothing behind");
     // An administrator that has a worker's name.
-    s.record_issuance(None, CertificateRecord { kind: "admin".into(), ..rec("07:aa", "w1", now + hour) })
-        .await
-        .unwrap();
+    s.record_issuance(
+        None,
+        CertificateRecord { kind: crank_ca::store::CertKind::Admin, ..rec("07:aa", "w1", now + hour) },
+    )
+    .await
+    .unwrap();
 
     // Revoking a worker revokes its live certificates (superseded ones too: they still
     // work until they expire), never an administrator's.
     let out = s.revoke(&revocation(RevokeTarget::Worker("w1".into()), RevocationReason::CessationOfOperation)).await;
     let got: HashSet<String> = out.unwrap().into_iter().map(|r| r.serial).collect();
     assert_eq!(got, HashSet::from(["01:aa".to_owned(), "02:bb".to_owned(), "05:ee".to_owned()]));
-    assert_eq!(s.certificate("03:cc").await.unwrap().unwrap().status, "valid", "expired ones are left alone");
-    assert_eq!(s.certificate("07:aa").await.unwrap().unwrap().status, "valid", "the administrator is not a worker");
+    assert_eq!(s.certificate("03:cc").await.unwrap().unwrap().status, CertStatus::Valid, "expired ones are left alone");
+    assert_eq!(
+        s.certificate("07:aa").await.unwrap().unwrap().status,
+        CertStatus::Valid,
+        "the administrator is not a worker"
+    );
     assert!(s.revocation_generation().await.unwrap() > g1);
     let out = s.revoke(&revocation(RevokeTarget::Admin("w1".into()), RevocationReason::AffiliationChanged)).await;
     assert_eq!(out.unwrap().into_iter().map(|r| r.serial).collect::<Vec<_>>(), vec!["07:aa".to_owned()]);

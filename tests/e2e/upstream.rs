@@ -158,7 +158,7 @@ async fn cfssl_with_authsign_alone_signs_workers_that_talk_mtls_and_renew() {
     assert_eq!(ledger_rows(&ca).await, 3);
     assert_eq!(cfssl.signed(), 3, "{}", cfssl.log());
     let record = ca.ca.store().certificate(&renewed.metadata().serial).await.unwrap().unwrap();
-    assert_eq!(record.kind, "renew");
+    assert_eq!(record.kind, crank_ca::store::CertKind::Renew);
     assert_eq!(record.fingerprint, renewed.metadata().fingerprint_sha256);
     assert_eq!(last(&ca, EventKind::CertIssued)["details"]["signer"], "cfssl");
     hello.shutdown().await.unwrap();

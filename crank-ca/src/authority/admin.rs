@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::{BACKDATE, LocalCa};
 use crate::serial::random_serial;
-use crate::store::CertificateRecord;
+use crate::store::{CertKind, CertStatus, CertificateRecord};
 use crank_runtime::ApiError;
 
 impl LocalCa {
@@ -46,10 +46,10 @@ impl LocalCa {
             not_after: rfc3339(meta.not_after),
             fingerprint: meta.fingerprint_sha256.clone(),
             issued_by: self.config.replica.clone(),
-            kind: "admin".into(),
+            kind: CertKind::Admin,
             correlation_id: CorrelationId::new().to_string(),
             issued_at: crate::store::now_rfc3339(),
-            status: "valid".into(),
+            status: CertStatus::Valid,
             pem: chain.clone(),
         };
         self.store.record_issuance(None, record).await?;
@@ -72,7 +72,9 @@ impl LocalCa {
                 "client certificate {} is not the one this CA's ledger holds under that serial",
                 meta.serial
             ))),
-            Ok(Some(r)) if r.kind == "admin" && r.status == "valid" && r.worker_id == name => Ok(name.to_owned()),
+            Ok(Some(r)) if r.kind == CertKind::Admin && r.status == CertStatus::Valid && r.worker_id == name => {
+                Ok(name.to_owned())
+            }
             Ok(Some(r)) => {
                 Err(refuse(format!("administrator certificate {} is {} ({})", meta.serial, r.status, r.kind)))
             }

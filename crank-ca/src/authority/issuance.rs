@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{BACKDATE, LocalCa};
 use crate::csr::{ParsedCsr, parse_csr};
-use crate::store::{CertificateRecord, Renewal, StoreError, TokenUse};
+use crate::store::{CertKind, CertStatus, CertificateRecord, Renewal, StoreError, TokenUse};
 
 /// What authorises an issuance, recorded with it in one durable write.
 #[derive(Debug)]
@@ -25,10 +25,10 @@ enum Grant {
 
 impl Grant {
     /// The ledger's `kind` of the certificate issued.
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> CertKind {
         match self {
-            Self::Token(_) => "issue",
-            Self::Renewal(_) => "renew",
+            Self::Token(_) => CertKind::Issue,
+            Self::Renewal(_) => CertKind::Renew,
         }
     }
 }
@@ -48,7 +48,7 @@ impl LocalCa {
         let next = self.store.renewal_of(&old.serial).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         if let Some((hash, next)) = &next
             && hash == request_sha256
-            && next.status == "valid"
+            && next.status == CertStatus::Valid
             && time::OffsetDateTime::parse(&next.not_after, &time::format_description::well_known::Rfc3339)
                 .is_ok_and(|t| t > OffsetDateTime::now_utc())
         {
@@ -120,7 +120,7 @@ impl LocalCa {
         let Some((hash, record)) = found else { return Err(used()) };
         let live = time::OffsetDateTime::parse(&record.not_after, &time::format_description::well_known::Rfc3339)
             .is_ok_and(|t| t > OffsetDateTime::now_utc());
-        if hash != request_sha256 || record.status != "valid" || !live || record.pem.is_empty() {
+        if hash != request_sha256 || record.status != CertStatus::Valid || !live || record.pem.is_empty() {
             return Err(used());
         }
         tracing::info!(serial = %record.serial, worker_id = %record.worker_id, "same request retried with its token; answering with the certificate already issued");
@@ -245,10 +245,10 @@ impl LocalCa {
             not_after: rfc3339(meta.not_after),
             fingerprint: meta.fingerprint_sha256.clone(),
             issued_by: self.config.replica.clone(),
-            kind: kind.into(),
+            kind,
             correlation_id: cid.to_string(),
             issued_at: crate::store::now_rfc3339(),
-            status: "valid".into(),
+            status: CertStatus::Valid,
             pem: chain.clone(),
         };
         let recorded = match grant {
@@ -273,7 +273,7 @@ impl LocalCa {
                 .worker(worker)
                 .cert(&meta)
                 .detail("component", "ca")
-                .detail("kind", kind)
+                .detail("kind", kind.as_str())
                 .detail("signer", self.signer.name())
                 .detail("spiffe_id", uri.clone()),
         );
@@ -332,7 +332,7 @@ impl CertificateProvider for LocalCa {
         if record.worker_id != worker {
             return Err(unauthorized(format!("client certificate {} belongs to another worker", req.current_serial)));
         }
-        if record.status == "revoked" {
+        if record.status == CertStatus::Revoked {
             return Err(self.fail(
                 EventKind::CsrFailed,
                 cid,
@@ -346,10 +346,10 @@ impl CertificateProvider for LocalCa {
         }
         let csr = parse_csr(&req.csr_pem).map_err(|e| self.fail(EventKind::CsrFailed, cid, Some(worker), "csr", e))?;
         let request_sha256 = fingerprint_sha256(&csr.public_key);
-        if record.status == "superseded" {
+        if record.status == CertStatus::Superseded {
             return self.renewed_again(&record, &request_sha256, cid).await;
         }
-        if record.status != "valid" || record.kind == "admin" {
+        if record.status != CertStatus::Valid || record.kind == CertKind::Admin {
             return Err(unauthorized(format!(
                 "client certificate {} ({}, {}) cannot renew",
                 req.current_serial, record.kind, record.status

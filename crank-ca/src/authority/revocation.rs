@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::LocalCa;
 use crate::crl::{CRL_REFRESH_AFTER, SignedCrl};
-use crate::store::{Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError};
+use crate::store::{CertKind, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError};
 use crank_runtime::ApiError;
 
 impl LocalCa {
@@ -91,7 +91,7 @@ impl LocalCa {
             RevokeTarget::Worker(w) => Some(w.clone()),
             RevokeTarget::Admin(_) => None,
             RevokeTarget::Serial(serial) => match self.store.certificate(serial).await {
-                Ok(Some(r)) if r.kind == "admin" => None,
+                Ok(Some(r)) if r.kind == CertKind::Admin => None,
                 Ok(Some(r)) => Some(r.worker_id),
                 Ok(None) => {
                     return Err(ApiError::missing(

@@ -28,18 +28,77 @@ pub struct CertificateRecord {
     pub fingerprint: String,
     /// Which CA replica issued it.
     pub issued_by: String,
-    /// `issue`, `renew` or `admin`.
-    pub kind: String,
+    /// How it was issued.
+    pub kind: CertKind,
     /// Correlation id of the issuance.
     pub correlation_id: String,
     /// When it was recorded, RFC 3339.
     pub issued_at: String,
-    /// `valid`, `superseded` (renewed: still a working certificate until it expires, but
-    /// it cannot renew again) or `revoked`.
-    pub status: String,
+    /// Where it stands.
+    pub status: CertStatus,
     /// The certificate, PEM (so a retried request can be answered with it).
     pub pem: String,
 }
+
+/// How a certificate in the ledger was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    /// A first certificate, with a join token.
+    Issue,
+    /// A renewal, authenticated by the previous certificate.
+    Renew,
+    /// An administrator's certificate (`crank ca admin-cert`).
+    Admin,
+}
+
+/// Where a certificate in the ledger stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// In force.
+    Valid,
+    /// Renewed: it still works in handshakes until it expires, but cannot renew again.
+    Superseded,
+    /// Revoked.
+    Revoked,
+}
+
+macro_rules! stored_as_text {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// How the store writes it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = StoreError;
+
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(StoreError::Database(format!(
+                        "{other:?} in the store is not a {} the CA knows",
+                        stringify!($ty)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+stored_as_text!(CertKind { Issue => "issue", Renew => "renew", Admin => "admin" });
+stored_as_text!(CertStatus { Valid => "valid", Superseded => "superseded", Revoked => "revoked" });
 
 /// A used join token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -189,8 +189,8 @@ fn from_json_list(v: &serde_json::Value) -> Vec<String> {
 const CERT_COLUMNS: &str = "serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, \
      issued_by, kind, correlation_id, issued_at, status, pem";
 
-fn cert_row(r: &tokio_postgres::Row) -> CertificateRecord {
-    CertificateRecord {
+fn cert_row(r: &tokio_postgres::Row) -> Result<CertificateRecord, StoreError> {
+    Ok(CertificateRecord {
         serial: r.get(0),
         worker_id: r.get(1),
         spiffe_id: r.get(2),
@@ -200,12 +200,12 @@ fn cert_row(r: &tokio_postgres::Row) -> CertificateRecord {
         not_after: rfc3339(r.get(6)),
         fingerprint: r.get(7),
         issued_by: r.get(8),
-        kind: r.get(9),
+        kind: r.get::<_, String>(9).parse()?,
         correlation_id: r.get(10),
         issued_at: rfc3339(r.get(11)),
-        status: r.get(12),
+        status: r.get::<_, String>(12).parse()?,
         pem: r.get(13),
-    }
+    })
 }
 
 fn revocation(row: &tokio_postgres::Row) -> Result<RevocationRecord, StoreError> {
@@ -274,10 +274,10 @@ impl PostgresStore {
                     &ts("not_after", &c.not_after)?,
                     &c.fingerprint,
                     &c.issued_by,
-                    &c.kind,
+                    &c.kind.as_str(),
                     &c.correlation_id,
                     &ts("issued_at", &c.issued_at)?,
-                    &c.status,
+                    &c.status.as_str(),
                     &c.pem,
                 ],
             )
@@ -328,7 +328,7 @@ impl CaStore for PostgresStore {
         };
         let (serial, hash): (String, String) = (t.get(0), t.get(1));
         let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
-        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(|r| (hash, cert_row(r))))
+        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(cert_row).transpose()?.map(|r| (hash, r)))
     }
 
     async fn token_used(&self, jti: &str) -> Result<bool, StoreError> {
@@ -340,7 +340,7 @@ impl CaStore for PostgresStore {
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
-        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(cert_row))
+        client.query_opt(&stmt, &[&serial]).await?.as_ref().map(cert_row).transpose()
     }
 
     async fn issued_with_token(&self, jti: &str) -> Result<Option<(String, CertificateRecord)>, StoreError> {
@@ -352,7 +352,7 @@ impl CaStore for PostgresStore {
         };
         let (serial, hash): (String, String) = (t.get(0), t.get(1));
         let stmt = client.prepare_cached(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1")).await?;
-        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(|r| (hash, cert_row(r))))
+        Ok(client.query_opt(&stmt, &[&serial]).await?.as_ref().map(cert_row).transpose()?.map(|r| (hash, r)))
     }
 
     async fn certificate_count(&self) -> Result<u64, StoreError> {

@@ -283,10 +283,10 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             c.not_after,
             c.fingerprint,
             c.issued_by,
-            c.kind,
+            c.kind.as_str(),
             c.correlation_id,
             c.issued_at,
-            c.status,
+            c.status.as_str(),
             c.pem
         ]);
     match res {
@@ -476,12 +476,19 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
         not_after: r.get(6)?,
         fingerprint: r.get(7)?,
         issued_by: r.get(8)?,
-        kind: r.get(9)?,
+        kind: text_column(r, 9)?,
         correlation_id: r.get(10)?,
         issued_at: r.get(11)?,
-        status: r.get(12)?,
+        status: text_column(r, 12)?,
         pem: r.get(13)?,
     })
+}
+
+/// A column holding one of the CA's words (`valid`, `renew`, ...).
+fn text_column<T: std::str::FromStr<Err = StoreError>>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    text.parse()
+        .map_err(|e: StoreError| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 type RowResult = Result<RevocationRecord, StoreError>;
@@ -575,6 +582,7 @@ fn revoke_in(c: &Connection, rev: &Revocation) -> Result<Vec<RevocationRecord>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{CertKind, CertStatus};
 
     fn rec(serial: &str) -> CertificateRecord {
         CertificateRecord {
@@ -587,10 +595,10 @@ mod tests {
             not_after: now_rfc3339(),
             fingerprint: "00".into(),
             issued_by: "test".into(),
-            kind: "issue".into(),
+            kind: CertKind::Issue,
             correlation_id: "req_1".into(),
             issued_at: now_rfc3339(),
-            status: "valid".into(),
+            status: CertStatus::Valid,
             pem: String::new(),
         }
     }
