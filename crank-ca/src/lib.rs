@@ -11,6 +11,7 @@ pub mod check;
 pub mod crl;
 mod cross;
 pub mod csr;
+mod error;
 pub mod files;
 pub mod intermediate;
 pub mod rollover;
@@ -22,5 +23,6 @@ pub mod token;
 
 pub use authority::{LocalCa, LocalCaConfig};
 pub use builder::{LocalCaBuilder, open_store};
+pub use error::CaError;
 pub use files::{CaDir, InitOptions, init_ca};
 pub use token::create_token;

@@ -37,6 +37,8 @@ use crank_runtime::tls::{Credentials, PeerIdentity, Resumption, server_config};
 use crank_runtime::trust::TrustStore;
 use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
+use crate::error::CaError;
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest time a request may take.
@@ -106,7 +108,7 @@ async fn enforce_own_crl(trust: std::sync::Weak<TrustStore>, ca: Arc<LocalCa>) {
         let crl = match ca.crl().await {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(error = %e.message, "the CA's own CRL could not be refreshed; the last one stays in force");
+                tracing::warn!(error = %e, "the CA's own CRL could not be refreshed; the last one stays in force");
                 updates.borrow().clone()
             }
         };
@@ -159,7 +161,7 @@ async fn health(State(ca): State<Arc<LocalCa>>) -> (StatusCode, Json<serde_json:
 }
 
 async fn crl(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiError> {
-    let crl = ca.crl().await?;
+    let crl = ca.crl().await.map_err(api_error)?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der.clone()))
 }
 
@@ -175,7 +177,7 @@ async fn revoke(
             "revocation needs an administrator client certificate (`crank ca admin-cert`)",
         ));
     };
-    let admin = ca.admin_of(certificate).await?;
+    let admin = ca.admin_of(certificate).await.map_err(api_error)?;
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
     let name = |w: String| WorkerId::new(w).map_err(|e| ApiError::bad_request("bad_worker_id", e.to_string()));
@@ -191,7 +193,7 @@ async fn revoke(
         }
     };
     let reason: RevocationReason = body.reason.parse().map_err(|e: String| ApiError::bad_request("bad_reason", e))?;
-    let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await?;
+    let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await.map_err(api_error)?;
     let crl_number = ca.crl().await.ok().map(|c| c.number);
     let revoked = records.into_iter().map(Revoked::from).collect();
     Ok(Json(RevokeAnswer { revoked, crl_number }))
@@ -207,6 +209,19 @@ fn correlation(headers: &HeaderMap) -> CorrelationId {
         .get(CorrelationId::HEADER)
         .and_then(|v| v.to_str().ok())
         .map_or_else(CorrelationId::new, CorrelationId::from_peer)
+}
+
+/// Maps a [`CaError`] to its HTTP status and JSON body.
+fn api_error(e: CaError) -> ApiError {
+    use axum::http::StatusCode as S;
+    let (status, code, message) = match e {
+        CaError::Invalid { code, message } => (S::BAD_REQUEST, code, message),
+        CaError::Denied { code, message } => (S::FORBIDDEN, code, message),
+        CaError::NotFound { code, message } => (S::NOT_FOUND, code, message),
+        CaError::Unavailable(message) => (S::SERVICE_UNAVAILABLE, "unavailable", message),
+        CaError::Failed { code, message } => (S::INTERNAL_SERVER_ERROR, code, message),
+    };
+    ApiError { status, code, message }
 }
 
 fn json_error(e: JsonRejection) -> ApiError {

@@ -7,9 +7,9 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::{BACKDATE, LocalCa};
+use crate::error::CaError;
 use crate::serial::random_serial;
 use crate::store::{CertKind, CertStatus, CertificateRecord};
-use crank_runtime::ApiError;
 
 impl LocalCa {
     /// Issues an administrator certificate (`spiffe://<td>/admin/<name>`, client auth
@@ -58,8 +58,8 @@ impl LocalCa {
 
     /// The administrator name of a verified client certificate: its SPIFFE ID must be
     /// `spiffe://<td>/admin/<name>` and its ledger row an unrevoked admin certificate.
-    pub async fn admin_of(&self, leaf: &CertificateDer<'_>) -> Result<String, ApiError> {
-        let refuse = |m: String| ApiError::forbidden("admin_required", m);
+    pub async fn admin_of(&self, leaf: &CertificateDer<'_>) -> Result<String, CaError> {
+        let refuse = |m: String| CaError::denied("admin_required", m);
         let meta = CertMetadata::from_der(leaf).map_err(|e| refuse(format!("unreadable client certificate: {e}")))?;
         let prefix = self.trust_domain.admin_spiffe_id("");
         let Some(name) = meta.uri_sans.iter().find_map(|u| u.strip_prefix(&prefix)) else {
@@ -79,7 +79,7 @@ impl LocalCa {
                 Err(refuse(format!("administrator certificate {} is {} ({})", meta.serial, r.status, r.kind)))
             }
             Ok(None) => Err(refuse(format!("administrator certificate {} is not in the ledger", meta.serial))),
-            Err(e) => Err(ApiError::unavailable(e.to_string())),
+            Err(e) => Err(CaError::unavailable(e.to_string())),
         }
     }
 }

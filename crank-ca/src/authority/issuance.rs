@@ -134,7 +134,7 @@ impl LocalCa {
         let crl = match self.crl().await {
             Ok(c) => Some(crank_security_core::crl_pem(&c.der)),
             Err(e) => {
-                tracing::warn!(error = %e.message, "answering without a CRL");
+                tracing::warn!(error = %e, "answering without a CRL");
                 None
             }
         };

@@ -8,14 +8,14 @@ use time::OffsetDateTime;
 
 use super::LocalCa;
 use crate::crl::{CRL_REFRESH_AFTER, SignedCrl};
+use crate::error::CaError;
 use crate::store::{CertKind, Revocation, RevocationReason, RevocationRecord, RevokeTarget, StoreError};
-use crank_runtime::ApiError;
 
 impl LocalCa {
     /// The current CRL, regenerated when a revocation was recorded anywhere since it was
     /// made, or when it is older than [`CRL_REFRESH_AFTER`]. With the store unreachable,
     /// the last CRL made (still signed, still within its nextUpdate) is served.
-    pub async fn crl(&self) -> Result<Arc<SignedCrl>, ApiError> {
+    pub async fn crl(&self) -> Result<Arc<SignedCrl>, CaError> {
         let cached = self.crl.load_full();
         let generation = match self.store.revocation_generation().await {
             Ok(g) => g,
@@ -25,7 +25,7 @@ impl LocalCa {
                         tracing::warn!(error = %e, crl_number = c.number, "store unreachable; serving the last CRL");
                         Ok(c)
                     }
-                    _ => Err(ApiError::unavailable(format!("cannot build the CRL: {e}"))),
+                    _ => Err(CaError::unavailable(format!("cannot build the CRL: {e}"))),
                 };
             }
         };
@@ -53,21 +53,20 @@ impl LocalCa {
     }
 
     /// Builds and signs a new CRL now, whatever the cached one (benchmarks, operators).
-    pub async fn regenerate_crl_now(&self) -> Result<Arc<SignedCrl>, ApiError> {
+    pub async fn regenerate_crl_now(&self) -> Result<Arc<SignedCrl>, CaError> {
         let _one_at_a_time = self.crl_regen.lock().await;
-        let generation = self.store.revocation_generation().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let generation = self.store.revocation_generation().await.map_err(|e| CaError::unavailable(e.to_string()))?;
         self.regenerate_crl(generation).await
     }
 
-    async fn regenerate_crl(&self, generation: u64) -> Result<Arc<SignedCrl>, ApiError> {
+    async fn regenerate_crl(&self, generation: u64) -> Result<Arc<SignedCrl>, CaError> {
         let now = OffsetDateTime::now_utc();
-        let unavailable = |e: StoreError| ApiError::unavailable(format!("cannot build the CRL: {e}"));
+        let unavailable = |e: StoreError| CaError::unavailable(format!("cannot build the CRL: {e}"));
         let entries = self.store.revoked_unexpired(now).await.map_err(unavailable)?;
         let number = self.store.next_crl_number().await.map_err(unavailable)?;
         let validity = self.config.crl_validity;
-        let crl = crate::crl::sign(self.own.issuer(), &entries, number, generation, now, validity).map_err(|e| {
-            ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, code: "crl_failed", message: e }
-        })?;
+        let crl = crate::crl::sign(self.own.issuer(), &entries, number, generation, now, validity)
+            .map_err(|e| CaError::Failed { code: "crl_failed", message: e })?;
         tracing::info!(crl_number = number, entries = crl.entries, "CRL generated");
         let crl = Arc::new(crl);
         self.crl.store(Some(crl.clone()));
@@ -84,7 +83,7 @@ impl LocalCa {
         reason: RevocationReason,
         admin: &str,
         cid: &CorrelationId,
-    ) -> Result<Vec<RevocationRecord>, ApiError> {
+    ) -> Result<Vec<RevocationRecord>, CaError> {
         // Administrators are not workers: the worker policy hook is not asked about them
         // (and a worker's name never reaches an administrator of the same name).
         let worker = match &target {
@@ -94,12 +93,12 @@ impl LocalCa {
                 Ok(Some(r)) if r.kind == CertKind::Admin => None,
                 Ok(Some(r)) => Some(r.worker_id),
                 Ok(None) => {
-                    return Err(ApiError::missing(
+                    return Err(CaError::not_found(
                         "unknown_serial",
                         format!("no certificate with serial {serial} in the ledger"),
                     ));
                 }
-                Err(e) => return Err(ApiError::unavailable(e.to_string())),
+                Err(e) => return Err(CaError::unavailable(e.to_string())),
             },
         };
         if let Some(worker) = &worker
@@ -114,7 +113,7 @@ impl LocalCa {
                 self.events.emit(&ev);
             }
             tracing::warn!(worker_id = %worker, reason = %reason, admin, correlation_id = %cid, "revocation denied by policy");
-            return Err(ApiError::forbidden("policy_denied", format!("denied by policy: {}", d.reason)));
+            return Err(CaError::denied("policy_denied", format!("denied by policy: {}", d.reason)));
         }
         let revocation = Revocation { target, reason, revoked_by: admin.to_owned(), at: OffsetDateTime::now_utc() };
         if self.signer.name() != "local" {
@@ -124,8 +123,8 @@ impl LocalCa {
             );
         }
         let records = self.store.revoke(&revocation).await.map_err(|e| match e {
-            StoreError::NotFound(m) => ApiError::missing("nothing_to_revoke", m),
-            other => ApiError::unavailable(format!("the CA could not record the revocation: {other}")),
+            StoreError::NotFound(m) => CaError::not_found("nothing_to_revoke", m),
+            other => CaError::unavailable(format!("the CA could not record the revocation: {other}")),
         })?;
         for r in &records {
             self.events.emit(
@@ -143,7 +142,7 @@ impl LocalCa {
         match self.store.revocation_generation().await {
             Ok(g) => {
                 if let Err(e) = self.regenerate_crl(g).await {
-                    tracing::warn!(error = %e.message, "CRL not regenerated after revocation; next request retries");
+                    tracing::warn!(error = %e, "CRL not regenerated after revocation; next request retries");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "CRL not regenerated after revocation; next request retries"),
