@@ -322,7 +322,7 @@ pub async fn renew_over_mtls(ca: &TestCa, bundle: &CertificateBundle) -> Certifi
         correlation_id: CorrelationId::new(),
     };
     let issued = client.renew(req).await.unwrap();
-    crank_runtime::worker::bootstrap::accept_issued(&issued, &key.serialize_pem(), &identity, bundle.ca()).unwrap()
+    crank_runtime::worker::accept_issued(&issued, &key.serialize_pem(), &identity, bundle.ca()).unwrap()
 }
 
 /// A CA client presenting `bundle`, trusting what it trusts, and requiring the CA

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use url::Url;
 
-use crank_runtime::worker::ca_client::error_chain;
+use crank_runtime::worker::error_chain;
 
 /// Default timeout of one request to cfssl.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -96,7 +96,7 @@ pub(crate) enum CaCommand {
         /// CA data directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Administrator name (becomes spiffe://<trust domain>/admin/<name>).
+        /// Administrator name (becomes `spiffe://<trust domain>/admin/<name>`).
         #[arg(long)]
         name: String,
         /// Folder to write admin.crt, admin.key (0600) and ca.crt into.

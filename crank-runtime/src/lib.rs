@@ -50,10 +50,10 @@ pub use api::{ErrorBody, ErrorDetail};
 pub use error::ApiError;
 pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
-pub use worker::app::{RunningWorker, WorkerApplication, WorkerContext};
-pub use worker::bootstrap::{BootstrapError, BootstrapOptions, RetryPolicy, bootstrap};
-pub use worker::ca_client::CaClient;
-pub use worker::mtls::{MtlsClient, MtlsHttpClient};
+pub use worker::{
+    BootstrapError, BootstrapOptions, CaClient, MtlsClient, MtlsHttpClient, RetryPolicy, RunningWorker,
+    WorkerApplication, WorkerContext, bootstrap,
+};
 
 /// Errors of the worker runtime.
 #[derive(Debug, thiserror::Error)]

@@ -94,7 +94,7 @@ async fn run(duration: Duration) -> anyhow::Result<()> {
                     eprintln!(
                         "at {:?}: {:?}",
                         start.elapsed(),
-                        res.map(|r| r.status()).map_err(|e| crank_runtime::worker::ca_client::error_chain(&e))
+                        res.map(|r| r.status()).map_err(|e| crank_runtime::worker::error_chain(&e))
                     );
                 }
                 let w = (t.duration_since(start).as_millis() / WINDOW.as_millis()) as usize;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crank_ca::files::{CaDir, InitOptions, init_ca};
 use crank_ca::store::{CaStore, PostgresStore, SqliteStore};
-use crank_runtime::worker::ca_client::CaClient;
+use crank_runtime::worker::CaClient;
 use crank_security_core::{
     CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
     TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
@@ -171,7 +171,7 @@ async fn replicas_share_tokens_and_revocations_and_a_retry_gets_the_same_certifi
     assert!(String::from_utf8_lossy(&out.stdout).contains(&first.serial));
     let roots = parse_pem_certs("root", dir.trust_bundle_pem().unwrap().as_bytes()).unwrap();
     for client in [&at1, &at2] {
-        let info = crank_runtime::worker::crl::verify_crl(&client.crl().await.unwrap(), &roots, &[]).unwrap();
+        let info = crank_runtime::worker::verify_crl(&client.crl().await.unwrap(), &roots, &[]).unwrap();
         assert!(info.serials.contains(&first.serial), "revocation missing from a replica's CRL");
     }
     // And the revoked certificate's request no longer replays.

@@ -100,9 +100,9 @@ async fn leaves_under_an_openssl_root_verify_to_it_alone_and_workers_talk_mtls()
 
     // The CRL is signed by the intermediate and verifies through the worker's chain.
     let crl = crank_tests::ca_client(vec![ca.url()], &caller).crl().await.unwrap();
-    crank_runtime::worker::crl::verify_crl(&crl, std::slice::from_ref(&root), &caller.chain()[1..]).unwrap();
-    crank_runtime::worker::crl::verify_crl(&crl, caller.ca(), &[]).unwrap();
-    let err = crank_runtime::worker::crl::verify_crl(&crl, std::slice::from_ref(&root), &[]).unwrap_err();
+    crank_runtime::worker::verify_crl(&crl, std::slice::from_ref(&root), &caller.chain()[1..]).unwrap();
+    crank_runtime::worker::verify_crl(&crl, caller.ca(), &[]).unwrap();
+    let err = crank_runtime::worker::verify_crl(&crl, std::slice::from_ref(&root), &[]).unwrap_err();
     assert!(err.contains("neither a trusted root"), "{err}");
 
     // Another CA under the same enterprise root mints the caller's identity with the

@@ -9,7 +9,7 @@ use crank_runtime::Resumption;
 use crank_runtime::RunningWorker;
 use crank_runtime::demo::hello_routes;
 use crank_runtime::tls::{client_config, mtls_client_config};
-use crank_runtime::worker::ca_client::{CaClient, error_chain};
+use crank_runtime::worker::{CaClient, error_chain};
 use crank_security_core::{
     CertificateBundle, CertificateProvider, CorrelationId, EventKind, IssuanceDecision, IssuanceInput, PolicyEngine,
     PolicyError, ProviderError, RenewRequest, RenewalDecision, RenewalInput, WorkerId, build_csr, generate_key,

@@ -13,7 +13,7 @@
 //! `opa build`; `data.crank.<hook>` is accepted too).
 //!
 //! Every decision gets a fresh store, a fresh `env.memory` (capped at
-//! [`MEMORY_LIMIT`](super::MEMORY_LIMIT); it is exported by a one-line provider module
+//! [`super::MEMORY_LIMIT`]; it is exported by a one-line provider module
 //! instantiated beside the policy so that it comes from the pooling allocator, zeroed)
 //! and a fresh instance of the policy, with the fuel budget.
 //! Base `data` is the empty object: everything a policy knows comes from its Rego and

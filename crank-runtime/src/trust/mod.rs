@@ -117,7 +117,7 @@ impl TrustStore {
     }
 
     /// Replaces the revocation lists for every later handshake. Verify a CRL's
-    /// signature before installing it (see [`crate::worker::crl::verify_crl`]): a CRL
+    /// signature before installing it (see [`crate::worker::verify_crl`]): a CRL
     /// that does not verify makes every handshake with its issuer's leaves fail.
     pub fn set_crls(&self, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<(), rustls::Error> {
         let cur = self.current.load();

@@ -1,7 +1,6 @@
 //! `WorkerApplication`: a worker's `main` in three lines.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +10,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use crank_security_core::{
     CertFiles, CertificateBundle, CertificateEvent, CorrelationId, EventKind, EventSink, EventSinks, KeyType,
-    PolicyEngine, SecurityConfig, SpiffeId, WorkerId, peek_token_claims,
+    PolicyEngine, SecurityConfig, SpiffeId, WorkerId,
 };
 use tower_http::timeout::TimeoutLayer;
 
@@ -418,14 +417,4 @@ fn load_valid(files: &CertFiles, events: &dyn EventSink) -> Result<CertificateBu
         return Err(format!("the certificate in {} is not usable: {e}", files.dir.display()));
     }
     Ok(bundle)
-}
-
-/// The worker id a join token is for (unverified read).
-pub fn token_worker_id(token: &str) -> Option<String> {
-    peek_token_claims(token).ok().map(|c| c.sub)
-}
-
-/// The cert directory a worker would use, from the environment.
-pub fn env_cert_dir() -> Result<PathBuf, RuntimeError> {
-    Ok(SecurityConfig::from_env()?.cert_dir)
 }

@@ -1,20 +1,11 @@
-//! Revocation on the worker side: fetch the CA's CRL on an interval, verify it, and
-//! install it in the [`TrustStore`] so that the server and the mTLS client refuse
-//! revoked peers in the handshake.
+//! Revocation lists on the worker side: verifying a CRL against the trust set, keeping
+//! the one in force beside the certificate (`ca.crl`, never replaced by an older one, so
+//! a restarted worker starts with it), and what readiness and metrics see of it
+//! ([`CrlStatus`]). Fetching it on an interval is [`crl_watch`](super::crl_watch).
 //!
-//! The window between `crank revoke` and enforcement is at most one refresh interval
-//! (`CRANK_CRL_REFRESH`, default 30 s) plus one CA request: the CA regenerates its CRL
-//! at once on revocation (and every replica on its next CRL request).
-//!
-//! A fetched CRL is used only if its signature verifies with the trusted certificate
-//! named as its issuer (a root, or in intermediate mode the worker's own intermediate),
-//! and if its CRL number is not lower than the one in use. The CRL in force is kept
-//! beside the certificate (`ca.crl`, also written at bootstrap and renewal from the CA's
-//! answer), so a restarted worker starts with it and still refuses an older one.
-//! A CRL past its nextUpdate is reported (event, metric, `/ready`), and in
-//! fail-closed mode refuses every peer until a current one arrives. When the worker finds its own
-//! certificate listed, it tells the rotator, which emits CERT_REVOKED, stops renewing,
-//! and waits for a new join token.
+//! A CRL is used only if its signature verifies with the trusted certificate named as
+//! its issuer (a root, or in intermediate mode the worker's own intermediate), and if its
+//! number is not lower than the one kept.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,6 +1,14 @@
 //! Keeping a worker's CRL current: fetched on an interval (without a client certificate:
 //! the CRL is public, and a revoked worker must still learn it), verified, kept beside the
 //! certificate, installed in the trust store, and reported when stale.
+//!
+//! The window between `crank revoke` and enforcement is at most one refresh interval
+//! (`CRANK_CRL_REFRESH`, default 30 s) plus one CA request: the CA regenerates its CRL
+//! at once on revocation (and every replica on its next CRL request). A stale CRL is
+//! reported (event, metric, `/ready`), and in fail-closed mode every peer is refused
+//! until a current one arrives. When the worker finds its own certificate listed, it
+//! tells the rotator, which emits CERT_REVOKED, stops renewing, and waits for a new
+//! join token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +23,7 @@ use super::rotation::Rotator;
 
 /// Keeps a worker's CRL current.
 #[derive(Debug)]
-pub struct CrlWatcher {
+pub(crate) struct CrlWatcher {
     rotator: Arc<Rotator>,
     interval: Duration,
     status: Arc<CrlStatus>,
@@ -26,12 +34,17 @@ impl CrlWatcher {
     /// A watcher fetching the CRL every `interval` from the CA `rotator` renews at, into
     /// the trust store it renews, keeping it beside its certificate and reporting it in
     /// `status`.
-    pub fn new(rotator: Arc<Rotator>, interval: Duration, status: Arc<CrlStatus>, events: Arc<dyn EventSink>) -> Self {
+    pub(crate) fn new(
+        rotator: Arc<Rotator>,
+        interval: Duration,
+        status: Arc<CrlStatus>,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
         Self { rotator, interval, status, events }
     }
 
     /// Installs the CRL kept beside the certificate, if any (at start, before serving).
-    pub fn load_kept(&self) -> Result<Option<CrlInfo>, String> {
+    pub(crate) fn load_kept(&self) -> Result<Option<CrlInfo>, String> {
         let bundle = self.rotator.current();
         let intermediates = bundle.chain().get(1..).unwrap_or_default();
         let Some((der, info)) = load_crl(self.rotator.files(), &self.rotator.trust().roots(), intermediates)? else {
@@ -52,7 +65,7 @@ impl CrlWatcher {
     }
 
     /// Fetches, verifies and installs the CRL once. Returns what was installed (or kept).
-    pub async fn refresh(&self, current: Option<&CrlInfo>) -> Result<Option<CrlInfo>, String> {
+    pub(crate) async fn refresh(&self, current: Option<&CrlInfo>) -> Result<Option<CrlInfo>, String> {
         let roots = self.rotator.trust().roots();
         let bundle = self.rotator.current();
         let td = bundle.metadata().spiffe().map(|s| s.trust_domain).ok_or("the certificate has no SPIFFE ID")?;
@@ -74,7 +87,7 @@ impl CrlWatcher {
     /// Refreshes every interval until `shutdown` turns true. Failures are logged and
     /// retried at the next interval; the last good CRL stays in force. A CRL past its
     /// nextUpdate is reported once per episode (`CERT_VALIDATION_FAILED`, phase `crl`).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut current: Option<CrlInfo> = self.status.current().map(|c| (*c).clone());
         let mut stale_reported = false;
         loop {

@@ -1,10 +1,28 @@
-//! The worker runtime: bootstrap, the mTLS server and the mTLS client.
+//! The worker runtime: bootstrap, the mTLS server and the mTLS client, renewal and
+//! revocation.
+//!
+//! ```text
+//!  WorkerApplication::start ── settings (builder, else environment)
+//!     ├─ bootstrap: key here, CSR + join token ──► CA (pinned, CA identity)
+//!     ├─ rotation: renew before expiry over mTLS; recover from a token file
+//!     ├─ crl_watch: fetch, verify, keep and install the CA's CRL
+//!     └─ serve: HTTPS, client certificate required; MtlsHttpClient for calls
+//! ```
 
-pub mod app;
-pub mod bootstrap;
-pub mod ca_client;
-pub mod crl;
-pub mod crl_watch;
-pub mod mtls;
-pub mod rotation;
+mod app;
+mod bootstrap;
+mod ca_client;
+mod crl;
+mod crl_watch;
+mod mtls;
+mod rotation;
 mod settings;
+
+pub use self::app::{RunningWorker, WorkerApplication, WorkerContext};
+pub use self::bootstrap::{
+    BootstrapError, BootstrapOptions, RetryPolicy, accept_issued, bootstrap, default_sans, keep_issued_crl, trust_pem,
+};
+pub use self::ca_client::{CaClient, error_chain};
+pub use self::crl::{CrlInfo, CrlStatus, DEFAULT_CRL_REFRESH, crl_der, keep_crl, load_crl, verify_crl};
+pub use self::mtls::{MtlsClient, MtlsHttpClient};
+pub use self::rotation::{MAX_RETRY_DELAY, RotationConfig, Rotator};
