@@ -248,11 +248,31 @@ pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// Waits until the asynchronous check `cond` holds, polling every 100 ms; panics with
+/// `what` after `within`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `openssl ARGS` in `dir`: its stdout, or an error carrying its stderr.
 pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output()?;
+    let out = openssl_output(dir, args);
     anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `openssl ARGS` in `dir` to completion: its output, whatever its exit status (the
+/// one way the tests run openssl).
+pub fn openssl_output(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("running openssl")
 }
 
 /// `openssl req -newkey` arguments for a P-256 key, what the tests use unless they say
@@ -382,12 +402,42 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `crank ARGS` as a command, logging warnings only: the one way the tests run it (add
+/// what else it needs, then run it).
+pub fn crank_command(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin("crank"));
+    c.args(args).env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs `crank ARGS` to completion: its output, whatever its exit status.
+pub fn crank_output(args: &[&str]) -> std::process::Output {
+    crank_command(args).output().unwrap()
+}
+
 /// Runs `crank ARGS`: its trimmed stdout on success, an error carrying its stderr
 /// otherwise.
 pub fn crank(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin("crank")).args(args).env("RUST_LOG", "error").output()?;
+    let out = crank_command(args).output()?;
     anyhow::ensure!(out.status.success(), "crank {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// An example worker binary (`hello-world`, `caller`) as a command, with a clean
+/// environment plus `env`, logging at info, its output piped.
+pub fn example_command(name: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin(name));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied());
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c
+}
+
+/// The `policies/` folder of the workspace (the shipped policies and their cases).
+pub fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
 /// Runs `crank cert init` for `worker` with `token` at `ca_url`, writing into
@@ -828,18 +878,17 @@ impl Platform {
         let certs = self.tmp.path().join(name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
         let port_var = format!("{}_HTTPS_PORT", name.to_ascii_uppercase().replace('-', "_"));
-        let mut c = std::process::Command::new(bin(name));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("CRANK_LOG_FORMAT", "json")
-            .env("CA_SERVICE_URL", self.ca_url())
-            .env("CERT_DIR", &certs)
-            .env(&port_var, addr.port().to_string())
-            .env("CRANK_LISTEN_HOST", "127.0.0.1")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-            .stderr(std::process::Stdio::from(log));
+        let port = addr.port().to_string();
+        let certs_s = certs.to_str().unwrap();
+        let base = [
+            ("CRANK_LOG_FORMAT", "json"),
+            ("CA_SERVICE_URL", &self.ca_url()),
+            ("CERT_DIR", certs_s),
+            (&port_var, &port),
+            ("CRANK_LISTEN_HOST", "127.0.0.1"),
+        ];
+        let mut c = example_command(name, &[&base[..], env].concat());
+        c.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
         if !certs.join("client.crt").exists() {
             c.env("CRANK_JOIN_TOKEN", self.token(name));
         }

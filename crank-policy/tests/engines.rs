@@ -1,13 +1,12 @@
 //! The shipped policies and cases, run against every engine that can run them.
 
-use std::path::{Path, PathBuf};
+#[path = "support/policies.rs"]
+mod policies;
+
 use std::time::Duration;
 
 use crank_policy::{PolicyEngine, RegoEngine, ReloadingEngine, builtin, cases};
-
-fn policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-}
+use policies::policies;
 
 #[test]
 fn builtin_and_rego_agree_on_every_default_case() {

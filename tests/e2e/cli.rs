@@ -6,12 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{KillOnDrop, bin, free_addr, serve_ca_process};
-
-/// Kills the child when dropped.
-fn crank(args: &[&str]) -> Output {
-    Command::new(bin("crank")).args(args).env("RUST_LOG", "warn").output().unwrap()
-}
+use crank_tests::{KillOnDrop, crank_command, crank_output as crank, example_command, free_addr, serve_ca_process};
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -45,18 +40,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 /// The hello-world example binary with a clean environment plus `env`.
 pub(crate) fn hello_world(env: &[(&str, &str)]) -> Command {
-    example("hello-world", env)
-}
-
-/// An example worker binary with a clean environment plus `env`.
-fn example(name: &str, env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(bin(name));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied());
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c
+    example_command("hello-world", env)
 }
 
 #[tokio::test]
@@ -117,7 +101,7 @@ async fn operator_flow_with_the_real_binaries() {
     let caller_port = caller_addr.port().to_string();
     let caller_certs = tmp.path().join("caller-certs");
     let _caller = KillOnDrop(
-        example(
+        example_command(
             "caller",
             &[
                 ("CRANK_JOIN_TOKEN", &caller_token),
@@ -151,13 +135,7 @@ async fn operator_flow_with_the_real_binaries() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no PEM certificate"));
 
     // The worker's certificate verifies with openssl too.
-    let out = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(worker_certs.join("ca.crt"))
-        .arg(worker_certs.join("client.crt"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    crank_tests::openssl(&worker_certs, &["verify", "-CAfile", "ca.crt", "client.crt"]).unwrap();
 
     // The token was single use: reusing it through the CLI fails with a clear message.
     let reuse = crank_tests::cert_init("ops-client", &client_token, &ca_url, &tmp.path().join("x")).unwrap_err();
@@ -217,10 +195,8 @@ async fn the_demo_prints_a_curl_command_that_works_and_stops_on_ctrl_c() {
     let ca_addr = free_addr();
     let port = free_addr().port();
     let mut demo = KillOnDrop(
-        Command::new(bin("crank"))
-            .args(["demo", "--ca-listen", &ca_addr.to_string(), "--port", &port.to_string()])
+        crank_command(&["demo", "--ca-listen", &ca_addr.to_string(), "--port", &port.to_string()])
             .current_dir(tmp.path())
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -295,7 +271,7 @@ async fn the_custom_sink_example_writes_every_event_to_its_file() {
     let addr = free_addr();
     let events = tmp.path().join("events.jsonl");
     let _w = KillOnDrop(
-        example(
+        example_command(
             "custom-sink",
             &[
                 ("CRANK_JOIN_TOKEN", &token),

@@ -15,7 +15,7 @@ use crank_security_core::{
     CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
     TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
 };
-use crank_tests::{PgServer, serve_ca_process};
+use crank_tests::{PgServer, eventually, serve_ca_process};
 use tokio::sync::Mutex;
 
 fn new_ca() -> (tempfile::TempDir, CaDir) {
@@ -64,7 +64,7 @@ async fn submit_until_issued(client: &CaClient, b: &Bootstrap) -> IssuedCertific
     }
 }
 
-fn serial_of(issued: &IssuedCertificate) -> (String, String) {
+fn serial_and_worker(issued: &IssuedCertificate) -> (String, String) {
     let der = parse_pem_certs("certificate", issued.certificate_chain.as_bytes()).unwrap().remove(0);
     let m = CertMetadata::from_der(&der).unwrap();
     assert_eq!(m.serial, issued.serial);
@@ -102,7 +102,7 @@ async fn two_replicas_on_postgres_lose_nothing_when_one_is_killed_mid_stream() {
                 }
                 let b = bootstrap_request(&dir, &format!("ha-{i}"));
                 let issued = submit_until_issued(&client, &b).await;
-                received.lock().await.push(serial_of(&issued));
+                received.lock().await.push(serial_and_worker(&issued));
             }
         }));
     }
@@ -153,22 +153,14 @@ async fn replicas_share_tokens_and_revocations_and_a_retry_gets_the_same_certifi
 
     // A revocation made at r1 is in r2's CRL (and r1's).
     let admin_dir = tmp.path().join("admin");
-    let out = std::process::Command::new(crank_tests::bin("crank"))
-        .args(["ca", "admin-cert", "--name", "ops", "--store", &db, "--dir"])
-        .arg(&dir.dir)
-        .arg("--out")
-        .arg(&admin_dir)
-        .output()
+    let (ca_dir, admin) = (dir.dir.to_str().unwrap(), admin_dir.to_str().unwrap());
+    crank_tests::crank(&["ca", "admin-cert", "--name", "ops", "--store", &db, "--dir", ca_dir, "--out", admin])
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = std::process::Command::new(crank_tests::bin("crank"))
-        .args(["revoke", "--serial", &first.serial, "--reason", "keyCompromise", "--ca-url", url(a1).as_str()])
-        .arg("--admin-dir")
-        .arg(&admin_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "crank revoke: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&first.serial));
+    let url1 = url(a1).to_string();
+    let revoke =
+        ["revoke", "--serial", &first.serial, "--reason", "keyCompromise", "--ca-url", &url1, "--admin-dir", admin];
+    let out = crank_tests::crank(&revoke).unwrap();
+    assert!(out.contains(&first.serial));
     let roots = parse_pem_certs("root", dir.trust_bundle_pem().unwrap().as_bytes()).unwrap();
     for client in [&at1, &at2] {
         let info = crank_runtime::worker::verify_crl(&client.crl().await.unwrap(), &roots, &[]).unwrap();
@@ -206,15 +198,10 @@ async fn with_postgres_down_the_ca_answers_503_reports_degraded_and_recovers_by_
     assert_eq!(body["store"], "postgres");
 
     pg.start_again();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = health(http.clone()).await;
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the CA did not recover after the database came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the CA to recover after the database came back", Duration::from_secs(30), || async {
+        health(http.clone()).await.0 == 200
+    })
+    .await;
     let issued = submit(&client, &b).await.expect("the same bootstrap succeeds once the database is back");
     let ledger = PostgresStore::connect(&db).await.unwrap();
     assert!(ledger.certificate(&issued.serial).await.unwrap().is_some());
@@ -241,7 +228,7 @@ async fn killing_the_embedded_store_ca_mid_issuance_loses_no_handed_out_certific
                 let b = bootstrap_request(&dir, &format!("crash-{i}"));
                 match submit(&client, &b).await {
                     Ok(issued) => {
-                        let (serial, fp) = serial_of(&issued);
+                        let (serial, fp) = serial_and_worker(&issued);
                         received.lock().await.push((serial, fp, b));
                     }
                     Err(ProviderError::Unavailable(_)) => return, // the CA is gone

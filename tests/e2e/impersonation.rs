@@ -12,7 +12,7 @@ use axum::Json;
 use axum::routing::post;
 use crank_runtime::ServerHandle;
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{KillOnDrop, bin, cert_init, crank, free_addr, openssl, serve_ca_process, wait_for_port, wait_until};
+use crank_tests::{KillOnDrop, cert_init, crank, free_addr, openssl, serve_ca_process, wait_for_port, wait_until};
 
 const VICTIM: &str = "victim";
 
@@ -178,20 +178,10 @@ async fn a_worker_posing_as_the_ca_gets_no_join_token() {
 fn hello_world(env: &[(&str, &str)], port: u16, log: &Path) -> KillOnDrop {
     let out = File::create(log).unwrap();
     let err = out.try_clone().unwrap();
-    KillOnDrop(
-        Command::new(bin("hello-world"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("CRANK_LOG_FORMAT", "json")
-            .env("HELLO_WORLD_HTTPS_PORT", port.to_string())
-            .env("CRANK_LISTEN_HOST", "127.0.0.1")
-            .envs(env.iter().copied())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap(),
-    )
+    let port = port.to_string();
+    let base = [("CRANK_LOG_FORMAT", "json"), ("HELLO_WORLD_HTTPS_PORT", &port), ("CRANK_LISTEN_HOST", "127.0.0.1")];
+    let mut c = crank_tests::example_command("hello-world", &[&base[..], env].concat());
+    KillOnDrop(c.stdout(Stdio::from(out)).stderr(Stdio::from(err)).spawn().unwrap())
 }
 
 /// `curl` with a client certificate: whether the request got an HTTP 200.

@@ -1,7 +1,6 @@
 //! What the CA puts in a certificate, checked with rustls-webpki, x509-parser and the
 //! `openssl` command.
 
-use std::process::Command;
 use std::time::SystemTime;
 
 use crank_runtime::CaClient;
@@ -46,12 +45,8 @@ async fn issued_chain_verifies_with_webpki_and_openssl() {
     // openssl, an outside implementation.
     let dir = ca.tmp.path().join("workers/verify-me");
     for purpose in ["sslclient", "sslserver"] {
-        let out = Command::new("openssl")
-            .args(["verify", "-purpose", purpose, "-CAfile"])
-            .arg(dir.join("ca.crt"))
-            .arg(dir.join("client.crt"))
-            .output()
-            .expect("openssl must be installed");
+        let out =
+            crank_tests::openssl_output(&dir, &["verify", "-purpose", purpose, "-CAfile", "ca.crt", "client.crt"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains(": OK"),

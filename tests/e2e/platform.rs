@@ -1,10 +1,10 @@
 //! Heartbeats to the platform registry, identified by the verified certificate.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crank_runtime::demo::hello_routes;
 use crank_runtime::platform::{Registry, WorkerRecord, routes};
-use crank_tests::TestCa;
+use crank_tests::{TestCa, wait_until};
 
 use super::mtls;
 
@@ -22,14 +22,9 @@ async fn workers_register_by_certificate_identity_and_expire_when_silent() {
         .await
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let record = loop {
-        if let Some(r) = registry.list().into_iter().find(|w| w.worker_id == "hello-world") {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "hello-world never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let registered = || registry.list().into_iter().find(|w| w.worker_id == "hello-world");
+    wait_until("hello-world to register", Duration::from_secs(10), || registered().is_some()).await;
+    let record = registered().unwrap();
     assert_eq!(record.spiffe_id, "spiffe://crank.local/worker/hello-world");
     assert_eq!(record.serial, hello.rotator.current().metadata().serial);
     assert_eq!(record.service_type, "hello-world");

@@ -1,6 +1,6 @@
 //! Policy hooks evaluated by Rego change real behaviour, and follow file changes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +8,7 @@ use crank_policy::{RegoEngine, ReloadingEngine};
 use crank_runtime::BootstrapError;
 use crank_runtime::demo::hello_routes;
 use crank_security_core::{EventKind, EventSinks, ProviderError};
-use crank_tests::{Recorder, TestCa, bin};
-
-fn policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-}
+use crank_tests::{Recorder, TestCa, crank_command, crank_output, policies};
 
 /// A policy directory: the default policy plus `extra` files.
 fn policy_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
@@ -125,13 +121,7 @@ async fn should_renew_certificate_drives_the_workers_renewal() {
 
 /// `crank policy test DIR --cases CASES`.
 fn crank_policy_test(dir: &Path, cases: &Path) -> std::process::Output {
-    std::process::Command::new(bin("crank"))
-        .args(["policy", "test"])
-        .arg(dir)
-        .arg("--cases")
-        .arg(cases)
-        .output()
-        .unwrap()
+    crank_output(&["policy", "test", dir.to_str().unwrap(), "--cases", cases.to_str().unwrap()])
 }
 
 #[test]
@@ -152,9 +142,8 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("FAIL: validity is one minute: seconds: expected 60, got 86400"), "{out}");
 
-    let eval = std::process::Command::new(bin("crank"))
-        .args(["policy", "eval", "--policy-dir"])
-        .arg(policies().join("default"))
+    let default = policies().join("default");
+    let eval = crank_command(&["policy", "eval", "--policy-dir", default.to_str().unwrap()])
         .args(["--hook", "revoke_certificate", "--input", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

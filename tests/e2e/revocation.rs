@@ -14,7 +14,7 @@ use crank_security_core::{
     CertificateBundle, CertificateProvider, CorrelationId, EventKind, IssuanceDecision, IssuanceInput, PolicyEngine,
     PolicyError, ProviderError, RenewRequest, RenewalDecision, RenewalInput, WorkerId, build_csr, generate_key,
 };
-use crank_tests::{Recorder, TestCa};
+use crank_tests::{Recorder, TestCa, wait_until};
 use rustls::HandshakeKind;
 use rustls_pki_types::ServerName;
 use serde_json::json;
@@ -190,11 +190,10 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
     }
 
     // a knows: CERT_REVOKED, and the CA refuses its renewal.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a_events.of(EventKind::CertRevoked).is_empty() {
-        assert!(Instant::now() < deadline, "no CERT_REVOKED from the revoked worker");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("CERT_REVOKED from the revoked worker", Duration::from_secs(5), || {
+        !a_events.of(EventKind::CertRevoked).is_empty()
+    })
+    .await;
     assert!(a.rotator.is_revoked());
     let client = CaClient::mtls(vec![ca.url()], &a.trust, a.credentials.clone(), &Default::default()).unwrap();
     let key = generate_key(Default::default()).unwrap();
@@ -217,11 +216,10 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
     // Recovery: a new join token in the token file gives a new identity.
     let token_file = ca.tmp.path().join("workers/wa/join-token");
     std::fs::write(&token_file, ca.token("wa")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while serial_of(&a) == revoked_serial {
-        assert!(Instant::now() < deadline, "the revoked worker did not recover with the new token");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the revoked worker to recover with the new token", Duration::from_secs(10), || {
+        serial_of(&a) != revoked_serial
+    })
+    .await;
     assert!(!a.rotator.is_revoked());
     call(&a, &b).await.unwrap();
     call(&b, &a).await.unwrap();
@@ -342,13 +340,11 @@ fn openssl_crl(der: &[u8], root_pem: &std::path::Path) -> (String, HashSet<Strin
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crl.der");
     std::fs::write(&path, der).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-verify", "-in"])
-        .arg(&path)
-        .arg("-CAfile")
-        .arg(root_pem)
-        .output()
-        .expect("running openssl");
+    let root = root_pem.to_str().unwrap();
+    let out = crank_tests::openssl_output(
+        dir.path(),
+        &["crl", "-inform", "DER", "-noout", "-text", "-verify", "-in", "crl.der", "-CAfile", root],
+    );
     assert!(out.status.success(), "openssl crl failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let serials = text

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crank_tests::{Handshake, Platform, tls_client_config, tls_connect, wait_closed, wait_until};
+use crank_tests::{Handshake, Platform, eventually, tls_client_config, tls_connect, wait_closed, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Refresh the CRL every second; keep idle HTTP/1.1 connections open for a long time
@@ -74,14 +74,10 @@ async fn a_worker_does_not_reuse_a_connection_to_a_server_revoked_since() {
     p.revoke(&alice, &["--worker-id", "hello-world"]).unwrap();
     // Within the caller's CRL refresh, its calls fail: no request goes over the
     // connection it opened before the revocation (keep calling, to keep it hot).
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    loop {
-        if status(&ops, &call).await == Ok(502) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the caller still reached the revoked hello-world after 8 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the caller to stop reaching the revoked hello-world", Duration::from_secs(8), || async {
+        status(&ops, &call).await == Ok(502)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +96,10 @@ async fn a_ca_restored_from_an_old_backup_cannot_roll_the_crl_back() {
     let client = Platform::client(&ops);
     assert_eq!(status(&client, &url).await, Ok(200));
     p.revoke(&alice, &["--worker-id", "ops"]).unwrap();
-    let refused = || async { status(&Platform::client(&ops), &url).await.is_err() };
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    while !refused().await {
-        assert!(std::time::Instant::now() < deadline, "the revocation was not enforced");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the revocation to be enforced", Duration::from_secs(8), || async {
+        status(&Platform::client(&ops), &url).await.is_err()
+    })
+    .await;
 
     // The CA comes back from the old backup: its CRL does not list ops, and its number is
     // lower. The worker restarts too (nothing in memory).
@@ -145,11 +139,10 @@ async fn a_stale_crl_is_reported_and_fail_closed_refuses_peers_until_a_current_o
 
     // The CA goes away; the CRLs the workers hold pass their nextUpdate.
     p.stop_ca();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while status(&client, &format!("{warn_url}/ready")).await != Ok(503) {
-        assert!(std::time::Instant::now() < deadline, "/ready did not report the stale CRL");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("/ready to report the stale CRL", Duration::from_secs(15), || async {
+        status(&client, &format!("{warn_url}/ready")).await == Ok(503)
+    })
+    .await;
     let metrics = client.get(format!("{warn_url}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("crank_crl_stale 1"), "{metrics}");
     wait_until("CERT_VALIDATION_FAILED for the stale CRL", Duration::from_secs(5), || {
@@ -162,15 +155,14 @@ async fn a_stale_crl_is_reported_and_fail_closed_refuses_peers_until_a_current_o
 
     // A current CRL again: both serve, and /ready is 200.
     p.start_ca().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while status(&Platform::client(&ops), &format!("{strict_url}/health")).await != Ok(200) {
-        assert!(std::time::Instant::now() < deadline, "fail-closed did not recover with a current CRL");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    while status(&client, &format!("{warn_url}/ready")).await != Ok(200) {
-        assert!(std::time::Instant::now() < deadline, "/ready did not recover with a current CRL");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("fail-closed to recover with a current CRL", Duration::from_secs(10), || async {
+        status(&Platform::client(&ops), &format!("{strict_url}/health")).await == Ok(200)
+    })
+    .await;
+    eventually("/ready to recover with a current CRL", Duration::from_secs(10), || async {
+        status(&client, &format!("{warn_url}/ready")).await == Ok(200)
+    })
+    .await;
 }
 
 /// A renewal at the CA with `bundle`'s certificate and a CSR for `key`.

@@ -3,17 +3,16 @@
 
 mod crank_abi;
 mod opa;
+#[path = "../support/policies.rs"]
+mod policies;
 #[path = "../support/wasm_module.rs"]
 mod wasm_module;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crank_policy::{PolicyEngine, PolicyGuard, WasmEngine, cases};
-
-fn policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-}
+use policies::policies;
 
 /// Every shipped default case, run on `engine`; the failures.
 fn default_case_failures(engine: &dyn PolicyEngine) -> Vec<String> {
