@@ -29,7 +29,7 @@ printf '| 2b. openssl s_time -new, one connection at a time | %s | %s | **%s** |
     "$(f0 "$(med st.ours.rate)")" "$(f0 "$(med st.nginx.rate)")" "$(r2 "$(med st.ours.rate)" "$(med st.nginx.rate)")"
 row "2c. oha --disable-keepalive vs nginx, resumption off in both" dk.ours dk.nginx "a new connection and a full handshake per request"
 row "2d. oha --disable-keepalive vs nginx, resumption on in both" dr.ours dr.nginx "a new connection per request, sessions resumed (TLS 1.3 tickets)"
-row "3a. signing a P-256 CSR over mTLS: crank renew vs cfssl sign" sg.ours sg.cfssl "ours also: client certificate checked against the ledger, policy, ledger row committed (fsync)"
+row "3a. renewal, a new mTLS connection each: crank renew (new key each) vs cfssl sign" sg.ours sg.cfssl "ours also: the certificate checked against the ledger and retired, policy, the new row committed (fsync), the CRL in the answer"
 row "3b. signing with a fresh join token per request vs cfssl sign" tk.ours tk.cfssl "ours also: ES256 token verified and marked used, policy, ledger row committed"
 echo
 echo "### Worker cold start and memory"

@@ -375,9 +375,9 @@ for n in "${SCALE_SIZES[@]}"; do
     sqlite3 "$CA/ca.db" ".backup '$d/ca.db'"
 done
 
-log "3a. signing over mTLS, keep-alive (oha -c $CONC, same CSR): crank renewal vs cfssl sign"
-sg_ours() { oha_run sg.ours "$CA_PID" "$CA_URL/v1/certificates/renew" -m POST -T application/json -D "$WORK/crank-body.json"; }
-sg_cfssl() { oha_run sg.cfssl "$(pgrep -f "cfssl serve -address 127.0.0.1 -port $CF_PORT")" "$CF_URL" -m POST -T application/json -D "$WORK/cfssl-body.json"; }
+log "3a. renewal as workers do it (bench-driver renew: new key, new mTLS connection each) vs cfssl sign on a new connection each"
+sg_ours() { driver_run sg.ours "$CA_PID" renew --url "$CA_URL" --crank-ca "$CA"; }
+sg_cfssl() { driver_run sg.cfssl "$(pgrep -f "cfssl serve -address 127.0.0.1 -port $CF_PORT")" sign --url "$CF_URL" --csr "$WORK/bench.csr" --field certificate_request --new-connection true; }
 alternate sg ours cfssl
 
 log "3b. signing with a fresh join token per request (bench-driver sign) vs cfssl sign"
@@ -411,11 +411,11 @@ for n in "${SCALE_SIZES[@]}"; do
     p=$(free_port)
     serve_ca "$d" "$p"
     SCALE_PID[$n]=$LAST_PID
-    SCALE_URL[$n]=https://127.0.0.1:$p/v1/certificates/renew
+    SCALE_URL[$n]=https://127.0.0.1:$p
 done
 for ((r = 1; r <= RUNS; r++)); do
     for n in "${SCALE_SIZES[@]}"; do
-        oha_run "scale.$n" "${SCALE_PID[$n]}" "${SCALE_URL[$n]}" -m POST -T application/json -D "$WORK/crank-body.json"
+        driver_run "scale.$n" "${SCALE_PID[$n]}" renew --url "${SCALE_URL[$n]}" --crank-ca "$WORK/ca-$n"
     done
     printf '    round %d/%d done\n' "$r" "$RUNS" >&2
 done

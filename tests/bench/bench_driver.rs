@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! bench-driver sign       --url URL --csr FILE --client DIR --concurrency C --seconds S
-//!                         [--crank-ca DIR] [--field csr|certificate_request]
+//!                         [--crank-ca DIR] [--field csr|certificate_request] [--new-connection true]
+//! bench-driver renew      --url CA_URL --crank-ca DIR --concurrency C --seconds S
 //! bench-driver handshakes --url URL --client DIR --concurrency C --seconds S
 //! bench-driver hold       --url URL --client DIR --connections N --seconds S
 //! ```
@@ -15,7 +16,13 @@
 //! - `sign` POSTs `{FIELD: <CSR PEM>}` to `--url` from `C` tasks over keep-alive
 //!   connections for `S` seconds. With `--crank-ca DIR` each request also carries a
 //!   fresh join token (`{"csr", "token"}`), made before the clock starts with the CA's
-//!   token key, since tokens are single use.
+//!   token key, since tokens are single use. With `--new-connection true` every request
+//!   opens a connection of its own (a full mTLS handshake), as a renewal must.
+//! - `renew` renews as workers do: `C` identities are bootstrapped with join tokens
+//!   before the clock starts; then each task renews its identity again and again, each
+//!   time with a new key, over a new mTLS connection authenticated by the certificate it
+//!   got last (the CA retires a certificate when it renews it, so each certificate
+//!   renews once).
 //! - `handshakes` opens a new TLS connection per request with session resumption off in
 //!   the client (every handshake is a full one, whatever the server offers), sends
 //!   `GET <path>` with `Connection: close`, reads the whole answer and closes.
@@ -45,15 +52,16 @@ use tokio_rustls::TlsConnector;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let mode = args.next().context("usage: bench-driver sign|handshakes|hold --option value ...")?;
+    let mode = args.next().context("usage: bench-driver sign|renew|handshakes|hold --option value ...")?;
     let opts = Opts::parse(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match mode.as_str() {
             "sign" => sign(&opts).await,
+            "renew" => renew(&opts).await,
             "handshakes" => handshakes(&opts).await,
             "hold" => hold(&opts).await,
-            other => bail!("unknown mode {other:?}: use sign, handshakes or hold"),
+            other => bail!("unknown mode {other:?}: use sign, renew, handshakes or hold"),
         }
     })
 }
@@ -179,7 +187,9 @@ async fn sign(opts: &Opts) -> anyhow::Result<()> {
     let field = opts.0.get("field").cloned().unwrap_or_else(|| "csr".into());
     let concurrency = opts.num("concurrency")?;
     let seconds = opts.num("seconds")?;
-    let client = MtlsClient::from_bundle(&client_bundle(&opts.path("client")?)?)?;
+    let bundle = client_bundle(&opts.path("client")?)?;
+    let new_connection = opts.0.get("new-connection").is_some_and(|v| v == "true");
+    let client = MtlsClient::from_bundle(&bundle)?;
 
     // Fresh single-use tokens for the crank CA, made before the clock starts: enough for
     // `--max-rate` issuances per second (default 6,000) for the whole run.
@@ -202,7 +212,12 @@ async fn sign(opts: &Opts) -> anyhow::Result<()> {
     let (tallies, elapsed) = drive(concurrency, seconds, move || {
         let (client, url, csr, field, tokens, next) =
             (client.clone(), url.clone(), csr.clone(), field.clone(), tokens.clone(), next.clone());
+        let fresh = new_connection.then(|| MtlsClient::from_bundle(&bundle));
         async move {
+            let client = match fresh {
+                Some(c) => c?,
+                None => client,
+            };
             let mut body = serde_json::Map::new();
             body.insert(field, csr.into());
             if let Some(tokens) = &tokens {
@@ -214,6 +229,71 @@ async fn sign(opts: &Opts) -> anyhow::Result<()> {
             let text = resp.text().await?;
             anyhow::ensure!(status.is_success(), "HTTP {status}: {text}");
             anyhow::ensure!(text.contains("BEGIN CERTIFICATE"), "no certificate in the answer: {text}");
+            Ok(true)
+        }
+    })
+    .await?;
+    report(tallies, elapsed);
+    Ok(())
+}
+
+async fn renew(opts: &Opts) -> anyhow::Result<()> {
+    use crank_security_core::{CertificateProvider, CorrelationId, RenewRequest, build_csr, generate_key};
+    let url: url::Url = opts.get("url")?.parse().context("--url")?;
+    let concurrency = opts.num("concurrency")?;
+    let seconds = opts.num("seconds")?;
+    let dir = CaDir::new(opts.path("crank-ca")?);
+    let work = tempfile::tempdir()?;
+    // One identity per task, from a join token each, before the clock starts.
+    let mut pool = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let worker = WorkerId::new(format!("bench-renewer-{i}"))?;
+        let options = crank_runtime::BootstrapOptions {
+            worker_id: Some(worker.clone()),
+            token: crank_ca::create_token(&dir, &worker, Duration::from_secs(600), vec![])?,
+            ca_urls: vec![url.clone()],
+            cert_dir: work.path().join(worker.as_str()),
+            sans: vec![worker.to_string()],
+            key_type: Default::default(),
+            retry: Default::default(),
+        };
+        pool.push(crank_runtime::bootstrap(&options, &crank_security_core::NoEvents).await?);
+    }
+    let pool = Arc::new(std::sync::Mutex::new(pool));
+    let (tallies, elapsed) = drive(concurrency, seconds, move || {
+        let (pool, url) = (pool.clone(), url.clone());
+        async move {
+            let Some(current) = pool.lock().map_err(|_| anyhow::anyhow!("pool poisoned"))?.pop() else {
+                return Ok(false);
+            };
+            let identity = current.metadata().spiffe().context("no SPIFFE ID")?;
+            let key = generate_key(Default::default())?;
+            let csr = build_csr(&key, &identity.worker_id, &[identity.worker_id.to_string()])?;
+            let trust = crank_runtime::trust::TrustStore::new(current.ca())?;
+            let client = crank_runtime::CaClient::mtls(
+                vec![url],
+                &trust,
+                Credentials::new(current.certified_key()?),
+                &identity.trust_domain,
+            )?;
+            let request = RenewRequest {
+                csr_pem: csr,
+                worker_id: identity.worker_id.to_string(),
+                current_serial: current.metadata().serial.clone(),
+                current_fingerprint: None,
+                correlation_id: CorrelationId::new(),
+            };
+            let outcome = client.renew(request).await;
+            let next = match &outcome {
+                Ok(issued) => CertificateBundle::from_pem(
+                    issued.certificate_chain.as_bytes(),
+                    key.serialize_pem().as_bytes(),
+                    crank_runtime::worker::trust_pem(current.ca()).as_bytes(),
+                )?,
+                Err(_) => current,
+            };
+            pool.lock().map_err(|_| anyhow::anyhow!("pool poisoned"))?.push(next);
+            outcome?;
             Ok(true)
         }
     })
