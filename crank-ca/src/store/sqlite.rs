@@ -582,7 +582,7 @@ fn revoke_in(c: &Connection, rev: &Revocation) -> Result<Vec<RevocationRecord>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CertKind, CertStatus};
+    use crate::store::model::{CertKind, CertStatus};
 
     fn rec(serial: &str) -> CertificateRecord {
         CertificateRecord {
