@@ -11,7 +11,7 @@ use axum::extract::Extension;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use crank_runtime::{WorkerApplication, WorkerContext};
+use crank_runtime::{RuntimeError, WorkerApplication, WorkerContext};
 
 async fn call(Extension(ctx): Extension<WorkerContext>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let base = std::env::var("HELLO_WORLD_URL").unwrap_or_else(|_| "https://127.0.0.1:8500".into());
@@ -27,7 +27,7 @@ async fn call(Extension(ctx): Extension<WorkerContext>) -> Result<Json<serde_jso
     Ok(Json(serde_json::json!({ "me": ctx.spiffe_id.to_string(), "hello_world_url": base, "hello_world_saw": saw })))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), RuntimeError> {
     WorkerApplication::new("caller")
         .port_from_env("CALLER_HTTPS_PORT", 8501)
         .routes(Router::new().route("/call", get(call)))

@@ -32,9 +32,9 @@ impl EventSink for JsonLinesFile {
 fn main() -> anyhow::Result<()> {
     let path = std::env::var("CRANK_EVENTS_FILE").unwrap_or_else(|_| "crank-events.jsonl".into());
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
-    WorkerApplication::new("audited")
+    Ok(WorkerApplication::new("audited")
         .port_from_env("AUDITED_HTTPS_PORT", 8502)
         .routes(Router::new().route("/", get(|| async { "audited" })))
         .event_sink(Arc::new(JsonLinesFile(Mutex::new(file))))
-        .run()
+        .run()?)
 }

@@ -5,8 +5,8 @@
 //! First start: `CRANK_JOIN_TOKEN=$(crank token create --dir ca --worker-id hello-world)
 //! CA_SERVICE_URL=https://127.0.0.1:9090 CERT_DIR=./certs/hello-world cargo run -p crank-examples --bin hello-world`
 
-use crank_runtime::{WorkerApplication, demo::hello_routes};
+use crank_runtime::{RuntimeError, WorkerApplication, demo::hello_routes};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), RuntimeError> {
     WorkerApplication::new("hello-world").port_from_env("HELLO_WORLD_HTTPS_PORT", 8500).routes(hello_routes()).run()
 }

@@ -1,7 +1,7 @@
 //! Assembling a CA: [`LocalCa::builder`].
 //!
 //! ```no_run
-//! # async fn f() -> anyhow::Result<()> {
+//! # async fn f() -> Result<(), crank_ca::SetupError> {
 //! use crank_ca::{CaDir, LocalCa};
 //!
 //! let ca = LocalCa::builder(CaDir::new("/var/lib/crank-ca"))
@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use crank_security_core::{CertificateProvider, EventSink, EventSinks, PolicyEngine};
 
 use crate::authority::{LocalCa, LocalCaConfig};
+use crate::error::SetupError;
 use crate::files::CaDir;
 use crate::store::CaStore;
 
@@ -110,12 +110,10 @@ impl LocalCaBuilder {
     }
 
     /// Opens the store and loads the CA.
-    pub async fn build(self) -> anyhow::Result<Arc<LocalCa>> {
-        anyhow::ensure!(
-            self.config.crl_validity >= Duration::from_secs(2),
-            "the CRL validity {:?} is below 2 s",
-            self.config.crl_validity
-        );
+    pub async fn build(self) -> Result<Arc<LocalCa>, SetupError> {
+        if self.config.crl_validity < Duration::from_secs(2) {
+            return Err(SetupError::invalid(format!("the CRL validity {:?} is below 2 s", self.config.crl_validity)));
+        }
         let store = match self.store {
             StoreChoice::Given(s) => s,
             StoreChoice::Embedded => open_store(&self.dir, None).await?,
@@ -131,7 +129,9 @@ impl LocalCaBuilder {
 }
 
 /// Opens the store named by `url` (default: the CA directory's embedded store).
-pub async fn open_store(dir: &CaDir, url: Option<&str>) -> anyhow::Result<Arc<dyn CaStore>> {
-    let shown = url.map_or_else(|| format!("sqlite://{}", dir.store().display()), crate::store::redact);
-    crate::store::open(url, &dir.store()).await.with_context(|| format!("opening the CA store {shown}"))
+pub async fn open_store(dir: &CaDir, url: Option<&str>) -> Result<Arc<dyn CaStore>, SetupError> {
+    crate::store::open(url, &dir.store()).await.map_err(|source| SetupError::OpenStore {
+        store: url.map_or_else(|| format!("sqlite://{}", dir.store().display()), crate::store::redact),
+        source,
+    })
 }

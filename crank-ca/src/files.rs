@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use crank_security_core::{CertMetadata, TrustDomain, fingerprint_sha256, parse_pem_certs, write_file_atomic};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -10,6 +9,8 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
+
+use crate::error::SetupError;
 
 /// Default SANs of the CA service's own TLS certificate (besides its SPIFFE ID).
 pub const DEFAULT_CA_SANS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "cert-authority"];
@@ -120,29 +121,36 @@ impl CaDir {
 
     /// The certificate of the signing key, then the intermediates above it up to (not
     /// including) the trust anchor: `[root]`, or the content of `intermediate.crt`.
-    pub fn signing_chain(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    pub fn signing_chain(&self) -> Result<Vec<CertificateDer<'static>>, SetupError> {
         if !self.is_intermediate() {
             return Ok(vec![self.root_der()?]);
         }
         let p = self.intermediate_cert();
-        let pem = std::fs::read(&p).with_context(|| {
-            format!(
+        let pem = std::fs::read(&p).map_err(|e| {
+            SetupError::not_ready(format!(
                 "reading {}: the intermediate certificate is not installed yet; have the enterprise root sign {} and run `crank ca import --dir {} --cert INTERMEDIATE.pem --chain ROOT.pem`",
                 p.display(),
                 self.intermediate_csr().display(),
                 self.dir.display()
-            )
+            ))
+            .because(e)
         })?;
         Ok(parse_pem_certs("intermediate certificate", &pem)?)
+    }
+
+    /// The file that starts with the signing key's certificate: `root.crt`, or
+    /// `intermediate.crt` in intermediate mode.
+    pub(crate) fn signing_cert_file(&self) -> PathBuf {
+        if self.is_intermediate() { self.intermediate_cert() } else { self.root_cert() }
     }
 
     /// The trust bundle the CA publishes, PEM: `trust-bundle.crt` during a rollover (both
     /// roots and the cross-certificates by which each vouches for the other), else
     /// `root.crt`; in intermediate mode followed by the CA's intermediate, through which
     /// alone peers of this trust domain are accepted.
-    pub fn trust_bundle_pem(&self) -> anyhow::Result<String> {
+    pub fn trust_bundle_pem(&self) -> Result<String, SetupError> {
         let p = if self.trust_bundle_file().exists() { self.trust_bundle_file() } else { self.root_cert() };
-        let mut pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let mut pem = std::fs::read_to_string(&p).map_err(SetupError::io("reading", &p))?;
         if self.is_intermediate() {
             pem.push_str(&crank_security_core::cert_pem(&self.pinned_der()?));
         }
@@ -160,18 +168,20 @@ impl CaDir {
     }
 
     /// The trust domain recorded at init.
-    pub fn trust_domain(&self) -> anyhow::Result<TrustDomain> {
+    pub fn trust_domain(&self) -> Result<TrustDomain, SetupError> {
         let p = self.trust_domain_file();
-        let s = std::fs::read_to_string(&p)
-            .with_context(|| format!("reading {}; is this a CA directory made by `crank ca init`?", p.display()))?;
+        let s = std::fs::read_to_string(&p).map_err(|e| {
+            SetupError::not_ready(format!("reading {}; is this a CA directory made by `crank ca init`?", p.display()))
+                .because(e)
+        })?;
         Ok(TrustDomain::new(s.trim())?)
     }
 
     /// The root certificate: the trust anchor (the enterprise root in intermediate mode).
-    pub fn root_der(&self) -> anyhow::Result<CertificateDer<'static>> {
+    pub fn root_der(&self) -> Result<CertificateDer<'static>, SetupError> {
         let p = self.root_cert();
-        let pem = std::fs::read(&p).with_context(|| {
-            if self.is_intermediate() {
+        let pem = std::fs::read(&p).map_err(|e| {
+            let message = if self.is_intermediate() {
                 format!(
                     "reading {}; this CA is an intermediate waiting for its certificate: run `crank ca import --dir {}` first",
                     p.display(),
@@ -179,29 +189,29 @@ impl CaDir {
                 )
             } else {
                 format!("reading {}; run `crank ca init --dir {}` first", p.display(), self.dir.display())
-            }
+            };
+            SetupError::not_ready(message).because(e)
         })?;
-        let mut certs = parse_pem_certs("root certificate", &pem)?;
-        Ok(certs.remove(0))
+        first_cert(parse_pem_certs("root certificate", &pem)?, p)
     }
 
     /// SHA-256 fingerprint of the root.
-    pub fn root_fingerprint(&self) -> anyhow::Result<String> {
+    pub fn root_fingerprint(&self) -> Result<String, SetupError> {
         Ok(fingerprint_sha256(&self.root_der()?))
     }
 
     /// The certificate join tokens pin, which a worker requires in the CA's TLS chain on
     /// first contact: the root, or in intermediate mode the CA's own intermediate (the
     /// enterprise root also anchors other CAs, and none of them may pose as this one).
-    pub fn pinned_der(&self) -> anyhow::Result<CertificateDer<'static>> {
+    pub fn pinned_der(&self) -> Result<CertificateDer<'static>, SetupError> {
         if !self.is_intermediate() {
             return self.root_der();
         }
-        self.signing_chain()?.into_iter().next().context("intermediate.crt holds no certificate")
+        first_cert(self.signing_chain()?, self.signing_cert_file())
     }
 
     /// SHA-256 fingerprint of [`CaDir::pinned_der`] (the `ca_fp` of join tokens).
-    pub fn pinned_fingerprint(&self) -> anyhow::Result<String> {
+    pub fn pinned_fingerprint(&self) -> Result<String, SetupError> {
         Ok(fingerprint_sha256(&self.pinned_der()?))
     }
 
@@ -226,18 +236,20 @@ impl CaDir {
     /// ([`TrustDomain::ca_spiffe_id`]) if the installed one lacks it (a CA directory made
     /// by an older release): the same names, signed by the signing key. Returns whether it
     /// reissued.
-    pub fn ensure_service_identity(&self) -> anyhow::Result<bool> {
+    pub fn ensure_service_identity(&self) -> Result<bool, SetupError> {
         let td = self.trust_domain()?;
-        let chain = parse_pem_certs("server certificate", &std::fs::read(self.server_cert())?)?;
-        let leaf = chain.first().context("server.crt holds no certificate")?;
+        let server_cert = self.server_cert();
+        let pem = std::fs::read(&server_cert).map_err(SetupError::io("reading", &server_cert))?;
+        let chain = parse_pem_certs("server certificate", &pem)?;
+        let leaf = chain.first().ok_or_else(|| SetupError::no_certificate(server_cert))?;
         let meta = CertMetadata::from_der(leaf)?;
         if meta.uri_sans == [td.ca_spiffe_id()] {
             return Ok(false);
         }
-        let signing = self.signing_chain()?;
-        let signing_cert = signing.first().context("the signing chain is empty")?;
-        let issuer = rcgen::Issuer::from_ca_cert_der(signing_cert, Self::read_key(&self.signing_key())?)?;
-        let issuer_end = CertMetadata::from_der(signing_cert)?.not_after;
+        let signing_cert = first_cert(self.signing_chain()?, self.signing_cert_file())?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&signing_cert, Self::read_key(&self.signing_key())?)
+            .map_err(SetupError::certificate("reading the signing certificate"))?;
+        let issuer_end = CertMetadata::from_der(&signing_cert)?.not_after;
         let mut sans = meta.dns_sans.clone();
         sans.extend(meta.ip_sans.iter().cloned());
         let (key, cert) = server_certificate(&sans, &td, &issuer, OffsetDateTime::now_utc(), Some(issuer_end))?;
@@ -251,9 +263,9 @@ impl CaDir {
     }
 
     /// Reads a PEM key file.
-    pub fn read_key(path: &Path) -> anyhow::Result<KeyPair> {
-        let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        KeyPair::from_pem(&pem).with_context(|| format!("parsing key {}", path.display()))
+    pub fn read_key(path: &Path) -> Result<KeyPair, SetupError> {
+        let pem = std::fs::read_to_string(path).map_err(SetupError::io("reading", path))?;
+        KeyPair::from_pem(&pem).map_err(SetupError::certificate(format!("parsing key {}", path.display())))
     }
 }
 
@@ -270,18 +282,18 @@ pub struct InitOptions {
 
 /// Creates the root key and certificate, the CA service's TLS certificate and the
 /// join-token key. Refuses to overwrite an existing CA unless `force`.
-pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> anyhow::Result<()> {
+pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     make_room(dir, opts.force)?;
     let now = OffsetDateTime::now_utc();
-    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let root_key = new_key("the root key")?;
     let root_params = root_params(&opts.trust_domain, now);
-    let root = root_params.self_signed(&root_key)?;
+    let root = root_params.self_signed(&root_key).map_err(SetupError::certificate("self-signing the root"))?;
     let issuer = rcgen::Issuer::new(root_params, &root_key);
 
     let sans = server_sans(&opts.extra_sans);
     let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now, None)?;
 
-    let token_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let token_key = new_key("the join-token key")?;
 
     write_file_atomic(&dir.root_key(), root_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.root_cert(), root.pem().as_bytes(), 0o644)?;
@@ -318,12 +330,9 @@ fn clear(dir: &CaDir) {
 }
 
 /// Refuses to overwrite an existing CA without `force`; with it, clears the old one.
-pub(crate) fn make_room(dir: &CaDir, force: bool) -> anyhow::Result<()> {
+pub(crate) fn make_room(dir: &CaDir, force: bool) -> Result<(), SetupError> {
     if dir.exists() && !force {
-        bail!(
-            "a CA already exists in {}; refusing to overwrite it (pass --force to replace it, which invalidates every certificate it issued)",
-            dir.dir.display()
-        );
+        return Err(SetupError::AlreadyExists { dir: dir.dir.clone() });
     }
     if force {
         clear(dir);
@@ -349,8 +358,8 @@ pub(crate) fn server_certificate(
     issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
     now: OffsetDateTime,
     issuer_not_after: Option<OffsetDateTime>,
-) -> anyhow::Result<(KeyPair, rcgen::Certificate)> {
-    let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+) -> Result<(KeyPair, rcgen::Certificate), SetupError> {
+    let server_key = new_key("the CA service's key")?;
     let mut sp = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "cert-authority");
@@ -366,12 +375,16 @@ pub(crate) fn server_certificate(
     sp.use_authority_key_identifier_extension = true;
     // The CA's identity: a URI SAN no worker certificate can carry (workers get exactly
     // one, spiffe://<td>/worker/<id>), required by every CA client.
-    let mut names = vec![SanType::URI(td.ca_spiffe_id().as_str().try_into()?)];
+    let id = td.ca_spiffe_id();
+    let id =
+        id.as_str().try_into().map_err(SetupError::certificate(format!("the CA's SPIFFE ID {id} as a URI SAN")))?;
+    let mut names = vec![SanType::URI(id)];
     for s in sans {
         names.push(san(s)?);
     }
     sp.subject_alt_names = names;
-    let server = sp.signed_by(&server_key, issuer)?;
+    let server =
+        sp.signed_by(&server_key, issuer).map_err(SetupError::certificate("signing the CA service's certificate"))?;
     Ok((server_key, server))
 }
 
@@ -389,9 +402,53 @@ pub(crate) fn root_params(td: &TrustDomain, now: OffsetDateTime) -> CertificateP
     p
 }
 
-pub(crate) fn san(s: &str) -> anyhow::Result<SanType> {
+pub(crate) fn san(s: &str) -> Result<SanType, SetupError> {
     Ok(match s.parse::<std::net::IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
-        Err(_) => SanType::DnsName(s.try_into().with_context(|| format!("{s:?} is not a valid DNS name"))?),
+        Err(_) => SanType::DnsName(
+            s.try_into().map_err(|e| SetupError::invalid(format!("{s:?} is not a valid DNS name")).because(e))?,
+        ),
     })
+}
+
+/// A new P-256 key; `what` names it if that fails.
+pub(crate) fn new_key(what: &'static str) -> Result<KeyPair, SetupError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| SetupError::Certificate { message: format!("generating {what}"), source: Some(e.into()) })
+}
+
+/// The first certificate of `certs`, read from `file`.
+pub(crate) fn first_cert(
+    certs: Vec<CertificateDer<'static>>,
+    file: PathBuf,
+) -> Result<CertificateDer<'static>, SetupError> {
+    certs.into_iter().next().ok_or_else(|| SetupError::no_certificate(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_ca_says_what_to_run_and_keeps_the_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path());
+        let e = dir.root_der().unwrap_err();
+        assert!(matches!(e, SetupError::NotReady { .. }), "{e:?}");
+        assert!(e.to_string().contains(&format!("run `crank ca init --dir {}` first", tmp.path().display())), "{e}");
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert_eq!(cause.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{e:?}");
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_a_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        let opts = InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
+        init_ca(&dir, &opts).unwrap();
+        let e = init_ca(&dir, &opts).unwrap_err();
+        assert!(matches!(e, SetupError::AlreadyExists { .. }), "{e:?}");
+        assert!(e.to_string().contains("refusing to overwrite it (pass --force"), "{e}");
+        init_ca(&dir, &InitOptions { force: true, ..opts }).unwrap();
+    }
 }

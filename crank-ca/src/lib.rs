@@ -23,6 +23,6 @@ pub mod token;
 
 pub use authority::{LocalCa, LocalCaConfig};
 pub use builder::{LocalCaBuilder, open_store};
-pub use error::CaError;
+pub use error::{CaError, SetupError};
 pub use files::{CaDir, InitOptions, init_ca};
 pub use token::create_token;

@@ -13,45 +13,59 @@
 //! 3. `crank ca rollover finish`: once the last leaf signed by the old root has expired
 //!    (checked against the ledger), drop the old root from the bundle. Restart the CA.
 
-use anyhow::{Context, bail};
-use crank_security_core::{CertMetadata, parse_pem_certs, write_file_atomic};
+use crank_security_core::{CertMetadata, parse_pem_certs, rfc3339, write_file_atomic};
 use rcgen::{DnType, KeyPair};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::files::{CaDir, root_params, server_certificate};
+use super::files::{CaDir, first_cert, new_key, root_params, server_certificate};
 use super::store::CaStore;
+use crate::error::SetupError;
 
 /// Refuses a rollover in intermediate mode: the root belongs to the enterprise PKI.
-fn refuse_intermediate(dir: &CaDir) -> anyhow::Result<()> {
+fn refuse_intermediate(dir: &CaDir) -> Result<(), SetupError> {
     if dir.is_intermediate() {
-        bail!(
+        return Err(SetupError::not_ready(
             "this CA is an intermediate under an external root (it has intermediate.key): `crank ca rollover` rolls a root this CA owns, and it owns none. \
-             To renew the intermediate's certificate, have the enterprise root sign intermediate.csr again and run `crank ca import`"
-        );
+             To renew the intermediate's certificate, have the enterprise root sign intermediate.csr again and run `crank ca import`",
+        ));
     }
     Ok(())
 }
 
+/// The content of `path`.
+fn read(path: &std::path::Path) -> Result<String, SetupError> {
+    std::fs::read_to_string(path).map_err(SetupError::io("reading", path))
+}
+
+/// Removes `path`.
+fn remove(path: &std::path::Path) -> Result<(), SetupError> {
+    std::fs::remove_file(path).map_err(SetupError::io("removing", path))
+}
+
 /// Step 1: create the next root and publish the two-root bundle.
-pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
+pub fn prepare(dir: &CaDir) -> Result<String, SetupError> {
     refuse_intermediate(dir)?;
     if dir.next_root_cert().exists() {
-        bail!("a rollover is already prepared (next-root.crt exists); run `crank ca rollover activate`");
+        return Err(SetupError::not_ready(
+            "a rollover is already prepared (next-root.crt exists); run `crank ca rollover activate`",
+        ));
     }
     if dir.activated_at_file().exists() {
-        bail!("the previous rollover is not finished; run `crank ca rollover finish` first");
+        return Err(SetupError::not_ready(
+            "the previous rollover is not finished; run `crank ca rollover finish` first",
+        ));
     }
     let td = dir.trust_domain()?;
     let now = OffsetDateTime::now_utc();
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let key = new_key("the next root's key")?;
     let mut params = root_params(&td, now);
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Crank Platform CA {}", now.format(&Rfc3339)?));
+    dn.push(DnType::CommonName, format!("Crank Platform CA {}", rfc3339(now)));
     dn.push(DnType::OrganizationName, td.as_str());
     params.distinguished_name = dn;
-    let cert = params.self_signed(&key)?;
-    let current = std::fs::read_to_string(dir.root_cert())?;
+    let cert = params.self_signed(&key).map_err(SetupError::certificate("self-signing the next root"))?;
+    let current = read(&dir.root_cert())?;
     let current_der = dir.root_der()?;
     let current_key = CaDir::read_key(&dir.root_key())?;
     // Each root vouches for the other: a worker pinned to either accepts both.
@@ -59,9 +73,13 @@ pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
     current_params.distinguished_name = super::cross::subject_of(&current_der)?;
     let next_end = params.not_after;
     let current_end = CertMetadata::from_der(&current_der)?.not_after;
-    let next_issuer = rcgen::Issuer::from_ca_cert_der(cert.der(), KeyPair::from_pem(&key.serialize_pem())?)?;
+    let next_key =
+        KeyPair::from_pem(&key.serialize_pem()).map_err(SetupError::certificate("copying the next root's key"))?;
+    let next_issuer = rcgen::Issuer::from_ca_cert_der(cert.der(), next_key)
+        .map_err(SetupError::certificate("reading the next root's certificate"))?;
     let current_by_next = super::cross::certificate(current_params, &current_key, &next_issuer, next_end, now)?;
-    let current_issuer = rcgen::Issuer::from_ca_cert_der(&current_der, current_key)?;
+    let current_issuer = rcgen::Issuer::from_ca_cert_der(&current_der, current_key)
+        .map_err(SetupError::certificate("reading the current root's certificate"))?;
     let next_by_current = super::cross::certificate(params, &key, &current_issuer, current_end, now)?;
     let crosses = format!("{next_by_current}{current_by_next}");
     write_file_atomic(&dir.next_root_key(), key.serialize_pem().as_bytes(), 0o600)?;
@@ -72,24 +90,26 @@ pub fn prepare(dir: &CaDir) -> anyhow::Result<String> {
 }
 
 /// Step 2: the next root becomes the signing root.
-pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
+pub fn activate(dir: &CaDir) -> Result<String, SetupError> {
     refuse_intermediate(dir)?;
     if !dir.next_root_cert().exists() {
-        bail!("no rollover is prepared; run `crank ca rollover prepare` first");
+        return Err(SetupError::not_ready("no rollover is prepared; run `crank ca rollover prepare` first"));
     }
     let td = dir.trust_domain()?;
     let now = OffsetDateTime::now_utc();
-    let old_pem = std::fs::read_to_string(dir.root_cert())?;
-    let new_pem = std::fs::read_to_string(dir.next_root_cert())?;
+    let old_pem = read(&dir.root_cert())?;
+    let new_pem = read(&dir.next_root_cert())?;
     let new_key = CaDir::read_key(&dir.next_root_key())?;
-    let new_der = parse_pem_certs("next root", new_pem.as_bytes())?.remove(0);
+    let new_der = first_cert(parse_pem_certs("next root", new_pem.as_bytes())?, dir.next_root_cert())?;
     // The CA service keeps its names; its new TLS certificate comes from the new root.
-    let old_server = parse_pem_certs("server certificate", &std::fs::read(dir.server_cert())?)?.remove(0);
+    let old_server = read(&dir.server_cert())?;
+    let old_server = first_cert(parse_pem_certs("server certificate", old_server.as_bytes())?, dir.server_cert())?;
     let old_meta = CertMetadata::from_der(&old_server)?;
     let mut sans = old_meta.dns_sans.clone();
     sans.extend(old_meta.ip_sans.iter().cloned());
     let new_pem_key = new_key.serialize_pem();
-    let issuer = rcgen::Issuer::from_ca_cert_der(&new_der, new_key)?;
+    let issuer = rcgen::Issuer::from_ca_cert_der(&new_der, new_key)
+        .map_err(SetupError::certificate("reading the next root's certificate"))?;
     let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None)?;
 
     write_file_atomic(&dir.previous_root_cert(), old_pem.as_bytes(), 0o644)?;
@@ -99,30 +119,35 @@ pub fn activate(dir: &CaDir) -> anyhow::Result<String> {
     write_file_atomic(&dir.server_cert(), format!("{}{new_pem}", server.pem()).as_bytes(), 0o644)?;
     write_file_atomic(&dir.root_key(), new_pem_key.as_bytes(), 0o600)?;
     write_file_atomic(&dir.root_cert(), new_pem.as_bytes(), 0o644)?;
-    write_file_atomic(&dir.activated_at_file(), now.format(&Rfc3339)?.as_bytes(), 0o644)?;
-    std::fs::remove_file(dir.next_root_key())?;
-    std::fs::remove_file(dir.next_root_cert())?;
+    write_file_atomic(&dir.activated_at_file(), rfc3339(now).as_bytes(), 0o644)?;
+    remove(&dir.next_root_key())?;
+    remove(&dir.next_root_cert())?;
     Ok(crank_security_core::fingerprint_sha256(&new_der))
 }
 
 /// Step 3: drop the old root once nothing it signed is still valid.
-pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> anyhow::Result<()> {
+pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> Result<(), SetupError> {
     refuse_intermediate(dir)?;
-    let activated = std::fs::read_to_string(dir.activated_at_file())
-        .context("no activated rollover to finish (run `crank ca rollover activate` first)")?;
-    let activated = OffsetDateTime::parse(activated.trim(), &Rfc3339)?;
+    let activated = std::fs::read_to_string(dir.activated_at_file()).map_err(|e| {
+        SetupError::not_ready("no activated rollover to finish (run `crank ca rollover activate` first)").because(e)
+    })?;
+    let activated = OffsetDateTime::parse(activated.trim(), &Rfc3339).map_err(|e| SetupError::Damaged {
+        path: dir.activated_at_file(),
+        problem: "does not hold an RFC 3339 time",
+        source: Some(e.into()),
+    })?;
     if let Some(last) = store.latest_expiry_issued_before(activated).await? {
         let now = OffsetDateTime::now_utc();
         if last > now {
-            bail!(
+            return Err(SetupError::not_ready(format!(
                 "certificates signed by the old root are valid until {}; run `crank ca rollover finish` after that",
-                last.format(&Rfc3339)?
-            );
+                rfc3339(last)
+            )));
         }
     }
     // Without trust-bundle.crt the bundle is root.crt alone.
-    std::fs::remove_file(dir.trust_bundle_file())?;
-    std::fs::remove_file(dir.activated_at_file())?;
+    remove(&dir.trust_bundle_file())?;
+    remove(&dir.activated_at_file())?;
     let _ = std::fs::remove_file(dir.cross_certs_file());
     Ok(())
 }

@@ -37,7 +37,7 @@ use crank_runtime::tls::{Credentials, PeerIdentity, Resumption, server_config};
 use crank_runtime::trust::TrustStore;
 use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
-use crate::error::CaError;
+use crate::error::{CaError, SetupError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -74,15 +74,16 @@ pub fn spawn(
     listener: tokio::net::TcpListener,
     ca: Arc<LocalCa>,
     limits: ConnectionLimits,
-) -> anyhow::Result<ServerHandle> {
+) -> Result<ServerHandle, SetupError> {
     if dir.ensure_service_identity()? {
         tracing::warn!(
             spiffe_id = %ca.trust_domain().ca_spiffe_id(),
             "the CA service's TLS certificate lacked the CA identity that workers require; reissued it with the same names"
         );
     }
-    let chain = std::fs::read(dir.server_cert())?;
-    let key = std::fs::read(dir.server_key())?;
+    let read = |path: std::path::PathBuf| std::fs::read(&path).map_err(SetupError::io("reading", &path));
+    let chain = read(dir.server_cert())?;
+    let key = read(dir.server_key())?;
     let root = ca.trust_bundle_pem().as_bytes().to_vec();
     let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
     let creds = Credentials::new(bundle.certified_key()?);
@@ -92,7 +93,7 @@ pub fn spawn(
     let config = server_config(&trust, false, creds, Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     let metrics = ca.metrics().connections();
-    Ok(ServerHandle::spawn(listener, config, router(ca), limits, metrics, Some(trust))?)
+    ServerHandle::spawn(listener, config, router(ca), limits, metrics, Some(trust)).map_err(SetupError::Serve)
 }
 
 /// How often the CA looks for revocations made at other replicas of its store.
@@ -127,7 +128,7 @@ async fn enforce_own_crl(trust: std::sync::Weak<TrustStore>, ca: Arc<LocalCa>) {
 }
 
 /// Binds `listen` and starts the CA service with the default [`ConnectionLimits`].
-pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -> anyhow::Result<ServerHandle> {
+pub async fn bind_and_spawn(dir: &CaDir, listen: SocketAddr, ca: Arc<LocalCa>) -> Result<ServerHandle, SetupError> {
     bind_and_spawn_with(dir, listen, ca, ConnectionLimits::default()).await
 }
 
@@ -137,9 +138,9 @@ pub async fn bind_and_spawn_with(
     listen: SocketAddr,
     ca: Arc<LocalCa>,
     limits: ConnectionLimits,
-) -> anyhow::Result<ServerHandle> {
+) -> Result<ServerHandle, SetupError> {
     let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        tokio::net::TcpListener::bind(listen).await.map_err(|source| SetupError::Listen { addr: listen, source })?;
     spawn(dir, listener, ca, limits)
 }
 

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::csr::parse_verified_csr;
 use super::files::CaDir;
+use crate::error::SetupError;
 use crate::serial::random_serial;
 
 /// Signs with the key in the CA directory.
@@ -37,12 +38,13 @@ impl std::fmt::Debug for LocalSigner {
 
 impl LocalSigner {
     /// The signer of the CA in `dir` (root mode or intermediate mode).
-    pub fn load(dir: &CaDir) -> anyhow::Result<Self> {
+    pub fn load(dir: &CaDir) -> Result<Self, SetupError> {
         let chain = dir.signing_chain()?;
-        let signing = chain.first().ok_or_else(|| anyhow::anyhow!("the signing chain is empty"))?;
+        let signing = chain.first().ok_or_else(|| SetupError::no_certificate(dir.signing_cert_file()))?;
         let key = CaDir::read_key(&dir.signing_key())?;
         let not_after = crank_security_core::CertMetadata::from_der(signing)?.not_after;
-        let issuer = Issuer::from_ca_cert_der(signing, key)?;
+        let issuer = Issuer::from_ca_cert_der(signing, key)
+            .map_err(SetupError::certificate("reading the signing certificate"))?;
         let chain_pem = if dir.is_intermediate() { chain.iter().map(|c| cert_pem(c)).collect() } else { String::new() };
         Ok(Self { issuer, not_after, chain_pem, bundle_pem: dir.trust_bundle_pem()? })
     }

@@ -7,6 +7,8 @@ use crank_security_core::{JoinTokenClaims, TrustDomain, WorkerId, validate_host_
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::KeyPair;
 
+use crate::error::SetupError;
+
 /// The `aud` of every join token.
 pub const TOKEN_AUDIENCE: &str = "crank-join";
 /// Default token lifetime: 15 minutes.
@@ -48,9 +50,10 @@ pub enum TokenError {
 
 impl TokenAuthority {
     /// A token authority using `key` (P-256) for the CA with this trust domain and root.
-    pub fn new(key: &KeyPair, trust_domain: TrustDomain, root_fingerprint: String) -> anyhow::Result<Self> {
-        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?;
-        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())?;
+    pub fn new(key: &KeyPair, trust_domain: TrustDomain, root_fingerprint: String) -> Result<Self, SetupError> {
+        let unusable = || SetupError::certificate("the join-token key is not a usable ES256 (P-256) key");
+        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).map_err(unusable())?;
+        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(unusable())?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_audience(&[TOKEN_AUDIENCE]);
         validation.set_issuer(&[issuer(&trust_domain)]);
@@ -62,10 +65,14 @@ impl TokenAuthority {
     /// A new single-use token for `worker_id`. Each `san:<name>` capability must name one
     /// IP address or one host name the CA can issue ([`validate_host_name`]); host names
     /// are stored in lowercase, as the CA compares them.
-    pub fn create(&self, worker_id: &WorkerId, ttl: Duration, capabilities: Vec<String>) -> anyhow::Result<String> {
-        anyhow::ensure!(ttl <= MAX_TOKEN_TTL, "token TTL {ttl:?} is longer than the maximum of 7 days");
-        anyhow::ensure!(!ttl.is_zero(), "token TTL must be positive");
-        let capabilities = capabilities.into_iter().map(checked_capability).collect::<anyhow::Result<Vec<_>>>()?;
+    pub fn create(&self, worker_id: &WorkerId, ttl: Duration, capabilities: Vec<String>) -> Result<String, SetupError> {
+        if ttl > MAX_TOKEN_TTL {
+            return Err(SetupError::invalid(format!("token TTL {ttl:?} is longer than the maximum of 7 days")));
+        }
+        if ttl.is_zero() {
+            return Err(SetupError::invalid("token TTL must be positive"));
+        }
+        let capabilities = capabilities.into_iter().map(checked_capability).collect::<Result<Vec<_>, _>>()?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = JoinTokenClaims {
             iss: issuer(&self.trust_domain),
@@ -78,7 +85,8 @@ impl TokenAuthority {
             ca_fp: self.root_fingerprint.clone(),
             td: self.trust_domain.to_string(),
         };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)?)
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+            .map_err(SetupError::certificate("signing the join token"))
     }
 
     /// Verifies signature, audience, issuer, expiry and CA binding.
@@ -103,15 +111,15 @@ impl TokenAuthority {
 
 /// A `san:` capability with a valid name (lowercased), or an error naming it; other
 /// capabilities as they are.
-fn checked_capability(cap: String) -> anyhow::Result<String> {
+fn checked_capability(cap: String) -> Result<String, SetupError> {
     let Some(name) = cap.strip_prefix(SAN_CAPABILITY) else { return Ok(cap) };
     if name.parse::<IpAddr>().is_ok() {
         return Ok(cap);
     }
     validate_host_name(name).map_err(|e| {
-        anyhow::anyhow!(
+        SetupError::invalid(format!(
             "capability {cap:?} is not valid: {e}. A {SAN_CAPABILITY} capability names one host name or IP address the worker may ask for, e.g. {SAN_CAPABILITY}api.example.internal"
-        )
+        ))
     })?;
     Ok(format!("{SAN_CAPABILITY}{}", name.to_ascii_lowercase()))
 }
@@ -128,14 +136,14 @@ pub fn create_token(
     worker: &WorkerId,
     ttl: Duration,
     capabilities: Vec<String>,
-) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let key = crate::files::CaDir::read_key(&dir.token_key())
-        .with_context(|| format!("is {} a CA directory made by `crank ca init`?", dir.dir.display()))?;
+) -> Result<String, SetupError> {
+    let key = crate::files::CaDir::read_key(&dir.token_key()).map_err(|e| {
+        SetupError::not_ready(format!("is {} a CA directory made by `crank ca init`?", dir.dir.display())).because(e)
+    })?;
     if dir.service_names().iter().any(|n| n == worker.as_str()) {
-        anyhow::bail!(
+        return Err(SetupError::invalid(format!(
             "worker id {worker:?} is a name of the CA service itself; a worker may not carry the CA's names: choose another worker id"
-        );
+        )));
     }
     let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
     authority.create(worker, ttl, capabilities)

@@ -1,3 +1,8 @@
+//! The runtime's errors: [`RuntimeError`] for a worker, [`ApiError`] for an HTTP answer.
+
+use std::fmt;
+
+use crate::BootstrapError;
 use crate::api::{ErrorBody, ErrorDetail};
 use axum::Json;
 use axum::http::StatusCode;
@@ -69,5 +74,65 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         (self.status, Json(body)).into_response()
+    }
+}
+
+/// Errors of the worker runtime.
+///
+/// `Debug` shows the message and, below it, its causes (not the variant's fields): it is
+/// what a worker's `fn main() -> Result<(), RuntimeError>` prints when it fails.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Configuration is not acceptable.
+    #[error("{0}")]
+    Config(String),
+    /// No usable certificate and no way to get one.
+    #[error("no usable certificate: {0}")]
+    NoCertificate(String),
+    /// Bootstrap failed.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// A core error (files, keys, bundle).
+    #[error(transparent)]
+    Core(#[from] crank_security_core::Error),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The runtime's own I/O failed: starting its Tokio runtime, or serving.
+    #[error("{action}")]
+    Io {
+        /// What failed.
+        action: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Debug for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut causes = std::iter::successors(std::error::Error::source(self), |e| e.source()).peekable();
+        if causes.peek().is_some() {
+            f.write_str("\n\nCaused by:")?;
+            for cause in causes {
+                write!(f, "\n    {cause}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_what_a_failing_main_prints() {
+        let e = RuntimeError::Config("HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number".into());
+        assert_eq!(format!("{e:?}"), "HELLO_WORLD_HTTPS_PORT=\"eighty\" is not a port number");
+        let e =
+            RuntimeError::Io { action: "cannot start the Tokio runtime", source: std::io::Error::other("no threads") };
+        assert_eq!(format!("{e:?}"), "cannot start the Tokio runtime\n\nCaused by:\n    no threads");
     }
 }

@@ -19,9 +19,9 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use crank_runtime::WorkerApplication;
+//! use crank_runtime::{RuntimeError, WorkerApplication};
 //!
-//! fn main() -> anyhow::Result<()> {
+//! fn main() -> Result<(), RuntimeError> {
 //!     WorkerApplication::new("hello-world")
 //!         .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
 //!         .routes(Router::new().route("/", get(|| async { "hello" })))
@@ -47,31 +47,10 @@ pub mod trust;
 pub mod worker;
 
 pub use api::{ErrorBody, ErrorDetail};
-pub use error::ApiError;
+pub use error::{ApiError, RuntimeError};
 pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::{
     BootstrapError, BootstrapOptions, CaClient, MtlsClient, MtlsHttpClient, RetryPolicy, RunningWorker,
     WorkerApplication, WorkerContext, bootstrap,
 };
-
-/// Errors of the worker runtime.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// Configuration is not acceptable.
-    #[error("{0}")]
-    Config(String),
-    /// No usable certificate and no way to get one.
-    #[error("no usable certificate: {0}")]
-    NoCertificate(String),
-    /// Bootstrap failed.
-    #[error(transparent)]
-    Bootstrap(#[from] BootstrapError),
-    /// A core error (files, keys, bundle).
-    #[error(transparent)]
-    Core(#[from] crank_security_core::Error),
-    /// TLS configuration failed.
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-}

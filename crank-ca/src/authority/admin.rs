@@ -2,12 +2,13 @@
 //! authentication only) and recognising one.
 
 use crank_security_core::{CertMetadata, CorrelationId, WorkerId, rfc3339};
-use rcgen::{DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::{BACKDATE, LocalCa};
-use crate::error::CaError;
+use crate::error::{CaError, SetupError};
+use crate::files::new_key;
 use crate::serial::random_serial;
 use crate::store::{CertKind, CertStatus, CertificateRecord};
 
@@ -15,8 +16,8 @@ impl LocalCa {
     /// Issues an administrator certificate (`spiffe://<td>/admin/<name>`, client auth
     /// only) for a key made here, and records it in the ledger. Returns the certificate
     /// and key, PEM.
-    pub async fn issue_admin(&self, name: &WorkerId, validity: time::Duration) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    pub async fn issue_admin(&self, name: &WorkerId, validity: time::Duration) -> Result<(String, String), SetupError> {
+        let key = new_key("the administrator's key")?;
         let uri = self.trust_domain.admin_spiffe_id(name.as_str());
         let now = OffsetDateTime::now_utc();
         let mut params = rcgen::CertificateParams::default();
@@ -31,9 +32,12 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
+        let san = uri.as_str().try_into().map_err(SetupError::certificate(format!("{uri} as a URI SAN")))?;
+        params.subject_alt_names = vec![SanType::URI(san)];
         params.not_after = params.not_after.min(self.own.not_after());
-        let cert = params.signed_by(&key, self.own.issuer())?;
+        let cert = params
+            .signed_by(&key, self.own.issuer())
+            .map_err(SetupError::certificate("signing the administrator certificate"))?;
         let chain = format!("{}{}", cert.pem(), self.own.chain_pem());
         let meta = CertMetadata::from_der(cert.der())?;
         let record = CertificateRecord {

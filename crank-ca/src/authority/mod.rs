@@ -16,6 +16,7 @@ use super::files::CaDir;
 use super::signer::LocalSigner;
 use super::store::CaStore;
 use super::token::TokenAuthority;
+use crate::error::SetupError;
 
 mod admin;
 mod issuance;
@@ -102,7 +103,7 @@ impl LocalCa {
         policy: PolicyGuard,
         store: Arc<dyn CaStore>,
         events: Arc<dyn EventSink>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SetupError> {
         let trust_domain = dir.trust_domain()?;
         let pinned = dir.pinned_der()?;
         let own = Arc::new(LocalSigner::load(dir)?);
@@ -141,8 +142,8 @@ impl LocalCa {
     /// Leaves are signed by `signer` (an upstream CA) instead of the CA's own key. Its
     /// trust bundle is added to the one handed out, and every certificate it returns is
     /// checked against what policy decided before it is recorded.
-    pub async fn with_signer(mut self, signer: Arc<dyn CertificateProvider>) -> anyhow::Result<Self> {
-        let pem = signer.trust_bundle().await.map_err(|e| anyhow::anyhow!("the signer's trust bundle: {e}"))?;
+    pub async fn with_signer(mut self, signer: Arc<dyn CertificateProvider>) -> Result<Self, SetupError> {
+        let pem = signer.trust_bundle().await.map_err(|source| SetupError::Signer { what: "trust bundle", source })?;
         let anchors = parse_pem_certs("signer trust bundle", pem.as_bytes())?;
         let mut bundle = parse_pem_certs("trust bundle", self.bundle_pem.as_bytes())?;
         let now = OffsetDateTime::now_utc();
@@ -150,8 +151,9 @@ impl LocalCa {
             if !bundle.contains(a) {
                 // Workers trust the signer's root because this CA vouches for it with a
                 // cross-certificate: no root reaches a worker otherwise.
-                let cross = super::cross::for_root(a, self.own.issuer(), self.own.not_after(), now)
-                    .map_err(|e| anyhow::anyhow!("the signer's trust bundle must hold its self-signed root(s): {e}"))?;
+                let cross = super::cross::for_root(a, self.own.issuer(), self.own.not_after(), now).map_err(|e| {
+                    SetupError::refused("the signer's trust bundle must hold its self-signed root(s)").because(e)
+                })?;
                 bundle.push(a.clone());
                 self.bundle_pem.push_str(&crank_security_core::cert_pem(a));
                 self.bundle_pem.push_str(&cross);

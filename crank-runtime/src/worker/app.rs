@@ -43,9 +43,9 @@ pub struct WorkerContext {
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
-/// use crank_runtime::WorkerApplication;
+/// use crank_runtime::{RuntimeError, WorkerApplication};
 ///
-/// fn main() -> anyhow::Result<()> {
+/// fn main() -> Result<(), RuntimeError> {
 ///     WorkerApplication::new("hello-world")
 ///         .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
 ///         .routes(Router::new().route("/", get(|| async { "hello" })))
@@ -240,14 +240,17 @@ impl WorkerApplication {
 
     /// Runs the worker until SIGTERM or Ctrl-C. Builds its own Tokio runtime and, if none
     /// is set, a log subscriber; `main` stays synchronous.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> Result<(), RuntimeError> {
         crate::logging::init();
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| RuntimeError::Io { action: "cannot start the Tokio runtime", source })?;
         rt.block_on(async move {
             let worker = self.start().await?;
             tracing::info!(addr = %worker.addr(), worker_id = %worker.context.worker_id, "worker serving HTTPS with mandatory client certificates");
             crate::shutdown_signal().await;
-            worker.shutdown().await?;
+            worker.shutdown().await.map_err(|source| RuntimeError::Io { action: "the HTTPS server failed", source })?;
             tracing::info!("worker stopped");
             Ok(())
         })
