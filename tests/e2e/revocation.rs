@@ -206,10 +206,14 @@ async fn a_revoked_worker_is_refused_in_the_handshake_both_ways_and_recovers_wit
         correlation_id: CorrelationId::new(),
     };
     // The CA enforces its own CRL in the handshake: the request never reaches it (with
-    // TLS 1.3 the client sees its connection closed after sending its certificate).
+    // TLS 1.3 the client sees its connection closed after sending its certificate; hyper
+    // says so as a closed connection or, when the close wins the race with the request, a
+    // closed channel).
     match client.renew(req).await {
         Err(ProviderError::Revoked(_)) => {}
-        Err(ProviderError::Unavailable(m)) => assert!(m.contains("connection"), "{m}"),
+        Err(ProviderError::Unavailable(m)) => {
+            assert!(m.contains("connection") || m.contains("channel closed"), "{m}")
+        }
         other => panic!("renewal with a revoked certificate must be refused in the handshake: {other:?}"),
     }
 
