@@ -19,8 +19,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use crank_ca::LocalCa;
-use crank_ca::files::{CaDir, InitOptions, init_ca};
-use crank_ca::signer::leaf_params;
+use crank_ca::leaf_params;
+use crank_ca::{CaDir, InitOptions, init_ca};
 use crank_security_core::{CertificateProvider, ProviderError, SignRequest, TrustDomain, write_file_atomic};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 

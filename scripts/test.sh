@@ -42,6 +42,8 @@ cargo fmt --all --check
 # No import cycles between the files of a crate (docs/architecture.md, "The layout").
 python3 scripts/import-cycles.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every public item documented, every doc link resolved.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 # The end-to-end tests run the real `crank` and `hello-world` binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use crank_ca::authority::LocalCa;
-use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::LocalCa;
+use crank_ca::{CaDir, InitOptions, init_ca};
 use crank_runtime::{BootstrapOptions, RetryPolicy, RunningWorker, ServerHandle, WorkerApplication};
 use crank_security_core::{
     CertificateBundle, CertificateEvent, CertificateProvider, DefaultPolicy, EventKind, EventSink, EventSinks,

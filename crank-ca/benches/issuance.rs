@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crank_ca::authority::LocalCa;
-use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::LocalCa;
+use crank_ca::{CaDir, InitOptions, init_ca};
 use crank_security_core::{
     CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr,
     generate_key,
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("baseline_rcgen_sign", |b| {
         b.iter(|| {
             let mut p = rcgen::CertificateParams::new(vec!["bench-worker".to_owned()]).expect("p");
-            p.serial_number = Some(crank_ca::serial::random_serial());
+            p.serial_number = Some(crank_ca::random_serial());
             p.signed_by(&key, &issuer).expect("sign")
         });
     });

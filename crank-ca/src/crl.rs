@@ -36,7 +36,7 @@ pub struct SignedCrl {
 }
 
 /// Parses a serial written as hex octets separated by `:` (how the ledger stores it).
-pub fn serial_from_hex(serial: &str) -> Result<SerialNumber, String> {
+pub(crate) fn serial_from_hex(serial: &str) -> Result<SerialNumber, String> {
     let hex: String = serial.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(&hex).map_err(|e| format!("serial {serial:?} is not hex: {e}"))?;
     if bytes.is_empty() || bytes.len() > 20 {
@@ -46,7 +46,7 @@ pub fn serial_from_hex(serial: &str) -> Result<SerialNumber, String> {
 }
 
 /// Signs a CRL over `entries` (the caller passes only unexpired ones).
-pub fn sign(
+pub(crate) fn sign(
     issuer: &Issuer<'_, KeyPair>,
     entries: &[RevocationRecord],
     number: u64,

@@ -17,7 +17,7 @@ pub const DEFAULT_CA_SANS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "cert-a
 
 /// `localhost` and loopback addresses: names every service on a host answers to, so
 /// workers may carry them too (they never identify the CA).
-pub fn shared_local_name(name: &str) -> bool {
+pub(crate) fn shared_local_name(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

@@ -4,25 +4,34 @@
 //! policy, signing (its own key or an upstream CA), the ledger (SQLite or PostgreSQL),
 //! CRLs, and its HTTPS service.
 
-pub mod authority;
-mod builder;
+// What an operator or an embedding program uses as modules: the upstream signer (cfssl),
+// the intermediate and rollover steps, the HTTPS service and the store (an extension
+// point of its own).
 pub mod cfssl;
-pub mod check;
-pub mod crl;
-mod cross;
-pub mod csr;
-mod error;
-pub mod files;
 pub mod intermediate;
 pub mod rollover;
-pub mod serial;
 pub mod server;
-pub mod signer;
 pub mod store;
-pub mod token;
 
-pub use authority::{LocalCa, LocalCaConfig};
+mod authority;
+mod builder;
+mod check;
+mod crl;
+mod cross;
+mod csr;
+mod error;
+mod files;
+mod serial;
+mod signer;
+mod token;
+
+pub use authority::{BACKDATE, LocalCa, LocalCaConfig};
 pub use builder::{LocalCaBuilder, open_store};
+pub use check::check_signed;
+pub use crl::{CRL_REFRESH_AFTER, CRL_VALIDITY, SignedCrl};
+pub use csr::{MAX_CSR_BYTES, MIN_RSA_BITS, ParsedCsr, parse_csr, parse_verified_csr};
 pub use error::{CaError, SetupError};
-pub use files::{CaDir, InitOptions, init_ca};
-pub use token::create_token;
+pub use files::{CaDir, DEFAULT_CA_SANS, InitOptions, init_ca};
+pub use serial::random_serial;
+pub use signer::{LocalSigner, leaf_params};
+pub use token::{DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, TOKEN_AUDIENCE, TokenAuthority, TokenError, create_token};

@@ -16,7 +16,7 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// Longest token lifetime accepted at creation: 7 days.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The prefix of a capability that lets a worker ask for one more DNS name or IP address.
-pub const SAN_CAPABILITY: &str = "san:";
+pub(crate) const SAN_CAPABILITY: &str = "san:";
 
 /// Signs and verifies join tokens.
 pub struct TokenAuthority {

@@ -39,8 +39,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use crank_ca::files::CaDir;
-use crank_ca::token::TokenAuthority;
+use crank_ca::CaDir;
+use crank_ca::TokenAuthority;
 use crank_runtime::MtlsClient;
 use crank_runtime::tls::{Credentials, mtls_client_config};
 use crank_security_core::{CertFiles, CertificateBundle, WorkerId};

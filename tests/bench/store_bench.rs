@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crank_ca::authority::LocalCa;
-use crank_ca::files::{CaDir, InitOptions, init_ca};
+use crank_ca::LocalCa;
 use crank_ca::store::{CaStore, CertificateRecord, Revocation, RevocationReason, RevokeTarget};
+use crank_ca::{CaDir, InitOptions, init_ca};
 use crank_security_core::{
     CertificateProvider, CorrelationId, EventSinks, IssueRequest, KeyType, TrustDomain, WorkerId, build_csr,
     generate_key,

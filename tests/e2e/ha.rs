@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crank_ca::files::{CaDir, InitOptions, init_ca};
 use crank_ca::store::{CaStore, PostgresStore, SqliteStore};
+use crank_ca::{CaDir, InitOptions, init_ca};
 use crank_runtime::worker::CaClient;
 use crank_security_core::{
     CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,

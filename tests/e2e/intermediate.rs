@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crank_ca::files::CaDir;
+use crank_ca::CaDir;
 use crank_runtime::demo::hello_routes;
 use crank_security_core::{DefaultPolicy, parse_pem_certs};
 use crank_tests::upstream::first_cert;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crank_ca::files::CaDir;
+use crank_ca::CaDir;
 use crank_runtime::demo::hello_routes;
 use crank_runtime::{BootstrapError, ErrorBody};
 use crank_security_core::{CertificateBundle, EventKind, EventSinks, ProviderError};

@@ -276,7 +276,7 @@ async fn the_custom_provider_example_serves_a_ca_whose_leaves_its_provider_signs
     let _guard = crank_tests::KillOnDrop(child);
     crank_tests::wait_for_port(addr).await.unwrap();
     let url: url::Url = format!("https://{addr}").parse().unwrap();
-    let ca_dir = crank_ca::files::CaDir::new(&dir);
+    let ca_dir = crank_ca::CaDir::new(&dir);
     let mut bundles = Vec::new();
     for worker in ["w1", "w2"] {
         let token = crank_ca::create_token(

@@ -11,7 +11,6 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::crl::SignedCrl;
-pub use super::csr::{MAX_CSR_BYTES, ParsedCsr, parse_csr};
 use super::files::CaDir;
 use super::signer::LocalSigner;
 use super::store::CaStore;
@@ -34,7 +33,7 @@ pub struct LocalCaConfig {
     pub replica: String,
     /// How long a CRL stays current: its nextUpdate is thisUpdate plus this (default
     /// [`CRL_VALIDITY`](super::crl::CRL_VALIDITY), 24 h). The CA re-signs it after
-    /// [`CRL_REFRESH_AFTER`] or half of this, whichever is shorter.
+    /// [`CRL_REFRESH_AFTER`](crate::CRL_REFRESH_AFTER) or half of this, whichever is shorter.
     pub crl_validity: std::time::Duration,
 }
 
