@@ -32,7 +32,8 @@ fn main() -> anyhow::Result<()> {
     WorkerApplication::new("hello-world")
         .port_from_env("HELLO_WORLD_HTTPS_PORT", 8500)
         .routes(Router::new().route("/", get(|| async { "hello" })))
-        .run()
+        .run()?;
+    Ok(())
 }
 RS
 cp "$repo/Cargo.lock" "$work/worker/Cargo.lock"
