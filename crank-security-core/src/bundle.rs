@@ -1,4 +1,5 @@
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -155,6 +156,16 @@ pub fn parse_pem_certs(what: &'static str, pem: &[u8]) -> Result<Vec<Certificate
     Ok(certs)
 }
 
+/// The certificate chain of `client.crt`: at least one certificate, the leaf first.
+fn parse_chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    parse_pem_certs("certificate", pem)
+}
+
+/// The private key of `client.key`.
+fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::parse("private key", e))
+}
+
 /// A worker's certificate chain, private key and trusted CA certificates.
 ///
 /// `Debug` never prints the key.
@@ -180,9 +191,14 @@ impl fmt::Debug for CertificateBundle {
 impl CertificateBundle {
     /// Builds a bundle from PEM texts: leaf first (then any intermediates), key, CA roots.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Self, Error> {
-        let chain = parse_pem_certs("certificate", cert_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::parse("private key", e))?;
-        let ca = parse_pem_certs("CA certificate", ca_pem)?;
+        Self::from_parts(parse_chain(cert_pem)?, parse_key(key_pem)?, parse_pem_certs("CA certificate", ca_pem)?)
+    }
+
+    fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        ca: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, Error> {
         let leaf = chain.first().ok_or_else(|| Error::parse("certificate", "no certificate"))?;
         let metadata = CertMetadata::from_der(leaf)?;
         Ok(Self { chain, key: Arc::new(key), ca, metadata })
@@ -198,11 +214,31 @@ impl CertificateBundle {
     /// command that fixes it.
     pub fn load(files: &CertFiles) -> Result<Self, Error> {
         files.recover()?;
-        Self::from_pem(
-            &read_checked(&files.cert, Contents::Certificate)?,
-            &read_checked(&files.key, Contents::PrivateKey)?,
-            &read_checked(&files.ca, Contents::Certificate)?,
-        )
+        // A damaged file (truncated, garbage) is named, so the operator knows which.
+        fn in_file(path: &Path) -> impl FnOnce(Error) -> Error + '_ {
+            move |e| Error::InFile { path: path.to_owned(), source: Box::new(e) }
+        }
+        let chain = parse_chain(&read_checked(&files.cert, Contents::Certificate)?).map_err(in_file(&files.cert))?;
+        let key = parse_key(&read_checked(&files.key, Contents::PrivateKey)?).map_err(in_file(&files.key))?;
+        let ca = parse_pem_certs("CA certificate", &read_checked(&files.ca, Contents::Certificate)?)
+            .map_err(in_file(&files.ca))?;
+        // What can fail here is reading the leaf.
+        Self::from_parts(chain, key, ca).map_err(in_file(&files.cert))
+    }
+
+    /// Writes the bundle into `files` the way a new certificate is written (journaled,
+    /// atomic, the key 0600): how a worker puts back files damaged on disk from the
+    /// certificate it holds.
+    pub fn write_to(&self, files: &CertFiles) -> Result<(), Error> {
+        let chain: String = self.chain.iter().map(|c| cert_pem(c)).collect();
+        let ca: String = self.ca.iter().map(|c| cert_pem(c)).collect();
+        let label = match self.key.as_ref() {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        let key = pem_block(label, self.key.secret_der());
+        crate::BundleWriter::write(files, chain.as_bytes(), key.as_bytes(), ca.as_bytes())
     }
 
     /// Checks the bundle: the key matches the leaf, the leaf is inside its validity window

@@ -22,6 +22,15 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// A file of a cert directory does not hold what it should (truncated, garbage, the
+    /// wrong kind of PEM block).
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its contents.
+        source: Box<Self>,
+    },
     /// A certificate bundle failed validation.
     #[error("certificate bundle is not valid: {0}")]
     InvalidBundle(String),

@@ -5,6 +5,7 @@ mod bootstrap;
 mod cert_dir;
 mod cli;
 mod connections;
+mod faults;
 mod ha;
 mod impersonation;
 mod intermediate;

@@ -407,8 +407,14 @@ fn load_valid(files: &CertFiles, events: &dyn EventSink) -> Result<CertificateBu
     if !files.exist() {
         return Err(format!("no certificate in {}", files.dir.display()));
     }
-    let bundle = CertificateBundle::load(files)
-        .map_err(|e| format!("the certificate in {} cannot be loaded: {e}", files.dir.display()))?;
+    let bundle = CertificateBundle::load(files).map_err(|e| {
+        if matches!(e, crank_security_core::Error::InFile { .. }) {
+            // A damaged file (truncated, garbage): said as an event too, naming the file.
+            let cid = CorrelationId::new();
+            events.emit(&CertificateEvent::new(EventKind::CertValidationFailed, &cid).error("load", &e));
+        }
+        format!("the certificate in {} cannot be loaded: {e}", files.dir.display())
+    })?;
     if let Err(e) = bundle.validate(SystemTime::now()) {
         let cid = CorrelationId::new();
         let mut ev =

@@ -384,10 +384,23 @@ impl Rotator {
     }
 
     /// Installs a different, valid certificate for this worker found on disk.
+    ///
+    /// Files that are damaged (truncated, garbage, a key that does not match) are put
+    /// back from the certificate in use, with a `CERT_VALIDATION_FAILED` event naming the
+    /// file: the worker keeps serving, and a restart finds good files.
     fn pick_up_from_disk(&self) -> bool {
-        let Ok(found) = CertificateBundle::load(&self.files) else {
-            return false;
+        let found = match CertificateBundle::load(&self.files) {
+            Ok(found) => found,
+            Err(e @ crank_security_core::Error::InFile { .. }) => {
+                self.repair_files(&e);
+                return false;
+            }
+            Err(_) => return false,
         };
+        if found.certified_key().is_err() {
+            self.repair_files(&"client.key does not match client.crt");
+            return false;
+        }
         if found.metadata().fingerprint_sha256 == self.current().metadata().fingerprint_sha256 {
             return false;
         }
@@ -402,6 +415,29 @@ impl Rotator {
         let cid = CorrelationId::new();
         self.emit(CertificateEvent::new(EventKind::CertIssued, &cid).cert(&meta).detail("source", "cert_dir"));
         true
+    }
+
+    /// Writes the certificate in use over damaged files, and says so.
+    fn repair_files(&self, problem: &dyn std::fmt::Display) {
+        let bundle = self.current();
+        let cid = CorrelationId::new();
+        let event = CertificateEvent::new(EventKind::CertValidationFailed, &cid)
+            .cert(bundle.metadata())
+            .detail("cert_dir", self.files.dir.display().to_string());
+        match bundle.write_to(&self.files) {
+            Ok(()) => {
+                tracing::warn!(cert_dir = %self.files.dir.display(), %problem, "damaged certificate files on disk; wrote them again from the certificate in use");
+                self.emit(
+                    event
+                        .error("cert_dir", problem)
+                        .detail("action", "wrote the files again from the certificate in use"),
+                );
+            }
+            Err(e) => {
+                tracing::error!(cert_dir = %self.files.dir.display(), %problem, error = %e, "damaged certificate files on disk could not be written again");
+                self.emit(event.error("cert_dir", problem).detail("repair_failed", e.to_string()));
+            }
+        }
     }
 
     /// Bootstraps again with a join token from the token file, if one is there.
