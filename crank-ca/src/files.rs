@@ -38,6 +38,16 @@ impl CaDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
+
+    /// Finishes a change of the directory's files that a killed process left half done
+    /// (a rollover step), so that what is read next is all of it or none of it. Every
+    /// command that reads or changes the CA directory calls this first.
+    pub fn recover(&self) -> Result<(), SetupError> {
+        if self.dir.is_dir() {
+            crank_security_core::FileChange::recover(&self.dir)?;
+        }
+        Ok(())
+    }
     /// Root private key (0600).
     pub fn root_key(&self) -> PathBuf {
         self.dir.join("root.key")

@@ -13,7 +13,7 @@
 //! 3. `crank ca rollover finish`: once the last leaf signed by the old root has expired
 //!    (checked against the ledger), drop the old root from the bundle. Restart the CA.
 
-use crank_security_core::{CertMetadata, parse_pem_certs, rfc3339, write_file_atomic};
+use crank_security_core::{CertMetadata, FileChange, parse_pem_certs, rfc3339};
 use rcgen::{DnType, KeyPair};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -38,13 +38,9 @@ fn read(path: &std::path::Path) -> Result<String, SetupError> {
     std::fs::read_to_string(path).map_err(SetupError::io("reading", path))
 }
 
-/// Removes `path`.
-fn remove(path: &std::path::Path) -> Result<(), SetupError> {
-    std::fs::remove_file(path).map_err(SetupError::io("removing", path))
-}
-
 /// Step 1: create the next root and publish the two-root bundle.
 pub fn prepare(dir: &CaDir) -> Result<String, SetupError> {
+    dir.recover()?;
     refuse_intermediate(dir)?;
     if dir.next_root_cert().exists() {
         return Err(SetupError::not_ready(
@@ -82,15 +78,19 @@ pub fn prepare(dir: &CaDir) -> Result<String, SetupError> {
         .map_err(SetupError::certificate("reading the current root's certificate"))?;
     let next_by_current = super::cross::certificate(params, &key, &current_issuer, current_end, now)?;
     let crosses = format!("{next_by_current}{current_by_next}");
-    write_file_atomic(&dir.next_root_key(), key.serialize_pem().as_bytes(), 0o600)?;
-    write_file_atomic(&dir.next_root_cert(), cert.pem().as_bytes(), 0o644)?;
-    write_file_atomic(&dir.cross_certs_file(), crosses.as_bytes(), 0o644)?;
-    write_file_atomic(&dir.trust_bundle_file(), format!("{current}{}{crosses}", cert.pem()).as_bytes(), 0o644)?;
+    // One change: a CA killed part way through has either all of it or none of it.
+    FileChange::in_dir(&dir.dir)
+        .write(&dir.next_root_key(), key.serialize_pem(), 0o600)
+        .write(&dir.next_root_cert(), cert.pem(), 0o644)
+        .write(&dir.cross_certs_file(), crosses.as_bytes(), 0o644)
+        .write(&dir.trust_bundle_file(), format!("{current}{}{crosses}", cert.pem()), 0o644)
+        .commit()?;
     Ok(crank_security_core::fingerprint_sha256(cert.der()))
 }
 
 /// Step 2: the next root becomes the signing root.
 pub fn activate(dir: &CaDir) -> Result<String, SetupError> {
+    dir.recover()?;
     refuse_intermediate(dir)?;
     if !dir.next_root_cert().exists() {
         return Err(SetupError::not_ready("no rollover is prepared; run `crank ca rollover prepare` first"));
@@ -112,21 +112,28 @@ pub fn activate(dir: &CaDir) -> Result<String, SetupError> {
         .map_err(SetupError::certificate("reading the next root's certificate"))?;
     let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None)?;
 
-    write_file_atomic(&dir.previous_root_cert(), old_pem.as_bytes(), 0o644)?;
+    // A rollover prepared by a release without cross-certificates has none.
     let crosses = std::fs::read_to_string(dir.cross_certs_file()).unwrap_or_default();
-    write_file_atomic(&dir.trust_bundle_file(), format!("{new_pem}{old_pem}{crosses}").as_bytes(), 0o644)?;
-    write_file_atomic(&dir.server_key(), server_key.serialize_pem().as_bytes(), 0o600)?;
-    write_file_atomic(&dir.server_cert(), format!("{}{new_pem}", server.pem()).as_bytes(), 0o644)?;
-    write_file_atomic(&dir.root_key(), new_pem_key.as_bytes(), 0o600)?;
-    write_file_atomic(&dir.root_cert(), new_pem.as_bytes(), 0o644)?;
-    write_file_atomic(&dir.activated_at_file(), rfc3339(now).as_bytes(), 0o644)?;
-    remove(&dir.next_root_key())?;
-    remove(&dir.next_root_cert())?;
+    // One change: a CA killed part way through has either all of it or none of it (a
+    // root key beside another root's certificate, or the new root recorded as the
+    // previous one, would break every worker).
+    FileChange::in_dir(&dir.dir)
+        .write(&dir.previous_root_cert(), old_pem.as_bytes(), 0o644)
+        .write(&dir.trust_bundle_file(), format!("{new_pem}{old_pem}{crosses}"), 0o644)
+        .write(&dir.server_key(), server_key.serialize_pem(), 0o600)
+        .write(&dir.server_cert(), format!("{}{new_pem}", server.pem()), 0o644)
+        .write(&dir.root_key(), new_pem_key.as_bytes(), 0o600)
+        .write(&dir.root_cert(), new_pem.as_bytes(), 0o644)
+        .write(&dir.activated_at_file(), rfc3339(now), 0o644)
+        .remove(&dir.next_root_key())
+        .remove(&dir.next_root_cert())
+        .commit()?;
     Ok(crank_security_core::fingerprint_sha256(&new_der))
 }
 
 /// Step 3: drop the old root once nothing it signed is still valid.
 pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> Result<(), SetupError> {
+    dir.recover()?;
     refuse_intermediate(dir)?;
     let activated = std::fs::read_to_string(dir.activated_at_file()).map_err(|e| {
         SetupError::not_ready("no activated rollover to finish (run `crank ca rollover activate` first)").because(e)
@@ -146,8 +153,10 @@ pub async fn finish(dir: &CaDir, store: &dyn CaStore) -> Result<(), SetupError> 
         }
     }
     // Without trust-bundle.crt the bundle is root.crt alone.
-    remove(&dir.trust_bundle_file())?;
-    remove(&dir.activated_at_file())?;
-    let _ = std::fs::remove_file(dir.cross_certs_file());
+    FileChange::in_dir(&dir.dir)
+        .remove(&dir.trust_bundle_file())
+        .remove(&dir.activated_at_file())
+        .remove(&dir.cross_certs_file())
+        .commit()?;
     Ok(())
 }

@@ -137,6 +137,7 @@ pub fn create_token(
     ttl: Duration,
     capabilities: Vec<String>,
 ) -> Result<String, SetupError> {
+    dir.recover()?;
     let key = crate::files::CaDir::read_key(&dir.token_key()).map_err(|e| {
         SetupError::not_ready(format!("is {} a CA directory made by `crank ca init`?", dir.dir.display())).because(e)
     })?;

@@ -65,4 +65,4 @@ pub use provider::{
     CertificateProvider, CertificateTemplate, IssueRequest, IssuedCertificate, ProviderError, RenewRequest, SignRequest,
 };
 pub use token::{JoinTokenClaims, peek_token_claims};
-pub use write::{BundleWriter, CertFiles, StagedBundle, write_file_atomic};
+pub use write::{BundleWriter, CertFiles, FileChange, StagedBundle, write_file_atomic};

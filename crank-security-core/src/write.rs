@@ -163,6 +163,101 @@ pub fn write_file_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), E
     sync_dir(dir)
 }
 
+/// Journal of a [`FileChange`] being applied.
+const CHANGE_JOURNAL: &str = ".change.commit";
+
+/// Several files of one directory changed as one: some written, some removed (a CA's
+/// root rollover step). The same protocol as a bundle: every new file is staged and
+/// synced as `.NAME.next`, then one durable journal listing the change commits it, then
+/// it is applied. A crash before the journal changes nothing; a crash after it is rolled
+/// forward by [`FileChange::recover`], which every user of the directory calls first.
+#[derive(Debug)]
+#[must_use = "a file change does nothing until committed"]
+pub struct FileChange {
+    dir: PathBuf,
+    writes: Vec<(String, Vec<u8>, u32)>,
+    removes: Vec<String>,
+}
+
+impl FileChange {
+    /// A change of files in `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), writes: Vec::new(), removes: Vec::new() }
+    }
+
+    /// Writes `content` to `path` (a file of this directory) with `mode`.
+    pub fn write(mut self, path: &Path, content: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.writes.push((self.name(path), content.into(), mode));
+        self
+    }
+
+    /// Removes `path` (a file of this directory) if it is there.
+    pub fn remove(mut self, path: &Path) -> Self {
+        let name = self.name(path);
+        self.removes.push(name);
+        self
+    }
+
+    fn name(&self, path: &Path) -> String {
+        debug_assert_eq!(path.parent(), Some(self.dir.as_path()), "a file change stays in its directory");
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Stages, commits and applies the change.
+    pub fn commit(self) -> Result<(), Error> {
+        create_dir(&self.dir)?;
+        Self::recover(&self.dir)?;
+        let mut journal = String::new();
+        for (name, content, mode) in &self.writes {
+            write_synced(&next_path(&self.dir.join(name)), content, *mode)?;
+            journal.push_str(&format!("put {name}\n"));
+        }
+        for name in &self.removes {
+            journal.push_str(&format!("del {name}\n"));
+        }
+        sync_dir(&self.dir)?;
+        write_synced(&self.dir.join(CHANGE_JOURNAL), journal.as_bytes(), CERT_MODE)?;
+        sync_dir(&self.dir)?;
+        Self::recover(&self.dir)
+    }
+
+    /// Finishes a committed change of `dir` that was interrupted (after checking the
+    /// directory as every write does). Without a journal there is nothing to do: staged
+    /// files of a change that never committed are replaced by the next write.
+    pub fn recover(dir: &Path) -> Result<(), Error> {
+        check_private_dir(dir)?;
+        let journal_path = dir.join(CHANGE_JOURNAL);
+        if !is_own_file(&journal_path)? {
+            return Ok(());
+        }
+        let journal = fs::read_to_string(&journal_path).map_err(|e| Error::io("reading", &journal_path, e))?;
+        for line in journal.lines() {
+            let bad = || Error::InFile {
+                path: journal_path.clone(),
+                source: Box::new(Error::parse("change journal", format!("line {line:?}"))),
+            };
+            let (op, name) = line.split_once(' ').ok_or_else(bad)?;
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(bad());
+            }
+            let path = dir.join(name);
+            match op {
+                "put" => {
+                    let next = next_path(&path);
+                    if is_own_file(&next)? {
+                        rename(&next, &path)?;
+                    }
+                }
+                "del" => remove(&path)?,
+                _ => return Err(bad()),
+            }
+        }
+        sync_dir(dir)?;
+        remove(&journal_path)?;
+        sync_dir(dir)
+    }
+}
+
 fn next_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.next"))
@@ -221,6 +316,37 @@ mod tests {
 
     fn read(p: &Path) -> Vec<u8> {
         fs::read(p).unwrap()
+    }
+
+    #[test]
+    fn a_file_change_is_all_or_nothing_and_rolls_forward() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        FileChange::in_dir(&dir).write(&a, "a1", 0o600).write(&c, "c1", 0o644).commit().unwrap();
+        assert_eq!(read(&a), b"a1");
+        assert_eq!(fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // Crash after staging, before the journal: nothing changed; the next change
+        // replaces the stale staged file.
+        write_synced(&next_path(&a), b"a-stale", 0o600).unwrap();
+        FileChange::recover(&dir).unwrap();
+        assert_eq!(read(&a), b"a1");
+
+        // Crash after the journal, one rename done: recovery finishes it.
+        write_synced(&next_path(&b), b"b2", 0o644).unwrap();
+        write_synced(&dir.join(CHANGE_JOURNAL), b"put a\nput b\ndel c\n", 0o644).unwrap();
+        fs::rename(next_path(&a), &a).unwrap();
+        FileChange::recover(&dir).unwrap();
+        assert_eq!(read(&a), b"a-stale");
+        assert_eq!(read(&b), b"b2");
+        assert!(!c.exists());
+        assert!(!dir.join(CHANGE_JOURNAL).exists());
+
+        // A journal naming a file outside the directory is refused.
+        write_synced(&dir.join(CHANGE_JOURNAL), b"del ../x\n", 0o644).unwrap();
+        let e = FileChange::recover(&dir).unwrap_err().to_string();
+        assert!(e.contains(".change.commit") && e.contains("../x"), "{e}");
     }
 
     #[test]

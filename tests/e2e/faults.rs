@@ -119,3 +119,147 @@ async fn damaged_files_under_a_running_worker_are_written_again_and_it_keeps_ser
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(certs.join("client.key")).unwrap().permissions());
     assert_eq!(key_mode & 0o777, 0o600);
 }
+
+/// Copies a CA directory (files only), keys kept 0600.
+fn copy_ca(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// `crank ca rollover STEP --dir DIR` under strace, killed (SIGKILL) when it enters its
+/// `nth` call of one of `syscalls` (then it returns 1 if it was killed, 0 if it ended
+/// first); or, with `nth` 0, run whole: how many calls it made.
+fn step_under_strace(step: &str, dir: &Path, syscalls: &str, nth: usize) -> usize {
+    let log = dir.with_extension("strace");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-o", log.to_str().unwrap(), "-e", &format!("trace={syscalls}")]);
+    if nth > 0 {
+        c.args(["-e", &format!("inject={syscalls}:signal=SIGKILL:when={nth}")]);
+    }
+    let out = c
+        .arg(crank_tests::bin("crank"))
+        .args(["ca", "rollover", step, "--dir", dir.to_str().unwrap()])
+        .output()
+        .expect("strace runs (the test command installs it)");
+    if nth == 0 {
+        assert!(out.status.success(), "{step}: {}", String::from_utf8_lossy(&out.stderr));
+    } else if out.status.success() {
+        // The store's own syncs vary a little from run to run: a run may end before its
+        // `nth` call. Killed runs are counted by the caller.
+        return 0;
+    }
+    if nth > 0 {
+        return 1;
+    }
+    let trace = std::fs::read_to_string(&log).unwrap_or_default();
+    let names: Vec<&str> = syscalls.split(',').collect();
+    trace
+        .lines()
+        .filter(|l| names.iter().any(|n| l.split_whitespace().nth(1).is_some_and(|c| c.starts_with(&format!("{n}(")))))
+        .count()
+}
+
+/// The public key of a PEM private key, and of the first certificate of a PEM file.
+fn key_matches(key: &Path, cert: &Path) -> bool {
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(key).unwrap()).unwrap();
+    let cert = crank_security_core::parse_pem_certs("certificate", &std::fs::read(cert).unwrap()).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert[0]).unwrap();
+    parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+}
+
+fn signed_by(cert: &Path, issuer: &Path) -> bool {
+    let cert = crank_security_core::parse_pem_certs("certificate", &std::fs::read(cert).unwrap()).unwrap();
+    let issuer = crank_security_core::parse_pem_certs("issuer", &std::fs::read(issuer).unwrap()).unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(&cert[0]).unwrap();
+    let (_, i) = x509_parser::parse_x509_certificate(&issuer[0]).unwrap();
+    c.verify_signature(Some(i.public_key())).is_ok()
+}
+
+/// The CA directory is whole: each key beside its own certificate, the service's
+/// certificate from the signing root, the previous root the one before, and either
+/// both halves of a prepared next root or neither.
+fn assert_whole(dir: &crank_ca::CaDir, original_root: &[u8], what: &str) {
+    assert!(key_matches(&dir.root_key(), &dir.root_cert()), "{what}: root.key does not match root.crt");
+    assert!(key_matches(&dir.server_key(), &dir.server_cert()), "{what}: server.key does not match server.crt");
+    assert!(signed_by(&dir.server_cert(), &dir.root_cert()), "{what}: server.crt is not from root.crt");
+    assert_eq!(dir.next_root_key().exists(), dir.next_root_cert().exists(), "{what}: half a next root");
+    if dir.next_root_cert().exists() {
+        assert!(key_matches(&dir.next_root_key(), &dir.next_root_cert()), "{what}: next root key and certificate");
+        let bundle = std::fs::read_to_string(dir.trust_bundle_file()).unwrap();
+        let next = std::fs::read_to_string(dir.next_root_cert()).unwrap();
+        assert!(bundle.contains(next.trim()), "{what}: the prepared next root is not published");
+        assert!(dir.cross_certs_file().exists(), "{what}: no cross-certificates for the next root");
+    }
+    if dir.previous_root_cert().exists() {
+        assert_eq!(std::fs::read(dir.previous_root_cert()).unwrap(), original_root, "{what}: previous-root.crt");
+        assert_ne!(std::fs::read(dir.root_cert()).unwrap(), original_root, "{what}: activated, same root");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_killed_at_any_point_of_a_rollover_step_comes_back_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut base = tmp.path().join("base");
+    crank_tests::crank(&["ca", "init", "--dir", base.to_str().unwrap()]).unwrap();
+    let original_root = std::fs::read(base.join("root.crt")).unwrap();
+    let (mut runs, mut killed) = (0, 0);
+    for step in ["prepare", "activate", "finish"] {
+        // Writes are synced (fsync) while staged, and renamed into place (or files removed)
+        // once committed:
+        // a kill at every one of those calls covers both halves.
+        for syscalls in ["fsync", "rename,renameat,renameat2,unlink,unlinkat"] {
+            let probe = tmp.path().join(format!("{step}-{}-probe", syscalls.len()));
+            copy_ca(&base, &probe);
+            let calls = step_under_strace(step, &probe, syscalls, 0);
+            assert!(calls > 0, "{step} makes no {syscalls} call under strace");
+            let killed_before = killed;
+            for nth in 1..=calls {
+                let what = format!("{step} killed at {syscalls} call {nth} of {calls}");
+                let dir = tmp.path().join(format!("{step}-{}-{nth}", syscalls.len()));
+                copy_ca(&base, &dir);
+                killed += step_under_strace(step, &dir, syscalls, nth);
+                runs += 1;
+                // The next command on the directory finds it whole ...
+                crank_tests::crank(&["token", "create", "--dir", dir.to_str().unwrap(), "--worker-id", "w"])
+                    .unwrap_or_else(|e| panic!("{what}: the CA directory is unusable: {e}"));
+                let ca = crank_ca::CaDir::new(&dir);
+                assert_whole(&ca, &original_root, &what);
+                // ... and the step either happened or can be run again.
+                let done = match step {
+                    "prepare" => ca.next_root_cert().exists(),
+                    "activate" => ca.previous_root_cert().exists(),
+                    _ => !ca.activated_at_file().exists(),
+                };
+                if !done {
+                    step_under_strace(step, &dir, syscalls, 0);
+                    assert_whole(&ca, &original_root, &format!("{what}, then run again"));
+                }
+                // The CA serves from it, and a worker gets a certificate from its root.
+                let (_ca, addr) = crank_tests::serve_ca_process(&dir, &[]).await.unwrap();
+                let token =
+                    crank_tests::crank(&["token", "create", "--dir", dir.to_str().unwrap(), "--worker-id", "w"])
+                        .unwrap();
+                let certs = dir.with_extension("worker");
+                crank_tests::cert_init("w", &token, &format!("https://{addr}"), &certs)
+                    .unwrap_or_else(|e| panic!("{what}: a worker cannot join the CA served after it: {e}"));
+                assert!(signed_by(&certs.join("client.crt"), &ca.root_cert()), "{what}: the leaf is not from root.crt");
+            }
+            assert!(killed > killed_before, "strace killed no run of {step} at a {syscalls} call");
+        }
+        // The next step starts from this one done.
+        let next = tmp.path().join(format!("base-{step}"));
+        copy_ca(&base, &next);
+        step_under_strace(step, &next, "fsync", 0);
+        base = next;
+    }
+    assert!(runs >= 10, "only {runs} kill points");
+    // strace counts each system call apart, so a run of a step that both renames and
+    // removes ends before the `nth` call when `nth` passes one kind's count.
+    assert!(killed * 5 >= runs * 4, "only {killed} of {runs} runs were killed by strace");
+}

@@ -103,6 +103,7 @@ impl LocalCa {
         store: Arc<dyn CaStore>,
         events: Arc<dyn EventSink>,
     ) -> Result<Self, SetupError> {
+        dir.recover()?;
         let trust_domain = dir.trust_domain()?;
         let pinned = dir.pinned_der()?;
         let own = Arc::new(LocalSigner::load(dir)?);
