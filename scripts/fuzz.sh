@@ -45,8 +45,8 @@ for target in "${targets[@]}"; do
     mkdir -p "$out"
     echo "== $target: ${seconds} s"
     log="$scratch/$target.log"
-    if ! (cd fuzz && cargo +nightly fuzz run "$target" "${out/#fuzz\//}" "corpus/$target" "seeds/$target" -- \
-        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1) >"$log" 2>&1; then
+    if ! cargo +nightly fuzz run "$target" "$(realpath "$out")" "$PWD/fuzz/corpus/$target" "$PWD/fuzz/seeds/$target" -- \
+        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log"
         echo "fuzz target $target FAILED; the input is in fuzz/artifacts/$target/" >&2
         exit 1

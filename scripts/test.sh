@@ -47,3 +47,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 # The end-to-end tests run the real `crank` and `hello-world` binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# Every fuzz target for a bounded smoke run (30 s each; CRANK_FUZZ_SECONDS to change it,
+# 0 to skip locally). docs/security.md, "Fuzzing".
+fuzz_seconds="${CRANK_FUZZ_SECONDS:-30}"
+[ "${CI:-}" = true ] && [ "$fuzz_seconds" = 0 ] && fuzz_seconds=30
+if [ "$fuzz_seconds" != 0 ]; then
+    bash scripts/fuzz.sh "$fuzz_seconds"
+fi

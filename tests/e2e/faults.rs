@@ -263,3 +263,102 @@ async fn a_ca_killed_at_any_point_of_a_rollover_step_comes_back_whole() {
     // removes ends before the `nth` call when `nth` passes one kind's count.
     assert!(killed * 5 >= runs * 4, "only {killed} of {runs} runs were killed by strace");
 }
+
+/// Waits until `pid` is traced (strace attached).
+async fn wait_traced(pid: u32) {
+    wait_until("strace to attach", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0"))
+    })
+    .await;
+}
+
+/// The CA's CRL fetched without a client certificate, verified against its root: its
+/// number and the serials it lists.
+async fn fetch_crl(addr: std::net::SocketAddr, root: &Path) -> (u128, std::collections::HashSet<String>) {
+    let roots = crank_security_core::parse_pem_certs("root", &std::fs::read(root).unwrap()).unwrap();
+    let client = super::no_client_cert(&roots);
+    let body = client.get(format!("https://{addr}/v1/crl")).send().await.unwrap().bytes().await.unwrap();
+    let der = crank_runtime::worker::crl_der(&body).unwrap();
+    let info = crank_runtime::worker::verify_crl(&der, &roots, &[]).expect("the CRL verifies with the root");
+    (info.number, info.serials)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_killed_while_it_records_a_revocation_and_signs_its_crl_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    crank_tests::crank(&["ca", "init", "--dir", d]).unwrap();
+    let admin = tmp.path().join("admin");
+    crank_tests::crank(&["ca", "admin-cert", "--dir", d, "--name", "ops", "--out", admin.to_str().unwrap()]).unwrap();
+    let ca_dir = crank_ca::CaDir::new(&dir);
+    let mut last_number = 0;
+    let mut killed = 0;
+    // The CA commits the revocation (one synced transaction), then takes the next CRL
+    // number (another) and signs: kill it at the first, the second, the third sync.
+    for nth in 1..=3 {
+        let (mut ca, addr) = crank_tests::serve_ca_process(&dir, &[]).await.unwrap();
+        let url = format!("https://{addr}");
+        let worker = format!("victim-{nth}");
+        let token = crank_tests::crank(&["token", "create", "--dir", d, "--worker-id", &worker]).unwrap();
+        let certs = tmp.path().join(&worker);
+        crank_tests::cert_init(&worker, &token, &url, &certs).unwrap();
+        let serial = load(&certs).unwrap().metadata().serial.clone();
+        let (before, _) = fetch_crl(addr, &ca_dir.root_cert()).await;
+        assert!(before > last_number, "CRL numbers only go up: {before} after {last_number}");
+
+        let pid = ca.0.id();
+        let strace = crank_tests::KillOnDrop(
+            std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string(), "-e", "trace=fsync,fdatasync"])
+                .args(["-e", &format!("inject=fsync,fdatasync:signal=SIGKILL:when={nth}")])
+                .spawn()
+                .unwrap(),
+        );
+        wait_traced(pid).await;
+        let revoke = ["revoke", "--admin-dir", admin.to_str().unwrap(), "--ca-url", &url, "--reason", "keyCompromise"];
+        let answered = crank_tests::crank(&[&revoke[..], &["--worker-id", &worker]].concat());
+        // Killed at that sync, or (fewer syncs than `nth`) still serving: stopped here.
+        let mut status = None;
+        for _ in 0..100 {
+            status = ca.0.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(strace);
+        drop(ca);
+        let was_killed = status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9));
+        killed += usize::from(was_killed);
+        let what = format!("CA killed at sync {nth} of a revocation");
+
+        // Restarted, the CA's ledger and CRL agree, and the CRL number went up.
+        let (ca, addr) = crank_tests::serve_ca_process(&dir, &[]).await.unwrap();
+        let (number, listed) = fetch_crl(addr, &ca_dir.root_cert()).await;
+        assert!(number > before, "{what}: CRL number {number} after {before}");
+        let store = crank_ca::store::SqliteStore::open(&ca_dir.store()).unwrap();
+        let ledger: std::collections::HashSet<String> =
+            crank_ca::store::CaStore::revoked_unexpired(&store, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.serial)
+                .collect();
+        assert_eq!(listed, ledger, "{what}: the CRL lists exactly the ledger's revocations");
+        if answered.is_ok() {
+            assert!(listed.contains(&serial), "{what}: a revocation the CA confirmed is lost");
+        }
+        // Whatever the kill left, revoking again gets the certificate listed.
+        let url = format!("https://{addr}");
+        let revoke = ["revoke", "--admin-dir", admin.to_str().unwrap(), "--ca-url", &url, "--reason", "keyCompromise"];
+        let again = crank_tests::crank(&[&revoke[..], &["--worker-id", &worker]].concat());
+        assert!(again.is_ok() || listed.contains(&serial), "{what}: {again:?}");
+        let (after, listed) = fetch_crl(addr, &ca_dir.root_cert()).await;
+        assert!(listed.contains(&serial), "{what}: not listed after revoking again");
+        last_number = after;
+        drop(ca);
+    }
+    assert!(killed >= 2, "strace killed the CA in only {killed} of 3 runs");
+}
