@@ -15,7 +15,7 @@ apt_get() {
 }
 
 missing=()
-for tool in openssl curl strace; do
+for tool in openssl curl strace faketime; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ -z "${CRANK_PG_BINDIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

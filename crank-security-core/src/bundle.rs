@@ -14,8 +14,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::ownership::{Contents, read_checked};
 use crate::{CertFiles, Error, SpiffeId};
 
-/// How far the CA backdates `not_before` to absorb clock skew between machines.
-pub const CLOCK_SKEW_BACKDATE: time::Duration = time::Duration::seconds(60);
+/// How far the CA backdates `not_before` to absorb clock skew between machines: a host
+/// whose clock is up to this much behind the CA's can use a certificate at once. The
+/// documented bound on skew between a CA and its workers (docs/operations.md).
+pub const CLOCK_SKEW_BACKDATE: time::Duration = time::Duration::minutes(15);
 
 /// What a certificate says about itself, read with x509-parser.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,6 +49,26 @@ pub struct CertMetadata {
 }
 
 impl CertMetadata {
+    /// Whether `now` is inside the validity window. A certificate not valid yet means
+    /// the issuer's clock is ahead of this host's by more than [`CLOCK_SKEW_BACKDATE`]:
+    /// the error says so.
+    pub fn check_validity(&self, now: OffsetDateTime) -> Result<(), Error> {
+        if now > self.not_after {
+            return Err(Error::OutsideValidity(format!("expired at {}", rfc3339(self.not_after))));
+        }
+        if now < self.not_before {
+            // Only a clock behind the issuer's by more than the backdate gets here.
+            let ahead = (self.not_before - now).whole_seconds();
+            return Err(Error::OutsideValidity(format!(
+                "not valid before {}, {ahead} s ahead of this host's clock: the issuing CA's clock is ahead of this \
+                 host's by more than the {} min it allows for (clock skew); synchronise the clocks (NTP)",
+                rfc3339(self.not_before),
+                CLOCK_SKEW_BACKDATE.whole_minutes(),
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads the metadata of one DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::parse("certificate", e))?;
@@ -218,10 +240,16 @@ impl CertificateBundle {
         fn in_file(path: &Path) -> impl FnOnce(Error) -> Error + '_ {
             move |e| Error::InFile { path: path.to_owned(), source: Box::new(e) }
         }
-        let chain = parse_chain(&read_checked(&files.cert, Contents::Certificate)?).map_err(in_file(&files.cert))?;
-        let key = parse_key(&read_checked(&files.key, Contents::PrivateKey)?).map_err(in_file(&files.key))?;
-        let ca = parse_pem_certs("CA certificate", &read_checked(&files.ca, Contents::Certificate)?)
-            .map_err(in_file(&files.ca))?;
+        // Every file passes its ownership checks before any is parsed: a planted link or a
+        // key others may read is refused as such, whatever the other files hold.
+        let (cert, key, ca) = (
+            read_checked(&files.cert, Contents::Certificate)?,
+            read_checked(&files.key, Contents::PrivateKey)?,
+            read_checked(&files.ca, Contents::Certificate)?,
+        );
+        let chain = parse_chain(&cert).map_err(in_file(&files.cert))?;
+        let key = parse_key(&key).map_err(in_file(&files.key))?;
+        let ca = parse_pem_certs("CA certificate", &ca).map_err(in_file(&files.ca))?;
         // What can fail here is reading the leaf.
         Self::from_parts(chain, key, ca).map_err(in_file(&files.cert))
     }
@@ -245,13 +273,7 @@ impl CertificateBundle {
     /// at `now`, and the chain verifies to one of the CA certificates for both client and
     /// server authentication.
     pub fn validate(&self, now: SystemTime) -> Result<(), Error> {
-        let now_dt = OffsetDateTime::from(now);
-        if now_dt > self.metadata.not_after {
-            return Err(Error::OutsideValidity(format!("expired at {}", rfc3339(self.metadata.not_after))));
-        }
-        if now_dt < self.metadata.not_before {
-            return Err(Error::OutsideValidity(format!("not valid before {}", rfc3339(self.metadata.not_before))));
-        }
+        self.metadata.check_validity(OffsetDateTime::from(now))?;
         self.certified_key()?;
         let anchors = self
             .ca

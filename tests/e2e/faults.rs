@@ -362,3 +362,97 @@ async fn a_ca_killed_while_it_records_a_revocation_and_signs_its_crl_loses_nothi
     }
     assert!(killed >= 2, "strace killed the CA in only {killed} of 3 runs");
 }
+
+/// libfaketime, which the test command installs (Debian `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// A policy for the drill's worker: renew at every look (every 30 s for a day-long
+/// certificate, and once at start), so that a renewal happens within the drill.
+/// (A policy defines every hook; the worker asks only this one.)
+const RENEW_ALWAYS: &str = r#"package crank
+
+import rego.v1
+
+can_issue_certificate := {"allow": true}
+
+certificate_validity_period := 86400
+
+should_renew_certificate := {"renew": true, "expiring_soon": false}
+
+revoke_certificate := true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_minutes_of_clock_skew_either_way_is_ridden_out_and_more_is_named() {
+    for skew in ["+10m", "-10m", "+20m"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let d = dir.to_str().unwrap();
+        crank_tests::crank(&["ca", "init", "--dir", d]).unwrap();
+        // The CA's clock is `skew` off this host's (the workers' and `crank`'s).
+        let faked = crank_tests::ProcessOptions::env(&[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", skew),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]);
+        let (_ca, ca_addr) = crank_tests::serve_ca_process_with(&dir, &[], &faked).await.unwrap();
+        let url = format!("https://{ca_addr}");
+        // Join tokens are made where the CA directory is: on the CA's clock.
+        let token = |w: &str| {
+            let out = crank_tests::crank_command(&["token", "create", "--dir", d, "--worker-id", w])
+                .envs([("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let ops_dir = tmp.path().join("ops");
+        let joined = crank_tests::cert_init("ops", &token("ops"), &url, &ops_dir);
+        if skew == "+20m" {
+            // Beyond the bound: the error says what is wrong.
+            let e = joined.unwrap_err().to_string();
+            assert!(e.contains("clock skew") && e.contains("ahead of this host's"), "{skew}: {e}");
+            continue;
+        }
+        joined.unwrap_or_else(|e| panic!("CA clock {skew}: bootstrap failed: {e}"));
+        let ops = load(&ops_dir).unwrap();
+
+        // A worker bootstraps, serves and renews.
+        let policy = tmp.path().join("policy");
+        std::fs::create_dir(&policy).unwrap();
+        std::fs::write(policy.join("renew.rego"), RENEW_ALWAYS).unwrap();
+        let addr = crank_tests::free_addr();
+        let certs = tmp.path().join("hello-world");
+        let port = addr.port().to_string();
+        let hello_token = token("hello-world");
+        let log = std::fs::File::create(tmp.path().join("hello-world.log")).unwrap();
+        let mut c = example_command(
+            "hello-world",
+            &[
+                ("CRANK_LOG_FORMAT", "json"),
+                ("CA_SERVICE_URL", url.as_str()),
+                ("CERT_DIR", certs.to_str().unwrap()),
+                ("HELLO_WORLD_HTTPS_PORT", port.as_str()),
+                ("CRANK_LISTEN_HOST", "127.0.0.1"),
+                ("CRANK_JOIN_TOKEN", hello_token.as_str()),
+                ("CRANK_POLICY_DIR", policy.to_str().unwrap()),
+            ],
+        );
+        c.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
+        let _hello = crank_tests::KillOnDrop(c.spawn().unwrap());
+        if let Err(e) = crank_tests::wait_for_port(addr).await {
+            let log = std::fs::read_to_string(tmp.path().join("hello-world.log")).unwrap_or_default();
+            panic!("CA clock {skew}: the worker does not serve ({e}): {log}");
+        }
+        let first = load(&certs).unwrap().metadata().serial.clone();
+        let health = format!("https://127.0.0.1:{}/health", addr.port());
+        let status = Platform::client(&ops).get(&health).send().await.unwrap().status();
+        assert_eq!(status, 200, "CA clock {skew}: a peer is served");
+        wait_until(&format!("a renewal with the CA's clock {skew}"), Duration::from_secs(45), || {
+            load(&certs).is_ok_and(|b| b.metadata().serial != first)
+        })
+        .await;
+        let status = Platform::client(&ops).get(&health).send().await.unwrap().status();
+        assert_eq!(status, 200, "CA clock {skew}: served after the renewal");
+    }
+}

@@ -107,6 +107,12 @@ pub fn accept_issued(
 ) -> Result<CertificateBundle, String> {
     let offered = parse_pem_certs("CA bundle", issued.ca_bundle.as_bytes()).map_err(|e| e.to_string())?;
     let chain = parse_pem_certs("certificate chain", issued.certificate_chain.as_bytes()).map_err(|e| e.to_string())?;
+    // A leaf not valid yet is clock skew, said as such before the chain check would
+    // say "not valid yet" without the reason.
+    if let Some(leaf) = chain.first() {
+        let meta = crank_security_core::CertMetadata::from_der(leaf).map_err(|e| e.to_string())?;
+        meta.check_validity(time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+    }
     let now = rustls_pki_types::UnixTime::now();
     let trust = crate::trust::accept_trust_update(trusted, &offered, &chain, now)?;
     let bundle = CertificateBundle::from_pem(
