@@ -202,20 +202,23 @@ async fn seeds(fuzz: &Path, seeds: &mut Seeds) -> Result<()> {
         seeds.put_with("wasm_policy", &format!("opa-{name}"), &[3, *hook], json)?;
     }
 
-    // wasm_policy modules (mode 0): the OPA-ABI module as text, the Rust one when built.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    seeds.put_with(
-        "wasm_policy",
-        "opa-module",
-        &[0],
-        std::fs::read(root.join("policies/wasm/opa-default/crank.wat"))?,
-    )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| root.join("policies/wasm/default-policy/target"), |d| root.join(d));
-    if let Ok(module) = std::fs::read(target.join("wasm32-unknown-unknown/release/crank_default_wasm_policy.wasm")) {
-        seeds.put_with("wasm_policy", "rust-module", &[0], module)?;
-    }
+    // wasm_policy modules (mode 0): small ones, so that the fuzzer's mutations of them
+    // compile in milliseconds (the repository's own modules are evaluated by modes 2 and
+    // 3 and rewritten by modes 1 and 4). A crank-ABI module answering `{"allow":true}`
+    // from address 16, as text and as binary, and the smallest module that claims the
+    // OPA ABI (its imports and exports are then checked, and found missing).
+    let crank_module = format!(
+        r#"(module
+  (memory (export "memory") 1 1)
+  (data (i32.const 16) "{{\"allow\":true}}")
+  (func (export "crank_alloc") (param i32) (result i32) (i32.const 256))
+  (func (export "crank_evaluate") (param i32 i32 i32 i32) (result i64) (i64.const {})))"#,
+        16u64 << 32 | 14
+    );
+    seeds.put_with("wasm_policy", "crank-module-text", &[0], crank_module.as_bytes())?;
+    seeds.put_with("wasm_policy", "crank-module", &[0], wat::parse_str(&crank_module)?)?;
+    let opa_claim = r#"(module (global (export "opa_wasm_abi_version") i32 (i32.const 1)))"#;
+    seeds.put_with("wasm_policy", "opa-claim", &[0], wat::parse_str(opa_claim)?)?;
     // mode 1: a crank-ABI module that allocates at 256 and answers the JSON at 16.
     let answer = br#"{"allow":true}"#;
     let mut hostile = Vec::new();
