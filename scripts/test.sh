@@ -18,6 +18,8 @@ missing=()
 for tool in openssl curl strace faketime; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# ip and tc for the network drill (a namespace, veth, qdiscs).
+command -v tc >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ -z "${CRANK_PG_BINDIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi

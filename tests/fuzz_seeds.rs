@@ -53,16 +53,7 @@ impl Seeds {
 async fn scratch_ca(fixture: &Path) -> Result<(tempfile::TempDir, CaDir, Arc<LocalCa>)> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("ca");
-    std::fs::create_dir(&dir)?;
-    for entry in std::fs::read_dir(fixture)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            let to = dir.join(entry.file_name());
-            std::fs::copy(entry.path(), &to)?;
-            // A clone does not keep the keys' mode; the CA's keys are 0600.
-            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        }
-    }
+    crank_tests::copy_ca_dir(fixture, &dir)?;
     let dir = CaDir::new(dir);
     let ca = LocalCa::builder(dir.clone()).build().await?;
     Ok((tmp, dir, ca))

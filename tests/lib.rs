@@ -17,7 +17,10 @@ use crank_security_core::{
 };
 use tempfile::TempDir;
 
+#[path = "support/ca_copy.rs"]
+mod ca_copy;
 pub mod upstream;
+pub use ca_copy::copy_ca_dir;
 
 /// Collects events for assertions.
 #[derive(Debug, Default)]
@@ -472,6 +475,8 @@ pub struct ProcessOptions {
     pub nofile: Option<u32>,
     /// A file that receives its stderr (default: discarded).
     pub stderr: Option<PathBuf>,
+    /// A command it runs under, e.g. `ip netns exec NAME` (default: none).
+    pub wrapper: Vec<String>,
 }
 
 impl ProcessOptions {
@@ -480,16 +485,23 @@ impl ProcessOptions {
         Self { env: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Self::default() }
     }
 
-    /// `program` with these options applied (through `prlimit` when `nofile` is set).
+    /// With its clock `offset` off this host's (libfaketime, e.g. `+10m`), the monotonic
+    /// clock left alone.
+    pub fn clock(offset: &str) -> Self {
+        let lib = libfaketime();
+        Self::env(&[("LD_PRELOAD", lib.to_str().unwrap()), ("FAKETIME", offset), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")])
+    }
+
+    /// `program` with these options applied (under the wrapper, through `prlimit` when
+    /// `nofile` is set); logging at error, stdout discarded.
     pub fn command(&self, program: &Path) -> std::process::Command {
-        let mut c = match self.nofile {
-            Some(n) => {
-                let mut c = std::process::Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(program);
-                c
-            }
-            None => std::process::Command::new(program),
-        };
+        let mut argv: Vec<std::ffi::OsString> = self.wrapper.iter().map(Into::into).collect();
+        if let Some(n) = self.nofile {
+            argv.extend(["prlimit".into(), format!("--nofile={n}:{n}").into(), "--".into()]);
+        }
+        argv.push(program.into());
+        let mut c = std::process::Command::new(&argv[0]);
+        c.args(&argv[1..]);
         c.env("RUST_LOG", "error").envs(self.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null());
         match &self.stderr {
             Some(path) => c.stderr(std::fs::File::create(path).unwrap()),
@@ -497,6 +509,51 @@ impl ProcessOptions {
         };
         c
     }
+}
+
+/// The lifecycle events in a JSON log (`CRANK_LOG_FORMAT=json`), in order: each line's
+/// `event_json` field, parsed. Other lines are skipped.
+pub fn logged_events(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| {
+            let json = l.get("fields").and_then(|f| f.get("event_json")).or_else(|| l.get("event_json"))?;
+            serde_json::from_str(json.as_str()?).ok()
+        })
+        .collect()
+}
+
+/// A policy (Rego) under which a worker renews at every look: every tick (a fortieth of
+/// the certificate's lifetime, 250 ms to 30 s) and once at start. A policy folder defines
+/// every hook; the others answer as the built-in defaults do for a worker.
+pub const RENEW_AT_EVERY_LOOK: &str = r#"package crank
+
+import rego.v1
+
+can_issue_certificate := {"allow": true}
+
+certificate_validity_period := 86400
+
+should_renew_certificate := {"renew": true, "expiring_soon": false}
+
+revoke_certificate := true
+"#;
+
+/// libfaketime's multi-threaded library: `CRANK_LIBFAKETIME`, else where Debian's
+/// `libfaketime` package puts it for this machine's architecture.
+pub fn libfaketime() -> PathBuf {
+    if let Some(p) = std::env::var_os("CRANK_LIBFAKETIME") {
+        return PathBuf::from(p);
+    }
+    let candidates = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .chain(std::iter::once(PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")));
+    candidates.into_iter().find(|p| p.exists()).expect(
+        "libfaketime not found: install it (`apt-get install faketime`, as scripts/test.sh does) or set CRANK_LIBFAKETIME",
+    )
 }
 
 /// Starts `crank ca serve` as [`serve_ca_process`] does, with `opts`.
@@ -775,6 +832,30 @@ pub fn pg_bindir() -> PathBuf {
     )
 }
 
+/// How a [`Platform`] is made: what `crank ca init` and `crank ca serve` get, and how the
+/// CA's processes run.
+#[derive(Debug, Default, Clone)]
+pub struct PlatformOptions {
+    /// Extra `crank ca init` arguments (e.g. `--san 10.0.0.2`).
+    pub init: Vec<String>,
+    /// Extra `crank ca serve` arguments.
+    pub serve: Vec<String>,
+    /// How `crank ca serve` and `crank token create` run: their environment (e.g. a
+    /// faked clock) and wrapper (e.g. `ip netns exec NAME`).
+    pub ca_process: ProcessOptions,
+    /// Where the CA listens (default: a free port on 127.0.0.1).
+    pub listen: Option<SocketAddr>,
+    /// Whether the CA logs its events (JSON) into `<tmp>/ca.log` ([`Platform::ca_log`]).
+    pub ca_log: bool,
+}
+
+impl PlatformOptions {
+    /// `crank ca serve` with `args`.
+    pub fn serve(args: &[&str]) -> Self {
+        Self { serve: args.iter().map(|s| (*s).to_owned()).collect(), ..Self::default() }
+    }
+}
+
 /// A platform made of the real binaries: a CA directory (`crank ca init`), its
 /// `crank ca serve` process, and helpers that run `crank` and the example workers
 /// against it as an operator would.
@@ -786,20 +867,31 @@ pub struct Platform {
     pub ca_dir: PathBuf,
     /// Where the CA listens.
     pub ca_addr: SocketAddr,
-    /// Arguments `crank ca serve` was started with (besides `--dir` and `--listen`).
-    ca_args: Vec<String>,
+    opts: PlatformOptions,
     ca: Option<KillOnDrop>,
 }
 
 impl Platform {
     /// `crank ca init` and `crank ca serve EXTRA...`.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(PlatformOptions::serve(extra)).await
+    }
+
+    /// `crank ca init` and `crank ca serve` as `opts` says.
+    pub async fn start_with(opts: PlatformOptions) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let ca_dir = tmp.path().join("ca");
-        crank(&["ca", "init", "--dir", ca_dir.to_str().unwrap()]).unwrap();
-        let (ca, ca_addr) = serve_ca_process(&ca_dir, extra).await.unwrap();
-        let ca_args = extra.iter().map(|s| (*s).to_owned()).collect();
-        Self { tmp, ca_dir, ca_addr, ca_args, ca: Some(ca) }
+        let init: Vec<&str> = opts.init.iter().map(String::as_str).collect();
+        crank(&[&["ca", "init", "--dir", ca_dir.to_str().unwrap()][..], &init].concat()).unwrap();
+        let ca_addr = opts.listen.unwrap_or_else(free_addr);
+        let log = opts.ca_log;
+        let mut p = Self { tmp, ca_dir, ca_addr, opts, ca: None };
+        if log {
+            p.start_ca_logging().await
+        } else {
+            p.start_ca().await
+        }
+        p
     }
 
     /// `https://ADDR` of the CA.
@@ -814,13 +906,13 @@ impl Platform {
 
     /// Starts the CA process again on the same address and arguments.
     pub async fn start_ca(&mut self) {
-        self.start_ca_with(std::process::Stdio::null(), "error").await;
+        self.start_ca_with(None, "error").await;
     }
 
     /// Starts the CA process again, logging its events (JSON) into `<tmp>/ca.log`.
     pub async fn start_ca_logging(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("ca.log")).unwrap();
-        self.start_ca_with(log.into(), "info").await;
+        let log = self.tmp.path().join("ca.log");
+        self.start_ca_with(Some(log), "info").await;
     }
 
     /// What the CA logged (after [`Platform::start_ca_logging`]).
@@ -828,23 +920,38 @@ impl Platform {
         std::fs::read_to_string(self.tmp.path().join("ca.log")).unwrap_or_default()
     }
 
-    async fn start_ca_with(&mut self, stderr: std::process::Stdio, level: &str) {
-        let child = std::process::Command::new(bin("crank"))
-            .args(["ca", "serve", "--dir", self.ca_dir.to_str().unwrap(), "--listen", &self.ca_addr.to_string()])
-            .args(&self.ca_args)
+    /// The lifecycle events the CA logged so far.
+    pub fn ca_events(&self) -> Vec<serde_json::Value> {
+        logged_events(&self.ca_log())
+    }
+
+    /// The lifecycle events a worker started by [`Platform::worker`] logged so far.
+    pub fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        logged_events(&self.log(name))
+    }
+
+    async fn start_ca_with(&mut self, log: Option<PathBuf>, level: &str) {
+        let mut c = self.opts.ca_process.command(&bin("crank"));
+        c.args(["ca", "serve", "--dir", self.ca_dir.to_str().unwrap(), "--listen", &self.ca_addr.to_string()])
+            .args(&self.opts.serve)
             .env("RUST_LOG", level)
-            .env("CRANK_LOG_FORMAT", "json")
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        self.ca = Some(KillOnDrop(child));
+            .env("CRANK_LOG_FORMAT", "json");
+        if let Some(log) = log {
+            c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
+        }
+        self.ca = Some(KillOnDrop(c.spawn().unwrap()));
         wait_for_port(self.ca_addr).await.unwrap();
     }
 
     /// A join token (`crank token create`).
+    /// Made where the CA directory is, so on the CA's clock.
     pub fn token(&self, worker: &str) -> String {
-        crank(&["token", "create", "--dir", self.ca_dir.to_str().unwrap(), "--worker-id", worker]).unwrap()
+        let out = crank_command(&["token", "create", "--dir", self.ca_dir.to_str().unwrap(), "--worker-id", worker])
+            .envs(self.opts.ca_process.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "crank token create: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     /// `crank cert init` for `worker` into `<tmp>/<worker>`; its bundle.
@@ -869,12 +976,10 @@ impl Platform {
         crank(&[&args[..], target].concat())
     }
 
-    /// Starts the example worker `name` (`hello-world`, `caller`) on a free port with its
-    /// certificates in `<tmp>/<name>` (bootstrapped with a new token when there are none
-    /// yet), this CA, `env` added, and its log (JSON) in `<tmp>/<name>.log`; waits until it
-    /// listens.
-    pub async fn worker(&self, name: &str, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) {
-        let addr = free_addr();
+    /// The example worker `name` (`hello-world`, `caller`) as a command: listening on
+    /// `addr`'s port, its certificates in `<tmp>/<name>` (with a new join token when there
+    /// are none yet), this CA, `env` added, its log (JSON) appended to `<tmp>/<name>.log`.
+    pub fn worker_command(&self, name: &str, addr: SocketAddr, env: &[(&str, &str)]) -> std::process::Command {
         let certs = self.tmp.path().join(name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
         let port_var = format!("{}_HTTPS_PORT", name.to_ascii_uppercase().replace('-', "_"));
@@ -892,8 +997,17 @@ impl Platform {
         if !certs.join("client.crt").exists() {
             c.env("CRANK_JOIN_TOKEN", self.token(name));
         }
-        let process = KillOnDrop(c.spawn().unwrap());
-        wait_for_port(addr).await.unwrap();
+        c
+    }
+
+    /// Starts [`Platform::worker_command`] on a free port and waits until it listens
+    /// (panicking with its log if it does not).
+    pub async fn worker(&self, name: &str, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) {
+        let addr = free_addr();
+        let process = KillOnDrop(self.worker_command(name, addr, env).spawn().unwrap());
+        if let Err(e) = wait_for_port(addr).await {
+            panic!("{name} does not serve ({e}); its log:\n{}", self.log(name));
+        }
         (process, addr)
     }
 

@@ -52,14 +52,7 @@ fn api() -> &'static Api {
         runtime().block_on(async {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let ca_dir = tmp.path().join("ca");
-            std::fs::create_dir(&ca_dir).unwrap();
-            for entry in std::fs::read_dir(fixtures().join("ca")).expect("fixture CA") {
-                let entry = entry.unwrap();
-                let to = ca_dir.join(entry.file_name());
-                std::fs::copy(entry.path(), &to).unwrap();
-                // A clone does not keep the keys' mode; the CA's keys are 0600.
-                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-            }
+            crank_fuzz::copy_ca_dir(&fixtures().join("ca"), &ca_dir).expect("fixture CA");
             let dir = CaDir::new(&ca_dir);
             let ca = LocalCa::builder(dir.clone()).build().await.expect("fixture CA loads");
             let worker = WorkerId::new("fuzz-worker").unwrap();

@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 
 use crank_security_core::{IssuanceInput, PolicyEngine, RenewalInput};
 
+#[path = "../../tests/support/ca_copy.rs"]
+mod ca_copy;
+pub use ca_copy::copy_ca_dir;
+
 /// `fuzz/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")

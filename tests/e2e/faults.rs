@@ -7,34 +7,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use crank_security_core::{CertFiles, CertificateBundle};
-use crank_tests::{Platform, example_command, wait_until};
+use crank_tests::{Platform, PlatformOptions, ProcessOptions, wait_until};
 
 /// Leaves of two minutes: the worker looks at its directory every 3 s (a fortieth of
 /// the lifetime) and renews only after 80 s, past the end of each drill.
 const CA_ARGS: &[&str] = &["--leaf-validity", "2m"];
 
-/// What `hello-world` is started with, as `Platform::worker` starts it, for runs whose
-/// exit is expected (`Platform::worker` waits for the port).
-fn hello_world_at(p: &Platform, extra: &[(&str, &str)]) -> std::process::Command {
-    let certs = p.tmp.path().join("hello-world");
-    let url = p.ca_url();
-    let base = [
-        ("CRANK_LOG_FORMAT", "json"),
-        ("CA_SERVICE_URL", url.as_str()),
-        ("CERT_DIR", certs.to_str().unwrap()),
-        ("HELLO_WORLD_HTTPS_PORT", "0"),
-        ("CRANK_LISTEN_HOST", "127.0.0.1"),
-    ];
-    example_command("hello-world", &[&base[..], extra].concat())
+/// `hello-world` as `Platform::worker` starts it, on any port, for runs whose exit is
+/// expected (`Platform::worker` waits for the port).
+fn hello_world_at(p: &Platform) -> std::process::Command {
+    p.worker_command("hello-world", "127.0.0.1:0".parse().unwrap(), &[])
 }
 
-/// Runs `hello-world` expecting it to refuse to start: its output.
+/// Runs `hello-world` expecting it to refuse to start: what it logged.
 fn refused_start(p: &Platform) -> String {
-    let mut c = hello_world_at(p, &[]);
-    let child = c.spawn().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "hello-world started with damaged files");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    let seen = p.log("hello-world").len();
+    let status = hello_world_at(p).status().unwrap();
+    assert!(!status.success(), "hello-world started with damaged files");
+    p.log("hello-world")[seen..].to_owned()
 }
 
 /// Something done to a file.
@@ -78,7 +68,7 @@ async fn damaged_certificate_files_at_start_are_named_and_a_new_join_token_recov
 
     // The documented way back: a new join token. The worker bootstraps over the
     // damaged files and serves; the directory holds a good bundle again.
-    let mut c = hello_world_at(&p, &[]);
+    let mut c = hello_world_at(&p);
     let token = p.token("hello-world");
     c.env("CRANK_JOIN_TOKEN", &token);
     let mut child = crank_tests::KillOnDrop(c.spawn().unwrap());
@@ -118,18 +108,6 @@ async fn damaged_files_under_a_running_worker_are_written_again_and_it_keeps_ser
     let key_mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(certs.join("client.key")).unwrap().permissions());
     assert_eq!(key_mode & 0o777, 0o600);
-}
-
-/// Copies a CA directory (files only), keys kept 0600.
-fn copy_ca(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// `crank ca rollover STEP --dir DIR` under strace, killed (SIGKILL) when it enters its
@@ -215,14 +193,14 @@ async fn a_ca_killed_at_any_point_of_a_rollover_step_comes_back_whole() {
         // a kill at every one of those calls covers both halves.
         for syscalls in ["fsync", "rename,renameat,renameat2,unlink,unlinkat"] {
             let probe = tmp.path().join(format!("{step}-{}-probe", syscalls.len()));
-            copy_ca(&base, &probe);
+            crank_tests::copy_ca_dir(&base, &probe).unwrap();
             let calls = step_under_strace(step, &probe, syscalls, 0);
             assert!(calls > 0, "{step} makes no {syscalls} call under strace");
             let killed_before = killed;
             for nth in 1..=calls {
                 let what = format!("{step} killed at {syscalls} call {nth} of {calls}");
                 let dir = tmp.path().join(format!("{step}-{}-{nth}", syscalls.len()));
-                copy_ca(&base, &dir);
+                crank_tests::copy_ca_dir(&base, &dir).unwrap();
                 killed += step_under_strace(step, &dir, syscalls, nth);
                 runs += 1;
                 // The next command on the directory finds it whole ...
@@ -254,7 +232,7 @@ async fn a_ca_killed_at_any_point_of_a_rollover_step_comes_back_whole() {
         }
         // The next step starts from this one done.
         let next = tmp.path().join(format!("base-{step}"));
-        copy_ca(&base, &next);
+        crank_tests::copy_ca_dir(&base, &next).unwrap();
         step_under_strace(step, &next, "fsync", 0);
         base = next;
     }
@@ -363,51 +341,16 @@ async fn a_ca_killed_while_it_records_a_revocation_and_signs_its_crl_loses_nothi
     assert!(killed >= 2, "strace killed the CA in only {killed} of 3 runs");
 }
 
-/// libfaketime, which the test command installs (Debian `faketime`).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-/// A policy for the drill's worker: renew at every look (every 30 s for a day-long
-/// certificate, and once at start), so that a renewal happens within the drill.
-/// (A policy defines every hook; the worker asks only this one.)
-const RENEW_ALWAYS: &str = r#"package crank
-
-import rego.v1
-
-can_issue_certificate := {"allow": true}
-
-certificate_validity_period := 86400
-
-should_renew_certificate := {"renew": true, "expiring_soon": false}
-
-revoke_certificate := true
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_minutes_of_clock_skew_either_way_is_ridden_out_and_more_is_named() {
     for skew in ["+10m", "-10m", "+20m"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ca");
-        let d = dir.to_str().unwrap();
-        crank_tests::crank(&["ca", "init", "--dir", d]).unwrap();
-        // The CA's clock is `skew` off this host's (the workers' and `crank`'s).
-        let faked = crank_tests::ProcessOptions::env(&[
-            ("LD_PRELOAD", LIBFAKETIME),
-            ("FAKETIME", skew),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ]);
-        let (_ca, ca_addr) = crank_tests::serve_ca_process_with(&dir, &[], &faked).await.unwrap();
-        let url = format!("https://{ca_addr}");
-        // Join tokens are made where the CA directory is: on the CA's clock.
-        let token = |w: &str| {
-            let out = crank_tests::crank_command(&["token", "create", "--dir", d, "--worker-id", w])
-                .envs([("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        let ops_dir = tmp.path().join("ops");
-        let joined = crank_tests::cert_init("ops", &token("ops"), &url, &ops_dir);
+        // The CA's clock is `skew` off this host's (the workers' and `crank`'s); join
+        // tokens are made where the CA directory is, so on the CA's clock too.
+        let p = Platform::start_with(PlatformOptions { ca_process: ProcessOptions::clock(skew), ..Default::default() })
+            .await;
+        let url = p.ca_url();
+        let ops_dir = p.tmp.path().join("ops");
+        let joined = crank_tests::cert_init("ops", &p.token("ops"), &url, &ops_dir);
         if skew == "+20m" {
             // Beyond the bound: the error says what is wrong.
             let e = joined.unwrap_err().to_string();
@@ -418,32 +361,11 @@ async fn ten_minutes_of_clock_skew_either_way_is_ridden_out_and_more_is_named() 
         let ops = load(&ops_dir).unwrap();
 
         // A worker bootstraps, serves and renews.
-        let policy = tmp.path().join("policy");
+        let policy = p.tmp.path().join("policy");
         std::fs::create_dir(&policy).unwrap();
-        std::fs::write(policy.join("renew.rego"), RENEW_ALWAYS).unwrap();
-        let addr = crank_tests::free_addr();
-        let certs = tmp.path().join("hello-world");
-        let port = addr.port().to_string();
-        let hello_token = token("hello-world");
-        let log = std::fs::File::create(tmp.path().join("hello-world.log")).unwrap();
-        let mut c = example_command(
-            "hello-world",
-            &[
-                ("CRANK_LOG_FORMAT", "json"),
-                ("CA_SERVICE_URL", url.as_str()),
-                ("CERT_DIR", certs.to_str().unwrap()),
-                ("HELLO_WORLD_HTTPS_PORT", port.as_str()),
-                ("CRANK_LISTEN_HOST", "127.0.0.1"),
-                ("CRANK_JOIN_TOKEN", hello_token.as_str()),
-                ("CRANK_POLICY_DIR", policy.to_str().unwrap()),
-            ],
-        );
-        c.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
-        let _hello = crank_tests::KillOnDrop(c.spawn().unwrap());
-        if let Err(e) = crank_tests::wait_for_port(addr).await {
-            let log = std::fs::read_to_string(tmp.path().join("hello-world.log")).unwrap_or_default();
-            panic!("CA clock {skew}: the worker does not serve ({e}): {log}");
-        }
+        std::fs::write(policy.join("renew.rego"), crank_tests::RENEW_AT_EVERY_LOOK).unwrap();
+        let certs = p.tmp.path().join("hello-world");
+        let (_hello, addr) = p.worker("hello-world", &[("CRANK_POLICY_DIR", policy.to_str().unwrap())]).await;
         let first = load(&certs).unwrap().metadata().serial.clone();
         let health = format!("https://127.0.0.1:{}/health", addr.port());
         let status = Platform::client(&ops).get(&health).send().await.unwrap().status();

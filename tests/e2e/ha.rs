@@ -15,7 +15,7 @@ use crank_security_core::{
     CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
     TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
 };
-use crank_tests::{PgServer, eventually, serve_ca_process};
+use crank_tests::{PgServer, eventually, serve_ca_process, serve_ca_process_with};
 use tokio::sync::Mutex;
 
 fn new_ca() -> (tempfile::TempDir, CaDir) {
@@ -48,20 +48,74 @@ async fn submit(client: &CaClient, b: &Bootstrap) -> Result<IssuedCertificate, P
         .await
 }
 
-/// Submits `b` until it succeeds (retrying only what a worker retries: unavailability),
-/// for up to 60 s.
-async fn submit_until_issued(client: &CaClient, b: &Bootstrap) -> IssuedCertificate {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Submits `b` until it succeeds (retrying only what a worker retries: unavailability,
+/// with the same token and CSR), for up to 90 s; each refusal is pushed to `refusals`.
+async fn submit_until_issued(client: &CaClient, b: &Bootstrap, refusals: &Mutex<Vec<String>>) -> IssuedCertificate {
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         match submit(client, b).await {
             Ok(issued) => return issued,
             Err(ProviderError::Unavailable(e)) if Instant::now() < deadline => {
-                eprintln!("retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                refusals.lock().await.push(e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("bootstrap failed for good: {e}"),
         }
     }
+}
+
+/// What a stream of bootstraps got: per certificate received its serial, fingerprint and
+/// join token id; and the refusals met on the way.
+struct Stream {
+    received: Vec<(String, String, String)>,
+    refusals: Vec<String>,
+}
+
+/// Four workers bootstrap `total` times in all through two replicas (half list `a1`
+/// first, half `a2`: both carry the stream). `fault` runs once, when a third of the
+/// bootstraps have started and the other workers have requests in flight.
+async fn bootstrap_stream(
+    dir: &CaDir,
+    (a1, a2): (SocketAddr, SocketAddr),
+    total: usize,
+    fault: impl FnOnce() + Send + 'static,
+) -> Stream {
+    let fp = dir.root_fingerprint().unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let fault = Arc::new(std::sync::Mutex::new(Some(fault)));
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let urls = if t % 2 == 0 { vec![url(a1), url(a2)] } else { vec![url(a2), url(a1)] };
+        let client = CaClient::pinned(urls, &fp, &TrustDomain::default()).unwrap();
+        let (dir, next, received, refusals, fault) =
+            (dir.clone(), next.clone(), received.clone(), refusals.clone(), fault.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                if i == total / 3 {
+                    let fault = fault.lock().unwrap().take();
+                    fault.expect("the fault runs once")();
+                    eprintln!("fault at bootstrap {i}");
+                }
+                let b = bootstrap_request(&dir, &format!("stream-{i}"));
+                let issued = submit_until_issued(&client, &b, &refusals).await;
+                let (serial, fingerprint) = serial_and_worker(&issued);
+                let jti = crank_security_core::peek_token_claims(&b.token).unwrap().jti;
+                received.lock().await.push((serial, fingerprint, jti));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let received = std::mem::take(&mut *received.lock().await);
+    let refusals = std::mem::take(&mut *refusals.lock().await);
+    Stream { received, refusals }
 }
 
 fn serial_and_worker(issued: &IssuedCertificate) -> (String, String) {
@@ -78,45 +132,19 @@ async fn two_replicas_on_postgres_lose_nothing_when_one_is_killed_mid_stream() {
     let (_tmp, dir) = new_ca();
     let (r1, a1) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r1"]).await.unwrap();
     let (_r2, a2) = serve_ca_process(&dir.dir, &["--store", &db, "--replica", "r2"]).await.unwrap();
-    let fp = dir.root_fingerprint().unwrap();
     let total = 120;
-    let next = Arc::new(AtomicUsize::new(0));
-    let received = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let r1 = Arc::new(std::sync::Mutex::new(Some(r1)));
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        // Half the workers list r1 first, half r2: both replicas carry the stream.
-        let urls = if t % 2 == 0 { vec![url(a1), url(a2)] } else { vec![url(a2), url(a1)] };
-        let client = CaClient::pinned(urls, &fp, &TrustDomain::default()).unwrap();
-        let (dir, next, received, r1) = (dir.clone(), next.clone(), received.clone(), r1.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= total {
-                    return;
-                }
-                if i == total / 3 {
-                    // SIGKILL replica r1 while the other tasks have requests in flight.
-                    drop(r1.lock().unwrap().take());
-                    eprintln!("killed r1 at bootstrap {i}");
-                }
-                let b = bootstrap_request(&dir, &format!("ha-{i}"));
-                let issued = submit_until_issued(&client, &b).await;
-                received.lock().await.push(serial_and_worker(&issued));
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let killed = r1.clone();
+    // SIGKILL replica r1 while the other workers have requests in flight.
+    let Stream { received, .. } =
+        bootstrap_stream(&dir, (a1, a2), total, move || drop(killed.lock().unwrap().take())).await;
     assert!(r1.lock().unwrap().is_none(), "r1 was killed during the stream");
-    let received = received.lock().await.clone();
     assert_eq!(received.len(), total, "every bootstrap eventually succeeded");
-    let unique: HashSet<&String> = received.iter().map(|(s, _)| s).collect();
+    let unique: HashSet<&String> = received.iter().map(|(s, _, _)| s).collect();
     assert_eq!(unique.len(), total, "no serial was handed out twice");
     let ledger = PostgresStore::connect(&db).await.unwrap();
     let mut replicas = HashSet::new();
-    for (serial, fingerprint) in &received {
+    for (serial, fingerprint, _) in &received {
         let row = ledger.certificate(serial).await.unwrap().unwrap_or_else(|| panic!("{serial} not in the ledger"));
         assert_eq!(&row.fingerprint, fingerprint);
         replicas.insert(row.issued_by);
@@ -259,4 +287,66 @@ async fn killing_the_embedded_store_ca_mid_issuance_loses_no_handed_out_certific
             other => panic!("a used token worked again after the crash: {other:?}"),
         }
     }
+}
+
+/// Two replicas on PostgreSQL; the database server is restarted (stopped as by a crash,
+/// `-m immediate`, then started again) while four workers bootstrap through both. Every
+/// bootstrap in flight either completes or is refused with a 503 that names the store and
+/// retried (same token, same CSR) until it completes. Afterwards every certificate a
+/// worker received is in the ledger with its fingerprint, the ledger holds exactly one
+/// certificate per join token (a commit whose answer was lost is answered again, not
+/// signed again), no serial appears twice, and the replicas logged the failures as
+/// `CSR_FAILED` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_issuance_loses_no_row_and_repeats_no_serial() {
+    let pg = Arc::new(PgServer::start());
+    let db = pg.create_db("restart");
+    let (tmp, dir) = new_ca();
+    let logging = |name: &str| crank_tests::ProcessOptions {
+        env: vec![("RUST_LOG".into(), "info".into()), ("CRANK_LOG_FORMAT".into(), "json".into())],
+        stderr: Some(tmp.path().join(format!("{name}.log"))),
+        ..Default::default()
+    };
+    let serve = |name: &'static str| {
+        let (dir, db, opts) = (dir.dir.clone(), db.clone(), logging(name));
+        async move { serve_ca_process_with(&dir, &["--store", &db, "--replica", name], &opts).await.unwrap() }
+    };
+    let (_r1, a1) = serve("r1").await;
+    let (_r2, a2) = serve("r2").await;
+    let total = 90;
+    // Restart the database (a crash, 2 s down) while the workers have requests in flight.
+    let restarted = pg.clone();
+    let restart = move || {
+        tokio::task::spawn_blocking(move || {
+            restarted.stop();
+            std::thread::sleep(Duration::from_secs(2));
+            restarted.start_again();
+        });
+    };
+    let Stream { received, refusals } = bootstrap_stream(&dir, (a1, a2), total, restart).await;
+    assert!(!refusals.is_empty(), "the restart hit requests in flight");
+    eprintln!("{} refusals while PostgreSQL restarted, e.g. {}", refusals.len(), refusals[0]);
+    assert!(
+        refusals.iter().all(|m| m.contains("PostgreSQL") || m.contains("postgres") || m.contains("store")),
+        "a refusal names the store: {refusals:?}"
+    );
+    assert_eq!(received.len(), total, "every bootstrap completed");
+    let unique: HashSet<&String> = received.iter().map(|(s, _, _)| s).collect();
+    assert_eq!(unique.len(), total, "no serial was handed out twice");
+    let ledger = PostgresStore::connect(&db).await.unwrap();
+    for (serial, fingerprint, jti) in &received {
+        let row = ledger.certificate(serial).await.unwrap().unwrap_or_else(|| panic!("{serial} not in the ledger"));
+        assert_eq!(&row.fingerprint, fingerprint);
+        let (_, by_token) = ledger.issued_with_token(jti).await.unwrap().expect("the token's use is recorded");
+        assert_eq!(&by_token.serial, serial, "token {jti} is recorded with the certificate its worker received");
+    }
+    assert_eq!(ledger.certificate_count().await.unwrap(), total as u64, "one certificate per join token");
+    let failures: usize = ["r1", "r2"]
+        .iter()
+        .map(|r| {
+            let log = std::fs::read_to_string(tmp.path().join(format!("{r}.log"))).unwrap_or_default();
+            crank_tests::logged_events(&log).iter().filter(|e| e["event"] == "CSR_FAILED").count()
+        })
+        .sum();
+    assert!(failures > 0, "the replicas logged the failed requests as CSR_FAILED events");
 }

@@ -11,6 +11,7 @@ mod impersonation;
 mod intermediate;
 mod issuance;
 mod metrics;
+mod outages;
 mod platform;
 mod policy;
 mod refusals;
