@@ -19,8 +19,8 @@ use crank_ca::store::{RevocationReason, RevokeTarget};
 use crank_ca::{CaDir, InitOptions, LocalCa, create_token, init_ca};
 use crank_runtime::api::{IssueBody, RenewBody, RevokeBody};
 use crank_security_core::{
-    CertMetadata, CertificateProvider, CorrelationId, IssuanceInput, IssueRequest, KeyType, RenewalInput, TrustDomain,
-    WorkerId, build_csr, crl_pem, generate_key, parse_pem_certs,
+    AccessInput, AccessRequest, AccessTarget, Caller, CertMetadata, CertificateProvider, CorrelationId, IssuanceInput,
+    IssueRequest, KeyType, RenewalInput, TrustDomain, WorkerId, build_csr, crl_pem, generate_key, parse_pem_certs,
 };
 use time::OffsetDateTime;
 
@@ -186,6 +186,24 @@ async fn seeds(fuzz: &Path, seeds: &mut Seeds) -> Result<()> {
         ("validity", 1, serde_json::to_vec(&(FUZZ_WORKER, "production"))?),
         ("renew", 2, serde_json::to_vec(&RenewalInput::new(&meta, OffsetDateTime::now_utc()))?),
         ("revoke", 3, serde_json::to_vec(&(FUZZ_WORKER, "keyCompromise"))?),
+        (
+            "access",
+            4,
+            serde_json::to_vec(&AccessInput {
+                caller: Caller::from_certificate(&meta).context("the fixture leaf has a SPIFFE ID")?,
+                target: AccessTarget {
+                    worker_id: "email".into(),
+                    trust_domain: "crank.local".into(),
+                    capability: Some("email.classify".into()),
+                },
+                request: AccessRequest {
+                    method: "POST".into(),
+                    path: "/classify".into(),
+                    route: Some("/classify".into()),
+                },
+                environment: "production".into(),
+            })?,
+        ),
     ];
     for (name, hook, json) in &inputs {
         seeds.put_with("rego_policy", name, &[*hook], json)?;

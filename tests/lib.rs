@@ -175,6 +175,16 @@ impl TestCa {
         crank_runtime::bootstrap(&self.bootstrap_options(worker), &EventSinks::empty()).await.unwrap()
     }
 
+    /// Bootstraps `worker` with a join token granting `capabilities`.
+    pub async fn bootstrap_with(&self, worker: &str, capabilities: &[&str]) -> CertificateBundle {
+        let caps = capabilities.iter().map(|c| (*c).to_owned()).collect();
+        let opts = BootstrapOptions {
+            token: self.token_with(worker, Duration::from_secs(300), caps),
+            ..self.bootstrap_options(worker)
+        };
+        crank_runtime::bootstrap(&opts, &EventSinks::empty()).await.unwrap()
+    }
+
     /// Starts a worker on a free loopback port with `routes`.
     pub async fn worker(&self, worker: &str, routes: Router) -> RunningWorker {
         self.worker_with(worker, routes, Arc::new(Recorder::default())).await
@@ -946,18 +956,29 @@ impl Platform {
     /// A join token (`crank token create`).
     /// Made where the CA directory is, so on the CA's clock.
     pub fn token(&self, worker: &str) -> String {
-        let out = crank_command(&["token", "create", "--dir", self.ca_dir.to_str().unwrap(), "--worker-id", worker])
-            .envs(self.opts.ca_process.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
+        self.token_with(worker, &[])
+    }
+
+    /// A join token granting `capabilities` (`crank token create --capability`).
+    pub fn token_with(&self, worker: &str, capabilities: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--dir", self.ca_dir.to_str().unwrap(), "--worker-id", worker];
+        for c in capabilities {
+            args.extend(["--capability", c]);
+        }
+        let out = crank_command(&args).envs(self.opts.ca_process.env.iter().map(|(k, v)| (k, v))).output().unwrap();
         assert!(out.status.success(), "crank token create: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     /// `crank cert init` for `worker` into `<tmp>/<worker>`; its bundle.
     pub fn identity(&self, worker: &str) -> CertificateBundle {
+        self.identity_with(worker, &[])
+    }
+
+    /// [`Platform::identity`] with a join token granting `capabilities`.
+    pub fn identity_with(&self, worker: &str, capabilities: &[&str]) -> CertificateBundle {
         let dir = self.tmp.path().join(worker);
-        cert_init(worker, &self.token(worker), &self.ca_url(), &dir).unwrap();
+        cert_init(worker, &self.token_with(worker, capabilities), &self.ca_url(), &dir).unwrap();
         CertificateBundle::load(&crank_security_core::CertFiles::in_dir(&dir)).unwrap()
     }
 

@@ -36,6 +36,7 @@ pub fn check_signed(
     check_subject(&leaf, template, &mut problems);
     check_sans(&leaf, template, &mut problems);
     check_usages(&leaf, &mut problems);
+    check_capabilities(&leaf, template, &mut problems);
     let (nb, na) = (leaf.validity().not_before.to_datetime(), leaf.validity().not_after.to_datetime());
     if na > template.not_after + time::Duration::seconds(1) {
         problems.push(format!("it is valid until {na}, later than the {} policy granted", template.not_after));
@@ -116,6 +117,24 @@ fn check_sans(leaf: &X509Certificate<'_>, t: &CertificateTemplate, problems: &mu
     }
     if !other.is_empty() {
         problems.push(format!("it carries SANs policy never allows: {}", other.join(", ")));
+    }
+}
+
+/// The capabilities extension, when there is one, holds exactly what the CA granted
+/// (a signer that cannot write it, such as cfssl, leaves it out: the worker then holds
+/// no capabilities).
+fn check_capabilities(leaf: &X509Certificate<'_>, t: &CertificateTemplate, problems: &mut Vec<String>) {
+    let oid = crank_security_core::CAPABILITIES_OID;
+    let found: Vec<_> =
+        leaf.extensions().iter().filter(|e| e.oid.iter().is_some_and(|arcs| arcs.eq(oid.iter().copied()))).collect();
+    match found.as_slice() {
+        [] => {}
+        [ext] => match crank_security_core::parse_capabilities_extension(ext.value) {
+            Ok(caps) if caps == t.capabilities => {}
+            Ok(caps) => problems.push(format!("its capabilities are {caps:?}, the CA granted {:?}", t.capabilities)),
+            Err(e) => problems.push(format!("its capabilities extension does not parse: {e}")),
+        },
+        _ => problems.push("it carries the capabilities extension twice".to_owned()),
     }
 }
 
@@ -224,6 +243,7 @@ mod tests {
             not_before: now - time::Duration::seconds(60),
             not_after: now + time::Duration::hours(1),
             renewal: false,
+            capabilities: vec![],
         }
     }
 
@@ -242,7 +262,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let t = template(now);
         type Change = fn(&mut CertificateParams);
-        let cases: [(&str, Change, Option<&str>); 9] = [
+        let cases: [(&str, Change, Option<&str>); 10] = [
             ("as decided", |_| {}, None),
             ("CA", |p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained), Some("CA certificate")),
             (
@@ -270,6 +290,11 @@ mod tests {
                 "subject",
                 |p| p.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "x"),
                 Some("its subject is"),
+            ),
+            (
+                "capabilities not granted",
+                |p| p.custom_extensions.push(crate::signer::capabilities_extension(&["admin".to_owned()])),
+                Some("its capabilities are [\"admin\"], the CA granted []"),
             ),
         ];
         for (name, change, expected) in cases {

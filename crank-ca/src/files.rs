@@ -167,6 +167,11 @@ impl CaDir {
         Ok(pem)
     }
 
+    /// The CA's own policy directory, `policies/` (made by `crank ca init`).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
     /// The embedded store.
     pub fn store(&self) -> PathBuf {
         self.dir.join("ca.db")
@@ -311,6 +316,22 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     write_file_atomic(&dir.server_cert(), format!("{}{}", server.pem(), root.pem()).as_bytes(), 0o644)?;
     write_file_atomic(&dir.token_key(), token_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.trust_domain_file(), format!("{}\n", opts.trust_domain).as_bytes(), 0o644)?;
+    seed_policy_dir(dir)?;
+    Ok(())
+}
+
+/// Creates the CA's policy directory (`<dir>/policies`) with the defaults as readable
+/// Rego (`defaults.rego`, package `crank.defaults`), unless it exists. `crank ca serve`
+/// uses it when no other is named; a `.rego` file copied into it changes decisions
+/// within the reload interval.
+pub(crate) fn seed_policy_dir(dir: &CaDir) -> Result<(), SetupError> {
+    let policies = dir.policy_dir();
+    if policies.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir(&policies).map_err(SetupError::io("creating", &policies))?;
+    let defaults = policies.join("defaults.rego");
+    write_file_atomic(&defaults, crank_policy::rego::DEFAULTS.as_bytes(), 0o644)?;
     Ok(())
 }
 

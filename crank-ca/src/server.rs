@@ -49,8 +49,11 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
 /// The CA API router.
 pub fn router(ca: Arc<LocalCa>) -> Router {
     let metrics = ca.metrics().clone();
-    let metrics_route =
-        Router::new().route("/metrics", get(crank_runtime::metrics::handler)).with_state(metrics.clone());
+    let access = Arc::new(ca.access_control());
+    let metrics_route = access.protect(
+        Some(crank_runtime::METRICS_CAPABILITY),
+        Router::new().route("/metrics", get(crank_runtime::metrics::handler)).with_state(metrics.clone()),
+    );
     Router::new()
         .route("/health", get(health))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))

@@ -93,7 +93,18 @@ pub fn leaf_params(t: &CertificateTemplate) -> Result<CertificateParams, Provide
     }
     sans.extend(t.ip_sans.iter().map(|ip| SanType::IpAddress(*ip)));
     params.subject_alt_names = sans;
+    if !t.capabilities.is_empty() {
+        params.custom_extensions.push(capabilities_extension(&t.capabilities));
+    }
     Ok(params)
+}
+
+/// crank's capabilities extension (non-critical) holding `capabilities`.
+pub(crate) fn capabilities_extension(capabilities: &[String]) -> rcgen::CustomExtension {
+    rcgen::CustomExtension::from_oid_content(
+        &crank_security_core::CAPABILITIES_OID,
+        crank_security_core::capabilities_extension(capabilities),
+    )
 }
 
 #[async_trait]

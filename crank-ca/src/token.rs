@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crank_security_core::{JoinTokenClaims, TrustDomain, WorkerId, validate_host_name};
+use crank_security_core::{ADMIN_CAPABILITY, JoinTokenClaims, TrustDomain, WorkerId, validate_host_name};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::KeyPair;
 
@@ -109,10 +109,23 @@ impl TokenAuthority {
     }
 }
 
-/// A `san:` capability with a valid name (lowercased), or an error naming it; other
-/// capabilities as they are.
+/// A `san:` capability with a valid name (lowercased), an access capability with a valid
+/// name (`email.classify`), or an error naming it; other `prefix:value` capabilities as
+/// they are.
 fn checked_capability(cap: String) -> Result<String, SetupError> {
-    let Some(name) = cap.strip_prefix(SAN_CAPABILITY) else { return Ok(cap) };
+    if cap == ADMIN_CAPABILITY {
+        return Err(SetupError::invalid(format!(
+            "capability {ADMIN_CAPABILITY:?} cannot be given to a worker: administrators get their certificates from `crank ca admin-cert`"
+        )));
+    }
+    let Some(name) = cap.strip_prefix(SAN_CAPABILITY) else {
+        // `prefix:value` capabilities are for issuance policy (e.g. `san-suffix:`); the
+        // others are access capabilities, written into the certificate.
+        if !cap.contains(':') {
+            crank_security_core::validate_capability(&cap).map_err(|e| SetupError::invalid(e.to_string()))?;
+        }
+        return Ok(cap);
+    };
     if name.parse::<IpAddr>().is_ok() {
         return Ok(cap);
     }
@@ -190,5 +203,18 @@ mod tests {
         let caps = vec!["san:API.Example".into(), "san:10.0.0.1".into(), "san:::1".into(), "orders:read".into()];
         let c = a.verify(&a.create(&w, ttl, caps).unwrap()).unwrap();
         assert_eq!(c.caps, ["san:api.example", "san:10.0.0.1", "san:::1", "orders:read"]);
+    }
+
+    #[test]
+    fn access_capabilities_must_be_valid_names_and_admin_is_not_for_workers() {
+        let a = authority();
+        let w = WorkerId::new("w1").unwrap();
+        let ttl = Duration::from_secs(60);
+        for bad in ["Email.Classify", "email..classify", "email classify", "admin"] {
+            let e = a.create(&w, ttl, vec![bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
+        }
+        let c = a.verify(&a.create(&w, ttl, vec!["email.classify".into(), "metrics.*".into()]).unwrap()).unwrap();
+        assert_eq!(c.caps, ["email.classify", "metrics.*"]);
     }
 }

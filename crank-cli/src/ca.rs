@@ -72,8 +72,9 @@ pub(crate) enum CaCommand {
         /// at least every 5 minutes (or every half of this, if shorter).
         #[arg(long, env = "CRANK_CRL_VALIDITY", default_value = "24h", value_parser = humantime::parse_duration)]
         crl_validity: Duration,
-        /// Policy directory: `.rego` files or one `.wasm` module replace the built-in
-        /// policy (hot-reloaded).
+        /// Policy directory: `.rego` files (layered on the defaults) or one `.wasm`
+        /// module, hot-reloaded. Default: the CA's own `DIR/policies`, which `crank ca
+        /// init` creates.
         #[arg(long, env = "CRANK_POLICY_DIR")]
         policy_dir: Option<PathBuf>,
         /// Where CA state lives: `sqlite://PATH` (default: DIR/ca.db) or
@@ -282,15 +283,19 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             signer,
             connections,
         } => {
+            let dir = CaDir::new(dir);
+            // A named directory, else the CA's own (`crank ca init` makes it), else the
+            // built-in defaults (a CA made before policy directories existed).
+            let policy_dir = policy_dir.or_else(|| Some(dir.policy_dir()).filter(|p| p.is_dir()));
             let policy: Arc<dyn PolicyEngine> = match policy_dir {
                 Some(p) => {
-                    let engine = crank_policy::from_dir(&p)?;
+                    let settings = crank_policy::Settings { leaf_validity_seconds: Some(leaf_validity.as_secs()) };
+                    let engine = crank_policy::from_dir_with(&p, settings)?;
                     tracing::info!(dir = %p.display(), engine = engine.current().name(), "policy loaded (hot-reloaded)");
                     engine
                 }
                 None => Arc::new(DefaultPolicy { validity: leaf_validity }),
             };
-            let dir = CaDir::new(dir);
             let mut builder =
                 LocalCa::builder(dir.clone()).environment(environment).policy(policy).crl_validity(crl_validity);
             if let Some(r) = replica {

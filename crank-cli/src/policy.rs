@@ -15,19 +15,21 @@ pub(crate) enum PolicyCommand {
         /// Policy directory (`.rego` files or one `.wasm` module); omitted: the built-in policy.
         #[arg(long)]
         policy_dir: Option<PathBuf>,
-        /// can_issue_certificate, certificate_validity_period, should_renew_certificate or revoke_certificate.
+        /// can_issue_certificate, certificate_validity_period, should_renew_certificate,
+        /// revoke_certificate or can_access_capability.
         #[arg(long)]
         hook: String,
         /// The input document (JSON file; `-` for stdin).
         #[arg(long)]
         input: PathBuf,
     },
-    /// Run the table-driven cases in DIR/cases (or DIR itself) against DIR's policy;
-    /// exits non-zero on any mismatch.
+    /// Run table-driven cases: every `cases/` directory under DIR against the policy
+    /// directory it sits in (`crank policy test policies` runs the repository's own),
+    /// or the cases of --cases against DIR. Exits non-zero on any mismatch.
     Test {
-        /// Policy directory.
+        /// Policy directory, or a tree of them.
         dir: PathBuf,
-        /// Case directory (default: DIR/cases, else DIR).
+        /// Case directory to run against DIR.
         #[arg(long)]
         cases: Option<PathBuf>,
     },
@@ -62,23 +64,43 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PolicyCommand::Test { dir, cases } => {
-            let engine = load_policy(Some(&dir))?;
-            let case_dir =
-                cases.unwrap_or_else(|| if dir.join("cases").is_dir() { dir.join("cases") } else { dir.clone() });
-            let all = crank_policy::cases::load_dir(&case_dir).map_err(anyhow::Error::msg)?;
-            anyhow::ensure!(!all.is_empty(), "no cases (*.json) in {}", case_dir.display());
-            let mut failed = 0;
-            for case in &all {
-                match crank_policy::cases::run(engine.as_ref(), case) {
-                    Ok(()) => println!("PASS: {}", case.name),
-                    Err(e) => {
-                        failed += 1;
-                        println!("FAIL: {}: {e}", case.name);
+            // With --cases, those cases against DIR; else every cases/ directory under
+            // DIR against the policy directory it sits in.
+            let suites = match cases {
+                Some(cases_dir) => vec![crank_policy::cases::Suite { policy_dir: dir.clone(), cases_dir }],
+                None => crank_policy::cases::find_suites(&dir),
+            };
+            anyhow::ensure!(
+                !suites.is_empty(),
+                "no cases: no cases/ directory (or *.json case files) under {}",
+                dir.display()
+            );
+            let whole = load_policy(Some(&dir)).ok();
+            let (mut total, mut failed) = (0, 0);
+            for suite in &suites {
+                let all = crank_policy::cases::load_dir(&suite.cases_dir).map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(!all.is_empty(), "no cases (*.json) in {}", suite.cases_dir.display());
+                println!("== {} ({} cases from {})", suite.policy_dir.display(), all.len(), suite.cases_dir.display());
+                for case in &all {
+                    total += 1;
+                    let engine = if suite.policy_dir == dir && case.policy.is_empty() {
+                        whole
+                            .clone()
+                            .ok_or_else(|| load_policy(Some(&dir)).err().map(|e| e.to_string()).unwrap_or_default())
+                    } else {
+                        crank_policy::cases::engine_for(&suite.policy_dir, case)
+                    };
+                    match engine.and_then(|e| crank_policy::cases::run(e.as_ref(), case)) {
+                        Ok(()) => println!("PASS: {}", case.name),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAIL: {}: {e}", case.name);
+                        }
                     }
                 }
             }
             println!("{}", "-".repeat(40));
-            println!("PASS: {}/{}", all.len() - failed, all.len());
+            println!("PASS: {}/{}", total - failed, total);
             anyhow::ensure!(failed == 0, "{failed} case(s) failed");
             Ok(())
         }

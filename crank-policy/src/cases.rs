@@ -1,6 +1,9 @@
 //! Table-driven policy cases: `input -> expected decision`, run against any engine.
 //!
-//! A case file is a JSON array of `{"name", "hook", "input", "expected"}`. Inputs are the
+//! A case file is a JSON array of `{"name", "hook", "input", "expected"}`, optionally
+//! with `"policy": ["file.rego", ...]`: the files of the policy directory the case runs
+//! against (layered on the defaults), when not the whole directory. Case files live in a
+//! `cases/` directory beside the policy they test ([`find_suites`]). Inputs are the
 //! documents each hook receives (see `policies/README.md`); expected values:
 //!
 //! | hook | expected |
@@ -9,10 +12,12 @@
 //! | `certificate_validity_period` | `{"seconds": number}` |
 //! | `should_renew_certificate` | `{"renew": bool, "expiring_soon": bool}` |
 //! | `revoke_certificate` | `{"allow": bool}` |
+//! | `can_access_capability` | `{"allow": bool}` (and optionally `"reason_contains"`, `"rate_limit"`) |
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crank_security_core::{IssuanceInput, PolicyEngine, RenewalInput};
+use crank_security_core::{AccessInput, IssuanceInput, PolicyEngine, RenewalInput};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,6 +32,78 @@ pub struct Case {
     pub input: Value,
     /// The expected decision.
     pub expected: Value,
+    /// The files of the policy directory this case runs against (layered on the
+    /// defaults); empty: the whole directory.
+    #[serde(default)]
+    pub policy: Vec<String>,
+}
+
+/// A directory of case files and the policy directory they test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suite {
+    /// The policy directory: the parent of `cases`.
+    pub policy_dir: PathBuf,
+    /// The directory holding the `*.json` case files.
+    pub cases_dir: PathBuf,
+}
+
+/// Every `cases/` directory under `root` (hidden directories and `target/` skipped),
+/// sorted, each with the policy directory it belongs to, its parent. `root` itself
+/// counts when it holds case files directly and no `cases/` is found.
+pub fn find_suites(root: &Path) -> Vec<Suite> {
+    fn walk(dir: &Path, found: &mut Vec<Suite>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        dirs.sort();
+        for d in dirs {
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            if name == "cases" {
+                found.push(Suite { policy_dir: dir.to_path_buf(), cases_dir: d });
+            } else {
+                walk(&d, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, &mut found);
+    let has_json = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|rd| rd.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "json")))
+            .unwrap_or(false)
+    };
+    if found.is_empty() && has_json(root) {
+        found.push(Suite { policy_dir: root.to_path_buf(), cases_dir: root.to_path_buf() });
+    }
+    found
+}
+
+/// The engine `case` runs against in `policy_dir`: the files it names (layered on the
+/// defaults), else the whole directory; a directory without policy files means the
+/// defaults alone.
+pub fn engine_for(policy_dir: &Path, case: &Case) -> Result<Arc<dyn PolicyEngine>, String> {
+    if !case.policy.is_empty() {
+        let sources = case
+            .policy
+            .iter()
+            .map(|f| {
+                let path = policy_dir.join(f);
+                std::fs::read_to_string(&path)
+                    .map(|s| (path.clone(), s))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return crate::RegoEngine::from_sources(sources).map(|e| Arc::new(e) as _).map_err(|e| e.to_string());
+    }
+    let has_policy = !crate::rego::rego_files(policy_dir).map_err(|e| e.to_string())?.is_empty()
+        || !crate::wasm_modules(policy_dir).is_empty();
+    if has_policy {
+        crate::load_dir(policy_dir).map_err(|e| e.to_string())
+    } else {
+        crate::RegoEngine::defaults().map(|e| Arc::new(e) as _).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,8 +143,13 @@ pub fn evaluate(engine: &dyn PolicyEngine, hook: &str, input: &Value) -> Result<
             let d = engine.revoke_certificate(&i.worker_id, &i.reason).map_err(|e| e.to_string())?;
             Ok(json!({"allow": d}))
         }
+        "can_access_capability" => {
+            let i: AccessInput = serde_json::from_value(input.clone()).map_err(parse_err)?;
+            let d = engine.can_access_capability(&i).map_err(|e| e.to_string())?;
+            Ok(json!({"allow": d.allow, "reason": d.reason, "rate_limit": d.rate_limit}))
+        }
         other => Err(format!(
-            "unknown hook {other:?}; expected can_issue_certificate, certificate_validity_period, should_renew_certificate or revoke_certificate"
+            "unknown hook {other:?}; expected can_issue_certificate, certificate_validity_period, should_renew_certificate, revoke_certificate or can_access_capability"
         )),
     }
 }

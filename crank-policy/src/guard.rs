@@ -1,7 +1,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crank_security_core::{CertMetadata, IssuanceInput, PolicyEngine, RenewalDecision, RenewalInput};
+use crank_security_core::{
+    AccessDecision, AccessInput, CertMetadata, IssuanceInput, PolicyEngine, RenewalDecision, RenewalInput,
+};
 use time::OffsetDateTime;
 
 /// The longest validity any engine may grant; longer answers are treated as malformed.
@@ -75,6 +77,21 @@ impl PolicyGuard {
             .map_err(|e| Denied::failed("should_renew_certificate", self.engine.name(), e))
     }
 
+    /// `can_access_capability`; `Ok` (with the policy's rate limit, if any) only on an
+    /// explicit allow.
+    pub fn may_access(&self, input: &AccessInput) -> Result<AccessDecision, Denied> {
+        match self.engine.can_access_capability(input) {
+            Ok(d) if d.allow => Ok(d),
+            Ok(d) => Err(Denied::decided(d.reason.unwrap_or_else(|| "no reason given".into()))),
+            Err(e) => Err(Denied::failed("can_access_capability", self.engine.name(), e)),
+        }
+    }
+
+    /// The engine's [`PolicyEngine::generation`].
+    pub fn generation(&self) -> u64 {
+        self.engine.generation()
+    }
+
     /// `revoke_certificate`; `Ok` only on an explicit allow.
     pub fn may_revoke(&self, worker_id: &str, reason: &str) -> Result<(), Denied> {
         match self.engine.revoke_certificate(worker_id, reason) {
@@ -106,6 +123,9 @@ mod tests {
         fn revoke_certificate(&self, _: &str, _: &str) -> Result<bool, PolicyError> {
             Err(PolicyError::Other("boom".into()))
         }
+        fn can_access_capability(&self, _: &AccessInput) -> Result<AccessDecision, PolicyError> {
+            Err(PolicyError::Evaluation("boom".into()))
+        }
     }
 
     #[test]
@@ -126,5 +146,13 @@ mod tests {
         assert!(d.reason.contains("boom"));
         assert!(g.validity("w", "e").unwrap_err().reason.contains("outside"));
         assert!(g.may_revoke("w", "keyCompromise").is_err());
+        let access: AccessInput = serde_json::from_value(serde_json::json!({
+            "caller": {"spiffe_id": "spiffe://td/worker/c", "worker_id": "c", "administrator": true,
+                       "trust_domain": "td", "serial": "01", "not_after": 0, "capabilities": ["admin"]},
+            "target": {"worker_id": "w", "trust_domain": "td", "capability": null},
+            "request": {"method": "GET", "path": "/", "route": "/"}, "environment": "e"}))
+        .unwrap();
+        let d = g.may_access(&access).unwrap_err();
+        assert!(d.engine_failure && d.reason.contains("can_access_capability"), "{d:?}");
     }
 }

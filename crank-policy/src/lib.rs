@@ -35,13 +35,25 @@ use std::sync::Arc;
 
 pub use crank_security_core::{DefaultPolicy, PolicyEngine};
 pub use guard::{Denied, PolicyGuard};
-pub use rego::{LoadError, RegoEngine};
+pub use rego::{LoadError, RegoEngine, Settings};
 pub use reload::ReloadingEngine;
 pub use wasm::WasmEngine;
 
 /// The built-in default engine (no files needed), see [`DefaultPolicy`].
 pub fn builtin() -> Arc<dyn PolicyEngine> {
     Arc::new(DefaultPolicy::default())
+}
+
+/// The `.wasm` files directly in `dir`.
+pub(crate) fn wasm_modules(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The engine configured by a policy directory, hot-reloaded: `.rego` files mean the
@@ -52,21 +64,27 @@ pub fn from_dir(dir: &Path) -> Result<Arc<ReloadingEngine>, LoadError> {
     ReloadingEngine::start(dir)
 }
 
-/// Loads a policy directory once (no reloading); see [`from_dir`].
+/// [`from_dir`], with `settings` given to Rego policies as `data.crank_settings`.
+pub fn from_dir_with(dir: &Path, settings: Settings) -> Result<Arc<ReloadingEngine>, LoadError> {
+    ReloadingEngine::start_with(dir, settings)
+}
+
+/// Loads a policy directory once (no reloading); see [`from_dir`]. `.rego` files are
+/// found in subdirectories too (not in `cases/` or hidden ones); a `.wasm` module only at
+/// the top.
 pub fn load_dir(dir: &Path) -> Result<Arc<dyn PolicyEngine>, LoadError> {
+    load_dir_with(dir, &Settings::default())
+}
+
+/// [`load_dir`], with `settings` given to Rego policies as `data.crank_settings`.
+pub fn load_dir_with(dir: &Path, settings: &Settings) -> Result<Arc<dyn PolicyEngine>, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::Empty(format!("policy directory {} does not exist", dir.display())));
     }
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    let with =
-        |ext: &str| files.iter().filter(|p| p.extension().is_some_and(|x| x == ext)).cloned().collect::<Vec<_>>();
-    let (rego, wasm) = (with("rego"), with("wasm"));
+    let rego = rego::rego_files(dir)?;
+    let wasm = wasm_modules(dir);
     match (rego.is_empty(), wasm.as_slice()) {
-        (false, []) => Ok(Arc::new(RegoEngine::from_dir(dir)?)),
+        (false, []) => Ok(Arc::new(RegoEngine::from_dir_with(dir, settings)?)),
         (true, [module]) => Ok(Arc::new(WasmEngine::from_file(module)?)),
         (true, []) => {
             Err(LoadError::Empty(format!("no .rego files or .wasm module in policy directory {}", dir.display())))

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput};
+use crank_security_core::{
+    AccessDecision, AccessInput, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision,
+    RenewalInput,
+};
 
 use crate::rego::LoadError;
 
@@ -19,19 +22,30 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct ReloadingEngine {
     dir: PathBuf,
+    settings: crate::Settings,
     current: ArcSwap<Arc<dyn PolicyEngine>>,
     stamp: std::sync::Mutex<Vec<(PathBuf, SystemTime, u64)>>,
+    /// Counts the policies that went live (decision caches compare it).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ReloadingEngine {
     /// Loads `dir` and starts a background thread that reloads it on change. The thread
     /// ends when the engine is dropped.
     pub fn start(dir: &Path) -> Result<Arc<Self>, LoadError> {
-        let engine = crate::load_dir(dir)?;
+        Self::start_with(dir, crate::Settings::default())
+    }
+
+    /// [`ReloadingEngine::start`], with `settings` given to Rego policies as
+    /// `data.crank_settings`.
+    pub fn start_with(dir: &Path, settings: crate::Settings) -> Result<Arc<Self>, LoadError> {
+        let engine = crate::load_dir_with(dir, &settings)?;
         let this = Arc::new(Self {
             dir: dir.to_path_buf(),
+            settings,
             current: ArcSwap::from_pointee(engine),
             stamp: std::sync::Mutex::new(stamp(dir)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&this);
         std::thread::Builder::new()
@@ -62,10 +76,11 @@ impl ReloadingEngine {
             }
             *last = now;
         }
-        match crate::load_dir(&self.dir) {
+        match crate::load_dir_with(&self.dir, &self.settings) {
             Ok(engine) => {
                 tracing::info!(dir = %self.dir.display(), engine = engine.name(), "policy reloaded");
                 self.current.store(Arc::new(engine));
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
                 Ok(true)
             }
             Err(e) => {
@@ -83,17 +98,15 @@ impl ReloadingEngine {
 
 /// Names, modification times and sizes of the policy files: what a change looks like.
 fn stamp(dir: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "rego" || x == "wasm"))
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    Some((e.path(), m.modified().ok()?, m.len()))
-                })
-                .collect()
+    let mut files = crate::rego::rego_files(dir).unwrap_or_default();
+    files.extend(crate::wasm_modules(dir));
+    let mut v: Vec<_> = files
+        .into_iter()
+        .filter_map(|p| {
+            let m = p.metadata().ok()?;
+            Some((p, m.modified().ok()?, m.len()))
         })
-        .unwrap_or_default();
+        .collect();
     v.sort();
     v
 }
@@ -113,6 +126,14 @@ impl PolicyEngine for ReloadingEngine {
 
     fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError> {
         self.current.load().revoke_certificate(worker_id, reason)
+    }
+
+    fn can_access_capability(&self, input: &AccessInput) -> Result<AccessDecision, PolicyError> {
+        self.current.load().can_access_capability(input)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn name(&self) -> &str {

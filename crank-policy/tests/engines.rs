@@ -10,7 +10,7 @@ use policies::policies;
 
 #[test]
 fn builtin_and_rego_agree_on_every_default_case() {
-    let all = cases::load_dir(&policies().join("cases")).unwrap();
+    let all = cases::load_dir(&policies().join("default/cases")).unwrap();
     assert!(all.len() >= 10, "only {} cases", all.len());
     let rego = RegoEngine::from_dir(&policies().join("default")).unwrap();
     let builtin = builtin();
@@ -65,12 +65,18 @@ fn hot_reload_swaps_good_policies_and_keeps_the_old_one_on_errors() {
 }
 
 #[test]
-fn undefined_or_malformed_rules_fail_closed() {
+fn malformed_rules_and_undefined_defaults_fail_closed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("p.rego"),
         "package crank\nimport rego.v1\ncan_issue_certificate := \"yes\"\ncertificate_validity_period := -5\n\
-         should_renew_certificate := {\"renew\": \"maybe\"}\nrevoke_certificate if input.reason == \"never\"\n",
+         should_renew_certificate := {\"renew\": \"maybe\"}\n",
+    )
+    .unwrap();
+    // A directory with defaults of its own, one of them undefined for some input.
+    std::fs::write(
+        dir.path().join("defaults.rego"),
+        "package crank.defaults\nimport rego.v1\nrevoke_certificate if input.reason == \"never\"\n",
     )
     .unwrap();
     let e = RegoEngine::from_dir(dir.path()).unwrap();
@@ -78,21 +84,31 @@ fn undefined_or_malformed_rules_fail_closed() {
         "key_type": "ecdsa-p256", "environment": "e", "trust_domain": "td", "renewal": false});
     assert!(cases::evaluate(&e, "can_issue_certificate", &input).is_err());
     assert!(e.certificate_validity_period("w", "e").is_err());
-    assert!(e.revoke_certificate("w", "r").is_err(), "a rule undefined for the input must be an error");
+    assert!(e.revoke_certificate("w", "r").is_err(), "a default rule undefined for the input must be an error");
     let guard = crank_policy::PolicyGuard::new(std::sync::Arc::new(e));
     assert!(guard.may_revoke("w", "keyCompromise").is_err());
 }
 
 #[test]
-fn a_policy_missing_a_hook_is_rejected_at_load() {
+fn a_file_may_define_one_hook_and_the_others_keep_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.path().join("p.rego"),
-        "package crank\nimport rego.v1\ndefault can_issue_certificate := {\"allow\": true}\n",
+        dir.path().join("validity.rego"),
+        "package crank\nimport rego.v1\ncertificate_validity_period := 600 if input.environment == \"production\"\n",
     )
     .unwrap();
-    let err = RegoEngine::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("defines no rule data.crank.certificate_validity_period"), "{err}");
+    let rego = RegoEngine::from_dir(dir.path()).unwrap();
+    assert_eq!(rego.certificate_validity_period("w", "production").unwrap(), Duration::from_secs(600));
+    // Undefined for this input: the default decides.
+    assert_eq!(rego.certificate_validity_period("w", "staging").unwrap(), Duration::from_secs(86400));
+    // Every other hook is the default's, and gives the built-in engine's answers.
+    let all = cases::load_dir(&policies().join("default/cases")).unwrap();
+    let failures: Vec<String> = all
+        .iter()
+        .filter(|c| c.hook != "certificate_validity_period")
+        .filter_map(|c| cases::run(&rego, c).err().map(|e| format!("{}: {e}", c.name)))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]

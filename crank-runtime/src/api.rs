@@ -98,4 +98,7 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable message: what was wrong and what to do.
     pub message: String,
+    /// The capability refused (`access_denied`, `rate_limited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
 }

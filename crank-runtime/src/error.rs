@@ -72,7 +72,8 @@ impl From<ProviderError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message, capability: None } };
         (self.status, Json(body)).into_response()
     }
 }

@@ -33,6 +33,7 @@
 // input must never make them panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod access;
 pub mod api;
 mod crypto;
 pub mod demo;
@@ -46,11 +47,12 @@ pub mod tls;
 pub mod trust;
 pub mod worker;
 
+pub use access::AccessControl;
 pub use api::{ErrorBody, ErrorDetail};
 pub use error::{ApiError, RuntimeError};
 pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::{
-    BootstrapError, BootstrapOptions, CaClient, MtlsClient, MtlsHttpClient, RetryPolicy, RunningWorker,
-    WorkerApplication, WorkerContext, bootstrap,
+    BootstrapError, BootstrapOptions, CaClient, METRICS_CAPABILITY, MtlsClient, MtlsHttpClient, RetryPolicy,
+    RunningWorker, WorkerApplication, WorkerContext, bootstrap,
 };

@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client, OpenMetrics text format), fed by lifecycle
 //! events through [`PrometheusSink`] and by a request-tracking middleware. Served at
-//! `/metrics`, only to clients with a certificate from the CA.
+//! `/metrics` to callers that policy allows the capability `metrics.read` (by default:
+//! administrators, and workers granted it).
 //!
 //! | metric | kind | meaning |
 //! |---|---|---|
@@ -18,6 +19,7 @@
 //! | `crank_connections_refused_total{reason}` | counter | new connections closed at once: `max_connections`, `max_connections_per_ip` |
 //! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error`, `revoked` (its client certificate was revoked) |
 //! | `crank_connection_accept_errors_total` | counter | failed accepts (e.g. out of file descriptors) |
+//! | `crank_access_decisions_total{capability,decision}` | counter | `can_access_capability` decisions: `allow`, `deny`, `error` (the engine failed: denied), `limited` (allowed, over the rate limit: 429) |
 //!
 //! Every label comes from a fixed set, never from what a client sends: `method` is one of
 //! GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS or `other`; `route` is the route that
@@ -41,7 +43,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::server::ConnectionMetrics;
-use crate::tls::PeerIdentity;
 
 /// The `method` label values besides `other`.
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
@@ -56,6 +57,12 @@ struct RequestLabels {
     method: &'static str,
     route: String,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessLabels {
+    capability: String,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +82,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     in_flight: Gauge,
+    access: Family<AccessLabels, Counter>,
     connections: ConnectionMetrics,
     /// Unix time of the current certificate's expiry (0: none yet).
     not_after: AtomicI64,
@@ -116,6 +124,8 @@ impl Metrics {
         registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
         let in_flight = Gauge::default();
         registry.register("crank_http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        let access = Family::<AccessLabels, Counter>::default();
+        registry.register("crank_access_decisions", "Capability access decisions", access.clone());
         let crl_next_update = Gauge::default();
         registry.register(
             "crank_crl_next_update_seconds",
@@ -139,6 +149,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            access,
             connections,
             not_after: AtomicI64::new(0),
             expiry_source: std::sync::OnceLock::new(),
@@ -153,6 +164,11 @@ impl Metrics {
     /// The connection metrics, for [`ServerHandle::spawn`](crate::ServerHandle::spawn).
     pub fn connections(&self) -> ConnectionMetrics {
         self.connections.clone()
+    }
+
+    /// Counts a capability access decision (`capability` is the route's, or `none`).
+    pub fn access_decision(&self, capability: &str, decision: &'static str) {
+        self.access.get_or_create(&AccessLabels { capability: capability.to_owned(), decision }).inc();
     }
 
     /// Requests being served right now (the worker's load score).
@@ -212,7 +228,10 @@ impl Metrics {
             EventKind::CertValidationFailed => error("cert_validation_failed"),
             EventKind::CertExpired => error("cert_expired"),
             EventKind::CertRevoked => error("cert_revoked"),
-            EventKind::CsrGenerated | EventKind::CsrSubmitted | EventKind::CertExpiringSoon => {}
+            EventKind::CsrGenerated
+            | EventKind::CsrSubmitted
+            | EventKind::CertExpiringSoon
+            | EventKind::AccessDenied => {}
         }
     }
 }
@@ -267,8 +286,10 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     response
 }
 
-/// `GET /metrics`: only for clients that presented a certificate from the CA.
-pub async fn handler(_peer: PeerIdentity, State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+/// `GET /metrics`. Serve it behind [`AccessControl`](crate::AccessControl) with the
+/// capability [`METRICS_CAPABILITY`](crate::METRICS_CAPABILITY), as workers and the CA
+/// do.
+pub async fn handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
 }
 

@@ -46,6 +46,11 @@ pub struct CertMetadata {
     pub fingerprint_sha256: String,
     /// Whether BasicConstraints says CA:true.
     pub is_ca: bool,
+    /// The capabilities the CA granted (crank's capabilities extension,
+    /// [`crate::CAPABILITIES_OID`]); empty when the certificate has none, or when the
+    /// extension cannot be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl CertMetadata {
@@ -92,6 +97,12 @@ impl CertMetadata {
         }
         let spiffe_id = uri_sans.iter().find(|u| SpiffeId::parse(u).is_ok()).cloned();
         let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+        let capabilities = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.iter().is_some_and(|arcs| arcs.eq(crate::CAPABILITIES_OID.iter().copied())))
+            .and_then(|e| crate::parse_capabilities_extension(e.value).ok())
+            .unwrap_or_default();
         Self {
             serial: cert.raw_serial_as_string(),
             subject: cert.subject().to_string(),
@@ -104,6 +115,7 @@ impl CertMetadata {
             not_after: cert.validity().not_after.to_datetime(),
             fingerprint_sha256: fingerprint_sha256(der),
             is_ca,
+            capabilities,
         }
     }
 

@@ -30,6 +30,9 @@ pub enum EventKind {
     CsrFailed,
     /// The CA could not be reached.
     CaUnavailable,
+    /// Policy refused a request (`can_access_capability`), or a caller went over its
+    /// rate limit.
+    AccessDenied,
 }
 
 impl EventKind {
@@ -46,6 +49,7 @@ impl EventKind {
             Self::CertValidationFailed => "CERT_VALIDATION_FAILED",
             Self::CsrFailed => "CSR_FAILED",
             Self::CaUnavailable => "CA_UNAVAILABLE",
+            Self::AccessDenied => "ACCESS_DENIED",
         }
     }
 }
@@ -233,6 +237,7 @@ impl EventSink for JsonLogSink {
                 tracing::error!(target: "crank::events", event = name, correlation_id = cid, worker_id = worker, severity = "critical", event_json = %json, "{name}");
             }
             EventKind::CsrFailed
+            | EventKind::AccessDenied
             | EventKind::CaUnavailable
             | EventKind::CertValidationFailed
             | EventKind::CertRevoked

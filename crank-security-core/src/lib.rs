@@ -32,6 +32,7 @@
 //! [`CertificateProvider`], [`PolicyEngine`] ([`DefaultPolicy`]), [`EventSink`]
 //! ([`JsonLogSink`], [`EventSinks`]) and [`CertDirResolver`] ([`DefaultCertDirResolver`]).
 
+mod access;
 mod bundle;
 mod config;
 mod dirs;
@@ -45,6 +46,11 @@ mod provider;
 mod token;
 mod write;
 
+pub use access::{
+    ADMIN_CAPABILITY, AccessDecision, AccessInput, AccessRequest, AccessTarget, CAPABILITIES_OID, Caller,
+    OPEN_CAPABILITIES, RateLimit, capabilities_extension, capability_granted, default_access,
+    parse_capabilities_extension, validate_capability,
+};
 pub use bundle::{
     CLOCK_SKEW_BACKDATE, CertMetadata, CertificateBundle, cert_pem, crl_pem, fingerprint_sha256, parse_pem_certs,
     rfc3339,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::CertMetadata;
+use crate::{AccessDecision, AccessInput, CertMetadata, default_access};
 
 /// What an issuance or renewal asks for; the input of `can_issue_certificate`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ pub struct RenewalInput {
     pub serial: String,
     /// The worker id, if the certificate names one.
     pub worker_id: Option<String>,
-    /// When the CA issued it (`not_before` plus the 60 s backdate).
+    /// When the CA issued it (`not_before` plus the CA's clock-skew backdate).
     pub issued_at: i64,
     /// `not_before` as written in the certificate.
     pub not_before: i64,
@@ -113,7 +113,7 @@ pub enum PolicyError {
     Other(String),
 }
 
-/// The four policy hooks. Every call site fails closed: an `Err` denies.
+/// The five policy hooks. Every call site fails closed: an `Err` denies.
 pub trait PolicyEngine: Debug + Send + Sync {
     /// May `input.worker_id` receive a certificate with these names and this key?
     fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError>;
@@ -127,6 +127,20 @@ pub trait PolicyEngine: Debug + Send + Sync {
 
     /// May this worker's certificates be revoked for this reason?
     fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError>;
+
+    /// May this caller use this capability of this worker, with this request? Asked for
+    /// every request before its handler runs. Engines that do not define it answer with
+    /// the built-in default, [`default_access`].
+    fn can_access_capability(&self, input: &AccessInput) -> Result<AccessDecision, PolicyError> {
+        Ok(default_access(input))
+    }
+
+    /// Changes whenever the engine's decisions may have changed (a reloaded policy):
+    /// callers that cache decisions drop them when it does. Engines that never change
+    /// keep the default, 0.
+    fn generation(&self) -> u64 {
+        0
+    }
 
     /// A short name for logs and metrics.
     fn name(&self) -> &str {
@@ -269,6 +283,7 @@ mod tests {
             not_after: nb + time::Duration::hours(24),
             fingerprint_sha256: String::new(),
             is_ca: false,
+            capabilities: vec![],
         };
         let at = |h: f64| {
             p.should_renew_certificate(&RenewalInput::new(&meta, nb + time::Duration::seconds_f64(h * 3600.0))).unwrap()

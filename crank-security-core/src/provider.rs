@@ -74,6 +74,10 @@ pub struct CertificateTemplate {
     pub not_after: OffsetDateTime,
     /// Whether this is a renewal.
     pub renewal: bool,
+    /// Access capabilities the CA grants, written into the certificate's capabilities
+    /// extension ([`crate::CAPABILITIES_OID`]); `san:` capabilities are not among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl CertificateTemplate {

@@ -40,6 +40,7 @@ fn check() -> &'static Check {
                 not_before,
                 not_after,
                 renewal: false,
+                capabilities: vec![],
             },
             anchors: vec![fixture_root()],
             now: not_before + time::Duration::minutes(30),

@@ -19,7 +19,7 @@ fn engines() -> &'static [RegoEngine] {
             let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             (path, source)
         };
-        let default = read(policies.join("default/crank.rego"));
+        let default = read(policies.join("default/defaults.rego"));
         let mut engines = vec![RegoEngine::from_sources(vec![default.clone()]).expect("default policy")];
         // Each example is meant to sit beside the default policy, as its README says.
         for example in ["capability_sans", "deny_workers", "per_environment_validity", "absolute_renewal_windows"] {

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crank_security_core::{IssuanceInput, PolicyEngine, RenewalInput};
+use crank_security_core::{AccessInput, IssuanceInput, PolicyEngine, RenewalInput};
 
 #[path = "../../tests/support/ca_copy.rs"]
 mod ca_copy;
@@ -49,18 +49,19 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// chooses the hook, the rest is its input as JSON, the way the CA and the runtime
 /// serialise it:
 ///
-/// | byte % 4 | hook | JSON |
+/// | byte % 5 | hook | JSON |
 /// |---|---|---|
 /// | 0 | `can_issue_certificate` | an `IssuanceInput` |
 /// | 1 | `certificate_validity_period` | `[worker_id, environment]` |
 /// | 2 | `should_renew_certificate` | a `RenewalInput` |
 /// | 3 | `revoke_certificate` | `[worker_id, reason]` |
+/// | 4 | `can_access_capability` | an `AccessInput` |
 ///
 /// Errors are fine (the guard fails closed on them); a panic, a hang or unbounded
 /// memory is a finding.
 pub fn call_policy_hook(engine: &dyn PolicyEngine, data: &[u8]) {
     let Some((&hook, json)) = data.split_first() else { return };
-    match hook % 4 {
+    match hook % 5 {
         0 => {
             if let Ok(input) = serde_json::from_slice::<IssuanceInput>(json) {
                 let _ = engine.can_issue_certificate(&input);
@@ -76,9 +77,14 @@ pub fn call_policy_hook(engine: &dyn PolicyEngine, data: &[u8]) {
                 let _ = engine.should_renew_certificate(&input);
             }
         }
-        _ => {
+        3 => {
             if let Ok((worker, reason)) = serde_json::from_slice::<(String, String)>(json) {
                 let _ = engine.revoke_certificate(&worker, &reason);
+            }
+        }
+        _ => {
+            if let Ok(input) = serde_json::from_slice::<AccessInput>(json) {
+                let _ = engine.can_access_capability(&input);
             }
         }
     }

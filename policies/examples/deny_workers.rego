@@ -1,5 +1,5 @@
 # Example: refuse certificates to listed worker ids (e.g. a compromised worker), in
-# addition to the default rules. Copy next to policies/default/crank.rego.
+# addition to the default rules. Drop it into a policy directory, alone or with others.
 package crank
 
 import rego.v1

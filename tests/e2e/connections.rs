@@ -48,7 +48,9 @@ impl Ca {
         let dir = tmp.path().join("ca");
         crank(&["ca", "init", "--dir", dir.to_str().unwrap()]).unwrap();
         let (process, addr) = serve_ca_process_with(&dir, &[], &opts).await.unwrap();
-        let token = crank(&["token", "create", "--dir", dir.to_str().unwrap(), "--worker-id", "scraper"]).unwrap();
+        let d = dir.to_str().unwrap();
+        let token =
+            crank(&["token", "create", "--dir", d, "--worker-id", "scraper", "--capability", "metrics.read"]).unwrap();
         let client_dir = tmp.path().join("scraper");
         cert_init("scraper", &token, &format!("https://{addr}"), &client_dir).unwrap();
         let client = CertificateBundle::load(&CertFiles::in_dir(&client_dir)).unwrap();

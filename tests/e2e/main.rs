@@ -1,6 +1,7 @@
 //! End-to-end tests of crank-security on 127.0.0.1: in-process CA and workers on free
 //! ports, and the real `crank` and `hello-world` binaries.
 
+mod access;
 mod bootstrap;
 mod cert_dir;
 mod cli;

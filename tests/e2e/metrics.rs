@@ -28,7 +28,7 @@ fn parse(body: &str) -> HashMap<String, f64> {
 async fn metrics_need_a_client_certificate_and_parse_as_prometheus_text() {
     let ca = TestCa::start().await;
     let hello = ca.worker("hello-world", hello_routes()).await;
-    let me = ca.bootstrap("scraper").await;
+    let me = ca.bootstrap_with("scraper", &["metrics.read"]).await;
     let roots = me.ca().to_vec();
 
     // Without a client certificate: the worker refuses the handshake, the CA answers 401.
@@ -62,7 +62,7 @@ async fn metrics_need_a_client_certificate_and_parse_as_prometheus_text() {
 #[tokio::test]
 async fn errors_are_counted_by_type() {
     let mut ca = TestCa::start().await;
-    let me = ca.bootstrap("counter").await;
+    let me = ca.bootstrap_with("counter", &["metrics.read"]).await;
     // A reused token: CSR_FAILED at the CA.
     let mut opts = ca.bootstrap_options("twice");
     crank_runtime::bootstrap(&opts, &crank_security_core::EventSinks::empty()).await.unwrap();

@@ -13,7 +13,7 @@ use crank_tests::{Recorder, TestCa, crank_command, crank_output, policies};
 /// A policy directory: the default policy plus `extra` files.
 fn policy_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(policies().join("default/crank.rego"), dir.path().join("crank.rego")).unwrap();
+    std::fs::copy(policies().join("default/defaults.rego"), dir.path().join("defaults.rego")).unwrap();
     for (name, text) in extra {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
@@ -43,9 +43,9 @@ async fn a_rego_deny_list_makes_bootstrap_fail_with_a_policy_error() {
 #[tokio::test]
 async fn a_rego_validity_of_one_hour_yields_one_hour_certificates() {
     let dir = policy_dir(&[]);
-    let text = std::fs::read_to_string(dir.path().join("crank.rego")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("defaults.rego")).unwrap();
     std::fs::write(
-        dir.path().join("crank.rego"),
+        dir.path().join("defaults.rego"),
         text.replace("default certificate_validity_period := 86400", "default certificate_validity_period := 3600"),
     )
     .unwrap();
@@ -56,7 +56,7 @@ async fn a_rego_validity_of_one_hour_yields_one_hour_certificates() {
 #[tokio::test]
 async fn replacing_the_policy_file_while_serving_takes_effect_and_a_broken_file_is_ignored() {
     let dir = policy_dir(&[]);
-    let file = dir.path().join("crank.rego");
+    let file = dir.path().join("defaults.rego");
     let default = std::fs::read_to_string(&file).unwrap();
     let with_validity = |secs: u32| {
         default.replace(
@@ -87,13 +87,13 @@ async fn should_renew_certificate_drives_the_workers_renewal() {
     let ca = TestCa::start().await;
     // Renew as soon as a certificate is 2 seconds old (24 h certificates otherwise).
     let dir = policy_dir(&[]);
-    let text = std::fs::read_to_string(dir.path().join("crank.rego")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("defaults.rego")).unwrap();
     let eager = text.replace(
         "\"renew\": (input.now - input.issued_at) >= ((lifetime * 2) / 3) + ((lifetime * input.jitter) / 20),",
         "\"renew\": (input.now - input.issued_at) >= 2,",
     );
     assert_ne!(eager, text);
-    std::fs::write(dir.path().join("crank.rego"), eager).unwrap();
+    std::fs::write(dir.path().join("defaults.rego"), eager).unwrap();
     let events = Arc::new(Recorder::default());
     let worker = ca
         .app("eager", hello_routes())
@@ -126,10 +126,11 @@ fn crank_policy_test(dir: &Path, cases: &Path) -> std::process::Output {
 
 #[test]
 fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
-    let ok = crank_policy_test(&policies().join("default"), &policies().join("cases"));
+    let ok = crank_policy_test(&policies().join("default"), &policies().join("default/cases"));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(out.contains("PASS: 12/12"), "{out}");
+    let n = crank_policy::cases::load_dir(&policies().join("default/cases")).unwrap().len();
+    assert!(out.contains(&format!("PASS: {n}/{n}")), "{out}");
 
     let cases = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -160,15 +161,29 @@ fn crank_policy_test_runs_the_cases_and_fails_on_a_mismatch() {
 }
 
 #[test]
+fn crank_policy_test_policies_from_the_repository_root_runs_every_case_file_and_passes() {
+    let root = policies().parent().unwrap().to_path_buf();
+    let run = crank_command(&["policy", "test", "policies"]).current_dir(&root).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
+    let suites = crank_policy::cases::find_suites(&root.join("policies"));
+    assert!(suites.len() >= 2, "{suites:?}");
+    let n: usize = suites.iter().map(|s| crank_policy::cases::load_dir(&s.cases_dir).unwrap().len()).sum();
+    assert!(out.contains(&format!("PASS: {n}/{n}")), "{out}");
+    assert!(out.contains("== policies/default") && out.contains("== policies/examples"), "{out}");
+}
+
+#[test]
 fn crank_policy_test_runs_an_opa_compiled_module_from_a_policy_directory() {
     // The OPA-ABI stand-in for `opa build -t wasm` output, assembled to a binary module.
     let dir = tempfile::tempdir().unwrap();
     let module = wat::parse_file(policies().join("wasm/opa-default/crank.wat")).unwrap();
     std::fs::write(dir.path().join("policy.wasm"), module).unwrap();
-    let run = crank_policy_test(dir.path(), &policies().join("cases"));
+    let run = crank_policy_test(dir.path(), &policies().join("default/cases"));
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
-    assert!(out.contains("PASS: 12/12"), "{out}");
+    let n = crank_policy::cases::load_dir(&policies().join("default/cases")).unwrap().len();
+    assert!(out.contains(&format!("PASS: {n}/{n}")), "{out}");
 }
 
 #[tokio::test]

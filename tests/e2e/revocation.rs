@@ -275,7 +275,7 @@ async fn the_revocation_api_needs_an_administrator_and_names_bad_input() {
 async fn a_revocation_the_policy_denies_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    std::fs::copy(policies.join("default/crank.rego"), dir.path().join("crank.rego")).unwrap();
+    std::fs::copy(policies.join("default/defaults.rego"), dir.path().join("defaults.rego")).unwrap();
     std::fs::write(
         dir.path().join("protect.rego"),
         "package crank\n\nrevoke_certificate := false if input.worker_id == \"protected\"\n",

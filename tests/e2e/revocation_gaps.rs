@@ -46,7 +46,7 @@ async fn a_revoked_client_loses_the_connection_it_holds_open() {
     assert!(closed.is_some(), "the revoked client's open connection was still served 8 s after the revocation");
 
     // Counted as such at the worker (read with another identity).
-    let metrics = Platform::client(&p.identity("scraper"))
+    let metrics = Platform::client(&p.identity_with("scraper", &["metrics.read"]))
         .get(format!("https://127.0.0.1:{}/metrics", addr.port()))
         .send()
         .await
@@ -126,7 +126,7 @@ async fn a_ca_restored_from_an_old_backup_cannot_roll_the_crl_back() {
 async fn a_stale_crl_is_reported_and_fail_closed_refuses_peers_until_a_current_one_comes() {
     // CRLs valid for 6 s (re-signed every 3 s; the workers fetch every second).
     let mut p = Platform::start(&["--crl-validity", "6s"]).await;
-    let ops = p.identity("ops");
+    let ops = p.identity_with("ops", &["metrics.read"]);
     let (_warn, warn) = p.worker("hello-world", WORKER_ENV).await;
     let strict_env: Vec<(&str, &str)> = WORKER_ENV.iter().copied().chain([("CRANK_CRL_MODE", "fail-closed")]).collect();
     let (_strict, strict) = p.worker("caller", &strict_env).await;

@@ -1,7 +1,7 @@
 //! Administrators: their certificates (`spiffe://<td>/admin/<name>`, client
 //! authentication only) and recognising one.
 
-use crank_security_core::{CertMetadata, CorrelationId, WorkerId, rfc3339};
+use crank_security_core::{ADMIN_CAPABILITY, CertMetadata, CorrelationId, WorkerId, rfc3339};
 use rcgen::{DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -34,6 +34,7 @@ impl LocalCa {
         params.use_authority_key_identifier_extension = true;
         let san = uri.as_str().try_into().map_err(SetupError::certificate(format!("{uri} as a URI SAN")))?;
         params.subject_alt_names = vec![SanType::URI(san)];
+        params.custom_extensions.push(crate::signer::capabilities_extension(&[ADMIN_CAPABILITY.to_owned()]));
         params.not_after = params.not_after.min(self.own.not_after());
         let cert = params
             .signed_by(&key, self.own.issuer())
@@ -45,7 +46,7 @@ impl LocalCa {
             worker_id: name.to_string(),
             spiffe_id: uri.clone(),
             sans: vec![uri],
-            capabilities: vec!["admin".into()],
+            capabilities: vec![ADMIN_CAPABILITY.into()],
             not_before: rfc3339(meta.not_before),
             not_after: rfc3339(meta.not_after),
             fingerprint: meta.fingerprint_sha256.clone(),

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crank_security_core::{
     CertificateEvent, CertificateProvider, CertificateTemplate, CorrelationId, EventKind, IssuanceInput, IssueRequest,
     IssuedCertificate, JoinTokenClaims, ProviderError, RenewRequest, SignRequest, SpiffeId, WorkerId,
-    fingerprint_sha256, rfc3339,
+    fingerprint_sha256, rfc3339, validate_capability,
 };
 use time::OffsetDateTime;
 
@@ -200,6 +200,9 @@ impl LocalCa {
             not_before: now - BACKDATE,
             not_after: now + validity,
             renewal: matches!(grant, Grant::Renewal(_)),
+            // Access capabilities go into the certificate; `san:` and other issuance-only
+            // capabilities stay in the ledger.
+            capabilities: capabilities.iter().filter(|c| validate_capability(c).is_ok()).cloned().collect(),
         };
         let request =
             SignRequest { csr_pem: csr_pem.to_owned(), template: template.clone(), correlation_id: cid.clone() };

@@ -195,6 +195,19 @@ impl LocalCa {
         &self.metrics
     }
 
+    /// Capability access control for the CA's own endpoints (service `ca`), deciding
+    /// with the CA's policy.
+    pub fn access_control(&self) -> crank_runtime::AccessControl {
+        crank_runtime::AccessControl::new(
+            self.policy.clone(),
+            "ca",
+            self.trust_domain.as_str(),
+            self.config.environment.clone(),
+            self.events.clone(),
+        )
+        .with_metrics(self.metrics.clone())
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn CaStore> {
         &self.store

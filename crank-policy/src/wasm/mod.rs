@@ -34,7 +34,10 @@ mod opa_builtins;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crank_security_core::{IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision, RenewalInput};
+use crank_security_core::{
+    AccessDecision, AccessInput, IssuanceDecision, IssuanceInput, PolicyEngine, PolicyError, RenewalDecision,
+    RenewalInput,
+};
 use serde::de::DeserializeOwned;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Store, StoreLimits};
 
@@ -55,8 +58,7 @@ const POOL_SLOTS: u32 = 128;
 const KEEP_RESIDENT: usize = 4 * 1024 * 1024;
 
 /// The hooks, in [`PolicyEngine`] order; their names are the rule names of every engine.
-pub const HOOKS: [&str; 4] =
-    ["can_issue_certificate", "certificate_validity_period", "should_renew_certificate", "revoke_certificate"];
+pub const HOOKS: [&str; 5] = crate::rego::RULES;
 
 /// The interface a module speaks, found from its exports at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +134,17 @@ impl WasmEngine {
         }
     }
 
-    fn eval<T: DeserializeOwned>(&self, hook: usize, input: &impl serde::Serialize) -> Result<T, PolicyError> {
+    /// Evaluates hook number `hook`. `None` when the module leaves the hook to the
+    /// built-in rule: an OPA-ABI module without its entrypoint, or a crank-ABI answer of
+    /// `null` (only for `can_access_capability`, which modules written before it lack).
+    fn eval<T: DeserializeOwned>(&self, hook: usize, input: &impl serde::Serialize) -> Result<Option<T>, PolicyError> {
         let name = HOOKS.get(hook).copied().unwrap_or("?");
+        let optional = name == "can_access_capability";
+        if let Host::Opa(h) = &self.host
+            && !h.has_entrypoint(hook)
+        {
+            return Ok(None);
+        }
         let json = serde_json::to_vec(input).map_err(|e| PolicyError::Other(e.to_string()))?;
         let _slot = self.slots.take();
         let out = match &self.host {
@@ -142,10 +153,11 @@ impl WasmEngine {
         }
         .map_err(|e| PolicyError::Evaluation(format!("{}: {name}: {e}", self.path.display())))?;
         match &self.host {
-            Host::Crank(_) => serde_json::from_slice(&out).map_err(|e| {
+            Host::Crank(_) if optional && out.trim_ascii() == b"null" => Ok(None),
+            Host::Crank(_) => serde_json::from_slice(&out).map(Some).map_err(|e| {
                 PolicyError::MalformedOutput(format!("{name} answered {}: {e}", String::from_utf8_lossy(&out)))
             }),
-            Host::Opa(_) => opa::result(name, &out),
+            Host::Opa(_) => opa::result(name, &out).map(Some),
         }
     }
 }
@@ -249,22 +261,34 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// A required hook's answer.
+fn required<T>(name: &str, answer: Option<T>) -> Result<T, PolicyError> {
+    answer.ok_or_else(|| PolicyError::MalformedOutput(format!("{name}: the module gave no answer")))
+}
+
 impl PolicyEngine for WasmEngine {
     fn can_issue_certificate(&self, input: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
-        self.eval(0, input)
+        required(HOOKS[0], self.eval(0, input)?)
     }
 
     fn certificate_validity_period(&self, worker_id: &str, environment: &str) -> Result<Duration, PolicyError> {
-        let secs: f64 = self.eval(1, &ValidityInput { worker_id, environment })?;
+        let secs: f64 = required(HOOKS[1], self.eval(1, &ValidityInput { worker_id, environment })?)?;
         crate::documents::validity(secs, HOOKS[1])
     }
 
     fn should_renew_certificate(&self, input: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
-        self.eval(2, input)
+        required(HOOKS[2], self.eval(2, input)?)
     }
 
     fn revoke_certificate(&self, worker_id: &str, reason: &str) -> Result<bool, PolicyError> {
-        self.eval(3, &RevokeInput { worker_id, reason })
+        required(HOOKS[3], self.eval(3, &RevokeInput { worker_id, reason })?)
+    }
+
+    fn can_access_capability(&self, input: &AccessInput) -> Result<AccessDecision, PolicyError> {
+        match self.eval(4, input)? {
+            Some(d) => Ok(d),
+            None => Ok(crank_security_core::default_access(input)),
+        }
     }
 
     fn name(&self) -> &str {

@@ -84,7 +84,8 @@ pub(super) struct Host {
     linker: Linker<State<Ctx>>,
     memory: InstancePre<State<Ctx>>,
     exports: Exports,
-    entrypoints: [i32; 4],
+    /// Per hook; `can_access_capability` may be missing (the built-in rule decides).
+    entrypoints: [Option<i32>; 5],
     builtins: Arc<Builtins>,
     minor: i32,
 }
@@ -99,7 +100,7 @@ impl Host {
             linker: host_functions(engine)?,
             memory: memory_provider(engine, limits)?,
             exports,
-            entrypoints: [0; 4],
+            entrypoints: [None; 5],
             builtins: Arc::new(HashMap::new()),
             minor: 0,
         };
@@ -132,7 +133,7 @@ impl Host {
     /// Evaluates the entrypoint of hook number `hook` on `input` (JSON) in a fresh
     /// instance; the result set as JSON.
     pub(super) fn call(&self, engine: &Engine, hook: usize, input: &[u8]) -> Result<Vec<u8>, String> {
-        let entrypoint = *self.entrypoints.get(hook).ok_or("no such hook")?;
+        let entrypoint = self.entrypoints.get(hook).copied().flatten().ok_or("no such hook")?;
         let mut store = store(engine, Ctx { memory: None, builtins: self.builtins.clone() })?;
         let instance = self.instantiate(&mut store)?;
         let memory = store.data().host.memory.ok_or("no memory")?;
@@ -221,17 +222,24 @@ impl Host {
         Ok(resolved)
     }
 
-    /// The ids of the `crank/<hook>` entrypoints, in hook order.
-    fn resolve_entrypoints(&self, store: &mut OpaStore, instance: Instance) -> Result<[i32; 4], String> {
+    /// Whether the module has an entrypoint for hook number `hook`.
+    pub(super) fn has_entrypoint(&self, hook: usize) -> bool {
+        self.entrypoints.get(hook).is_some_and(Option::is_some)
+    }
+
+    /// The ids of the `crank/<hook>` entrypoints, in hook order. Every hook but
+    /// `can_access_capability` (added later; modules built before it lack it) must
+    /// have one.
+    fn resolve_entrypoints(&self, store: &mut OpaStore, instance: Instance) -> Result<[Option<i32>; 5], String> {
         let map = self.dump_call(store, instance, &self.exports.entrypoints, "entrypoints")?;
         let normal: HashMap<String, i32> =
             map.into_iter().map(|(k, v)| (k.trim_start_matches("data.").replace('.', "/"), v)).collect();
-        let mut ids = [0; 4];
+        let mut ids = [None; 5];
         let mut missing = Vec::new();
         for (id, hook) in ids.iter_mut().zip(HOOKS) {
-            match normal.get(&format!("{ENTRYPOINT_PACKAGE}/{hook}")) {
-                Some(v) => *id = *v,
-                None => missing.push(format!("{ENTRYPOINT_PACKAGE}/{hook}")),
+            *id = normal.get(&format!("{ENTRYPOINT_PACKAGE}/{hook}")).copied();
+            if id.is_none() && hook != "can_access_capability" {
+                missing.push(format!("{ENTRYPOINT_PACKAGE}/{hook}"));
             }
         }
         if !missing.is_empty() {

@@ -16,7 +16,7 @@ use policies::policies;
 
 /// Every shipped default case, run on `engine`; the failures.
 fn default_case_failures(engine: &dyn PolicyEngine) -> Vec<String> {
-    let all = cases::load_dir(&policies().join("cases")).unwrap();
+    let all = cases::load_dir(&policies().join("default/cases")).unwrap();
     assert!(all.len() >= 12, "only {} cases", all.len());
     all.iter().filter_map(|c| cases::run(engine, c).err().map(|e| format!("{}: {e}", c.name))).collect()
 }

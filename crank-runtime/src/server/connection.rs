@@ -88,10 +88,15 @@ async fn serve(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+    let caller = certificate
+        .as_ref()
+        .and_then(|c| crank_security_core::CertMetadata::from_der(c).ok())
+        .and_then(|m| crank_security_core::Caller::from_certificate(&m));
     let connection = Arc::new(Connection {
         peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf),
         certificate: certificate.clone(),
         remote,
+        caller,
     });
     let (activity, mut requests) = watch::channel(0_usize);
     let service = service(shared.router.clone(), connection, Arc::new(activity));

@@ -71,6 +71,9 @@ pub struct Connection {
     pub peer: Option<PeerIdentity>,
     /// The client certificate rustls verified (any identity, not only workers).
     pub certificate: Option<CertificateDer<'static>>,
+    /// What capability access policy knows of the caller (a worker or an
+    /// administrator), read once from the certificate.
+    pub caller: Option<crank_security_core::Caller>,
     /// The peer's socket address.
     pub remote: SocketAddr,
 }

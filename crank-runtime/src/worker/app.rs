@@ -18,12 +18,16 @@ use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::{MtlsClient, MtlsHttpClient};
 use super::rotation::{RotationConfig, Rotator};
 use super::settings::{Resolved, WorkerSettings};
+use crate::access::AccessControl;
 use crate::metrics::{Metrics, PrometheusSink};
 use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::{CrlMode, TrustStore};
 use crate::{ConnectionLimits, RuntimeError, ServerHandle};
 use crank_policy::PolicyGuard;
 use tokio::sync::watch;
+
+/// The capability of every worker's `/metrics`.
+pub const METRICS_CAPABILITY: &str = "metrics.read";
 
 /// What a handler can reach: this worker's identity and an mTLS client.
 /// Extract it with `Extension<WorkerContext>`.
@@ -72,6 +76,8 @@ pub struct WorkerApplication {
     service_name: String,
     port: Result<u16, String>,
     routes: Router,
+    /// Route groups and the capability each serves.
+    capabilities: Vec<(String, Router)>,
     events: EventSinks,
     settings: WorkerSettings,
 }
@@ -114,6 +120,7 @@ impl WorkerApplication {
             service_name: service_name.into(),
             port: Ok(8500),
             routes: Router::new(),
+            capabilities: Vec::new(),
             events: EventSinks::default(),
             settings: WorkerSettings::default(),
         }
@@ -141,9 +148,20 @@ impl WorkerApplication {
         self
     }
 
-    /// The service's routes; `/health` is added. Every route is behind mTLS.
+    /// The service's routes; `/health` is added. Every route is behind mTLS. These
+    /// routes name no capability: policy's rule for undeclared routes decides who may
+    /// call them (by default any caller of the trust domain).
     pub fn routes(mut self, routes: Router) -> Self {
         self.routes = routes;
+        self
+    }
+
+    /// Routes serving `capability` (e.g. `email.classify`): every request to them is
+    /// authorised by the policy hook `can_access_capability` for that capability (by
+    /// default: callers the CA granted it, and administrators). An invalid name is
+    /// reported by `run()`.
+    pub fn capability(mut self, capability: impl Into<String>, routes: Router) -> Self {
+        self.capabilities.push((capability.into(), routes));
         self
     }
 
@@ -259,6 +277,14 @@ impl WorkerApplication {
     /// Obtains certificates and starts serving in the background.
     pub async fn start(self) -> Result<RunningWorker, RuntimeError> {
         let port = self.port.clone().map_err(RuntimeError::Config)?;
+        for (capability, _) in &self.capabilities {
+            if capability.ends_with('*') {
+                return Err(RuntimeError::Config(format!(
+                    "capability {capability:?}: a route serves one capability, not a prefix"
+                )));
+            }
+            crank_security_core::validate_capability(capability)?;
+        }
         let Resolved {
             security: config,
             join_token: token,
@@ -333,6 +359,17 @@ impl WorkerApplication {
         };
         let policy = PolicyGuard::new(engine);
         let events: Arc<dyn EventSink> = Arc::new(self.events.clone());
+        let access = Arc::new(
+            AccessControl::new(
+                policy.clone(),
+                spiffe_id.worker_id.as_str(),
+                spiffe_id.trust_domain.as_str(),
+                config.environment.clone(),
+                events.clone(),
+            )
+            .with_metrics(metrics.clone())
+            .with_trust_changes(trust.changes()),
+        );
         let rotator =
             Rotator::new(bundle.clone(), rotation, policy, events.clone(), credentials.clone(), trust.clone())?;
         let (stop_rotation, stop_rx) = watch::channel(false);
@@ -365,11 +402,18 @@ impl WorkerApplication {
             ));
         }
         let context = WorkerContext { worker_id: spiffe_id.worker_id.clone(), spiffe_id, client };
-        let router = self
+        let undeclared = self
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
-            .route("/ready", get(move || ready(crl_status.clone())))
-            .merge(Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()))
+            .route("/ready", get(move || ready(crl_status.clone())));
+        let mut router = access.protect(None, undeclared).merge(access.protect(
+            Some(METRICS_CAPABILITY),
+            Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()),
+        ));
+        for (capability, routes) in self.capabilities {
+            router = router.merge(access.protect(Some(&capability), routes));
+        }
+        let router = router
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))

@@ -18,7 +18,7 @@ mod mtls;
 mod rotation;
 mod settings;
 
-pub use self::app::{RunningWorker, WorkerApplication, WorkerContext};
+pub use self::app::{METRICS_CAPABILITY, RunningWorker, WorkerApplication, WorkerContext};
 pub use self::bootstrap::{
     BootstrapError, BootstrapOptions, RetryPolicy, accept_issued, bootstrap, default_sans, keep_issued_crl, trust_pem,
 };

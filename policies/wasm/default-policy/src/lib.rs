@@ -58,6 +58,36 @@ struct Renewal {
     jitter: f64,
 }
 
+#[derive(Deserialize)]
+struct Access {
+    caller: AccessCaller,
+    target: AccessTarget,
+}
+
+#[derive(Deserialize)]
+struct AccessCaller {
+    spiffe_id: String,
+    administrator: bool,
+    trust_domain: String,
+    capabilities: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AccessTarget {
+    trust_domain: String,
+    capability: Option<String>,
+}
+
+/// Capabilities every worker of the trust domain may use.
+const OPEN_CAPABILITIES: [&str; 2] = ["platform.register", "platform.heartbeat"];
+
+/// Whether the grant `granted` covers `wanted`: the same, `prefix.*`, or `admin`.
+fn grants(granted: &str, wanted: &str) -> bool {
+    granted == wanted
+        || granted == "admin"
+        || granted.strip_suffix('*').is_some_and(|p| p.ends_with('.') && wanted.starts_with(p))
+}
+
 const KEY_TYPES: [&str; 5] = ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072"];
 
 #[derive(Serialize)]
@@ -119,6 +149,32 @@ fn evaluate(hook: &str, input: &[u8]) -> Result<String, String> {
             }))
         }
         "revoke_certificate" => Ok("true".into()),
+        "can_access_capability" => {
+            let a: Access = serde_json::from_slice(input).map_err(bad)?;
+            let (caller, target) = (&a.caller, &a.target);
+            let reason = if caller.trust_domain != target.trust_domain {
+                Some(format!(
+                    "caller {} is of trust domain {:?}, not {:?}",
+                    caller.spiffe_id, caller.trust_domain, target.trust_domain
+                ))
+            } else {
+                match &target.capability {
+                    None => None,
+                    Some(c)
+                        if caller.administrator
+                            || OPEN_CAPABILITIES.contains(&c.as_str())
+                            || caller.capabilities.iter().any(|g| grants(g, c)) =>
+                    {
+                        None
+                    }
+                    Some(c) => Some(format!(
+                        "caller {} does not hold capability {c}; grant it at issuance (`crank token create --capability {c}`) or allow it in can_access_capability",
+                        caller.spiffe_id
+                    )),
+                }
+            };
+            Ok(text(&IssuanceAnswer { allow: reason.is_none(), reason }))
+        }
         other => Err(format!("unknown hook {other}")),
     }
 }

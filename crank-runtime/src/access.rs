@@ -1,0 +1,310 @@
+//! Capability access (the security model's fourth layer): every request is authorised by
+//! policy before its handler runs.
+//!
+//! ```text
+//!  request ─► mTLS (the caller's certificate, verified at the handshake)
+//!          ─► routing ─► AccessControl (route_layer): Caller from the certificate,
+//!                        the route's capability, method, path, matched route
+//!                        ─► can_access_capability (cached per input; the cache is
+//!                           dropped when the policy reloads or the CRL or roots change)
+//!                        ─► deny: 403 {"error": {"code": "access_denied", ...}} + ACCESS_DENIED
+//!                        ─► allow with a rate limit: token bucket per (caller, capability),
+//!                           over it 429 + Retry-After
+//!                        ─► the handler
+//! ```
+//!
+//! A worker declares the capabilities it serves with
+//! [`WorkerApplication::capability`](crate::WorkerApplication::capability); routes given
+//! to [`WorkerApplication::routes`](crate::WorkerApplication::routes) name none and get
+//! the policy's rule for undeclared routes (by default: any caller of the trust domain).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use crank_policy::PolicyGuard;
+use crank_security_core::{
+    AccessDecision, AccessInput, AccessRequest, AccessTarget, CertificateEvent, CorrelationId, EventKind, EventSink,
+    RateLimit,
+};
+use tokio::sync::watch;
+
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::metrics::Metrics;
+use crate::tls::Connection;
+
+/// Decisions kept per process; past it the cache starts over.
+const CACHE_ENTRIES: usize = 4096;
+/// Rate-limit buckets kept; past it full (idle) buckets are dropped.
+const MAX_BUCKETS: usize = 65_536;
+
+/// Authorises requests with `can_access_capability`. One per server; shared by every
+/// route group through [`AccessControl::protect`].
+pub struct AccessControl {
+    guard: PolicyGuard,
+    /// The callee: this worker's id (or `ca`, `platform`) and trust domain.
+    service: String,
+    trust_domain: String,
+    environment: String,
+    events: Arc<dyn EventSink>,
+    metrics: Option<Arc<Metrics>>,
+    trust_changes: Option<watch::Receiver<u64>>,
+    /// Whether decisions are cached: not for the built-in engine, which decides faster
+    /// than a cache lookup.
+    cached: bool,
+    cache: Mutex<Cache>,
+    buckets: Mutex<HashMap<(String, String), Bucket>>,
+}
+
+impl std::fmt::Debug for AccessControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessControl")
+            .field("service", &self.service)
+            .field("trust_domain", &self.trust_domain)
+            .field("engine", &self.guard.engine_name())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    /// (policy generation, trust generation) the entries were decided under.
+    stamp: (u64, u64),
+    entries: HashMap<AccessInput, AccessDecision>,
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The outcome for one request.
+enum Outcome {
+    Allow,
+    Deny(String),
+    Limited(Duration),
+}
+
+impl AccessControl {
+    /// Access control for `service` of `trust_domain` in `environment`, deciding with
+    /// `guard` and reporting denials to `events`.
+    pub fn new(
+        guard: PolicyGuard,
+        service: impl Into<String>,
+        trust_domain: impl Into<String>,
+        environment: impl Into<String>,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self {
+            cached: guard.engine_name() != "builtin",
+            guard,
+            service: service.into(),
+            trust_domain: trust_domain.into(),
+            environment: environment.into(),
+            events,
+            metrics: None,
+            trust_changes: None,
+            cache: Mutex::default(),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Counts decisions into `metrics` (`crank_access_decisions_total`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Drops cached decisions whenever `changes` moves (the trust store's CRL and root
+    /// changes).
+    #[must_use]
+    pub fn with_trust_changes(mut self, changes: watch::Receiver<u64>) -> Self {
+        self.trust_changes = Some(changes);
+        self
+    }
+
+    /// `routes` with every request checked for `capability` (`None`: a route group
+    /// that names none) after routing, before the handler.
+    pub fn protect(self: &Arc<Self>, capability: Option<&str>, routes: Router) -> Router {
+        let state = (self.clone(), capability.map(Arc::<str>::from));
+        routes.route_layer(axum::middleware::from_fn_with_state(state, check))
+    }
+
+    /// The decision for `input`: from the cache when the same input was decided under
+    /// the same policy and trust, else from the policy (engine failures deny).
+    pub fn decide(&self, input: &AccessInput) -> Result<AccessDecision, crank_policy::Denied> {
+        if !self.cached {
+            return self.guard.may_access(input);
+        }
+        let stamp = (self.guard.generation(), self.trust_changes.as_ref().map_or(0, |c| *c.borrow()));
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.stamp != stamp {
+                cache.entries.clear();
+                cache.stamp = stamp;
+            }
+            if let Some(d) = cache.entries.get(input) {
+                return if d.allow { Ok(d.clone()) } else { Err(denied(d)) };
+            }
+        }
+        let decided = self.guard.may_access(input);
+        let keep = match &decided {
+            Ok(d) => Some(d.clone()),
+            // A decided denial is kept; an engine failure is asked again next time.
+            Err(e) if !e.engine_failure => Some(AccessDecision::deny(e.reason.clone())),
+            Err(_) => None,
+        };
+        if let Some(d) = keep {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.stamp == stamp {
+                if cache.entries.len() >= CACHE_ENTRIES {
+                    cache.entries.clear();
+                }
+                cache.entries.insert(input.clone(), d);
+            }
+        }
+        decided
+    }
+
+    /// Takes one token from the bucket of (`caller`, `capability`) under `limit`;
+    /// `Err(wait)` when it is empty.
+    fn take(&self, caller: &str, capability: &str, limit: RateLimit) -> Result<(), Duration> {
+        let rate = limit.requests_per_second.max(f64::MIN_POSITIVE);
+        let burst = f64::from(limit.burst.max(1));
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let bucket =
+            buckets.entry((caller.to_owned(), capability.to_owned())).or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+
+    fn count(&self, capability: &str, decision: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.access_decision(capability, decision);
+        }
+    }
+}
+
+fn denied(d: &AccessDecision) -> crank_policy::Denied {
+    crank_policy::Denied { reason: d.reason.clone().unwrap_or_else(|| "no reason given".into()), engine_failure: false }
+}
+
+/// The middleware: decide, then answer 403 / 429 or run the handler.
+async fn check(
+    State((access, capability)): State<(Arc<AccessControl>, Option<Arc<str>>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let label = capability.as_deref().unwrap_or("none");
+    let cid = req
+        .headers()
+        .get(CorrelationId::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(CorrelationId::new, CorrelationId::from_peer);
+    let connection = req.extensions().get::<Arc<Connection>>();
+    if connection.is_none_or(|c| c.certificate.is_none()) {
+        access.count(label, "deny");
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "this endpoint requires a client certificate issued by this CA".into(),
+            capability.as_deref(),
+        );
+    }
+    let caller = connection.and_then(|c| c.caller.clone());
+    let Some(caller) = caller else {
+        access.count(label, "deny");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the client certificate carries no SPIFFE ID of this platform".into(),
+            capability.as_deref(),
+        );
+    };
+    let input = AccessInput {
+        target: AccessTarget {
+            worker_id: access.service.clone(),
+            trust_domain: access.trust_domain.clone(),
+            capability: capability.as_deref().map(str::to_owned),
+        },
+        request: AccessRequest {
+            method: req.method().as_str().to_owned(),
+            path: req.uri().path().to_owned(),
+            route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()),
+        },
+        environment: access.environment.clone(),
+        caller,
+    };
+    let outcome = match access.decide(&input) {
+        Ok(d) => match d.rate_limit {
+            Some(limit) => match access.take(&input.caller.spiffe_id, label, limit) {
+                Ok(()) => Outcome::Allow,
+                Err(wait) => Outcome::Limited(wait),
+            },
+            None => Outcome::Allow,
+        },
+        Err(e) => {
+            access.count(label, if e.engine_failure { "error" } else { "deny" });
+            Outcome::Deny(e.reason)
+        }
+    };
+    match outcome {
+        Outcome::Allow => {
+            access.count(label, "allow");
+            next.run(req).await
+        }
+        Outcome::Deny(reason) => {
+            emit(&access, &cid, &input, "denied", &reason);
+            refusal(StatusCode::FORBIDDEN, "access_denied", reason, capability.as_deref())
+        }
+        Outcome::Limited(wait) => {
+            access.count(label, "limited");
+            let reason = format!("{} is over its rate limit for capability {label}", input.caller.spiffe_id);
+            emit(&access, &cid, &input, "rate_limited", &reason);
+            let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason, capability.as_deref());
+            r.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
+            r
+        }
+    }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub(crate) fn retry_after(wait: Duration) -> HeaderValue {
+    HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+fn emit(access: &AccessControl, cid: &CorrelationId, input: &AccessInput, what: &str, reason: &str) {
+    let ev = CertificateEvent::new(EventKind::AccessDenied, cid)
+        .worker(input.caller.worker_id.as_str())
+        .error(what, reason)
+        .detail("caller", input.caller.spiffe_id.clone())
+        .detail("serial", input.caller.serial.clone())
+        .detail("capability", input.target.capability.clone())
+        .detail("method", input.request.method.clone())
+        .detail("path", input.request.path.clone())
+        .detail("service", access.service.clone());
+    access.events.emit(&ev);
+}
+
+fn refusal(status: StatusCode, code: &str, message: String, capability: Option<&str>) -> Response {
+    let body =
+        ErrorBody { error: ErrorDetail { code: code.to_owned(), message, capability: capability.map(str::to_owned) } };
+    (status, axum::Json(body)).into_response()
+}

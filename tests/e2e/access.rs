@@ -1,0 +1,209 @@
+//! Capability access policy: every request authorised by `can_access_capability`, from
+//! the capabilities the CA wrote into the caller's certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use crank_security_core::{CertificateBundle, EventKind, WorkerId};
+use crank_tests::{Recorder, TestCa};
+use serde_json::Value;
+
+/// A worker serving `email.classify` at `POST /classify`, and `GET /` (no capability).
+fn email_routes() -> (Router, Router) {
+    let open = crank_runtime::demo::hello_routes();
+    let classify = Router::new().route("/classify", post(|| async { "spam" }));
+    (open, classify)
+}
+
+async fn admin(ca: &TestCa) -> CertificateBundle {
+    let (cert, key) = ca.ca.issue_admin(&WorkerId::new("alice").unwrap(), time::Duration::hours(1)).await.unwrap();
+    let roots = ca.dir.trust_bundle_pem().unwrap();
+    CertificateBundle::from_pem(cert.as_bytes(), key.as_bytes(), roots.as_bytes()).unwrap()
+}
+
+async fn post_classify(client: &reqwest::Client, base: &str) -> (u16, Value, Option<String>) {
+    let r = client.post(format!("{base}/classify")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let body = r.text().await.unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capability_is_served_to_holders_and_administrators_and_refused_to_others_with_a_reason() {
+    let ca = TestCa::start().await;
+    let events = Arc::new(Recorder::default());
+    let (open, classify) = email_routes();
+    let worker =
+        ca.app("email", open).capability("email.classify", classify).event_sink(events.clone()).start().await.unwrap();
+    let base = format!("https://127.0.0.1:{}", worker.addr().port());
+    let holder = ca.bootstrap_with("classifier-client", &["email.classify"]).await;
+    assert_eq!(holder.metadata().capabilities, ["email.classify"], "the CA wrote the grant into the certificate");
+    let plain = ca.bootstrap("plain-client").await;
+    let admin = admin(&ca).await;
+    assert_eq!(admin.metadata().capabilities, ["admin"]);
+    let client = |b: &CertificateBundle| super::mtls(b, b.ca());
+
+    assert_eq!(post_classify(&client(&holder), &base).await.0, 200);
+    assert_eq!(post_classify(&client(&admin), &base).await.0, 200, "administrators hold every capability");
+    let (status, body, _) = post_classify(&client(&plain), &base).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "access_denied");
+    assert_eq!(body["error"]["capability"], "email.classify");
+    let reason = body["error"]["message"].as_str().unwrap();
+    assert!(reason.contains("does not hold capability email.classify"), "{reason}");
+    // A route that names no capability: any worker of the trust domain.
+    let r = client(&plain).get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // /metrics is the capability metrics.read.
+    let r = client(&plain).get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client(&admin).get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = r.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"crank_access_decisions_total{capability="email.classify",decision="deny"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"crank_access_decisions_total{capability="email.classify",decision="allow"} 2"#));
+    let denied = events.of(EventKind::AccessDenied);
+    assert_eq!(denied.len(), 2, "one per refusal (classify, metrics)");
+    assert_eq!(denied[0].worker_id.as_deref(), Some("plain-client"));
+    assert!(denied[0].correlation_id.as_str().starts_with("req_"));
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rego_file_dropped_in_changes_access_live_and_sets_a_rate_limit() {
+    let ca = TestCa::start().await;
+    let policy = tempfile::tempdir().unwrap();
+    // At first, the defaults only (a directory needs one file: an unrelated extension).
+    std::fs::write(
+        policy.path().join("deny.rego"),
+        "package crank\nimport rego.v1\ndeny contains \"never\" if false\n",
+    )
+    .unwrap();
+    let engine = crank_policy::ReloadingEngine::start(policy.path()).unwrap();
+    let (open, classify) = email_routes();
+    let worker = ca.app("email", open).capability("email.classify", classify).policy(engine).start().await.unwrap();
+    let base = format!("https://127.0.0.1:{}", worker.addr().port());
+    let plain = super::mtls(&ca.bootstrap("plain-client").await, worker.bundle.ca());
+    assert_eq!(post_classify(&plain, &base).await.0, 403);
+
+    // A file defining only can_access_capability: everyone of the domain, 2 requests
+    // a second with a burst of 2.
+    std::fs::write(
+        policy.path().join("access.rego"),
+        "package crank\nimport rego.v1\n\
+         can_access_capability := {\"allow\": true, \"rate_limit\": {\"requests_per_second\": 0.5, \"burst\": 2}} \
+         if input.target.capability == \"email.classify\"\n",
+    )
+    .unwrap();
+    let mut last = 0;
+    for _ in 0..50 {
+        last = post_classify(&plain, &base).await.0;
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 200, "the dropped-in file allowed the call within the reload interval");
+    // One more within the burst, then 429 with Retry-After.
+    let (second, _, _) = post_classify(&plain, &base).await;
+    let (third, body, retry) = post_classify(&plain, &base).await;
+    assert_eq!((second, third), (200, 429), "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Undeclared routes still follow the defaults.
+    assert_eq!(plain.get(format!("{base}/")).send().await.unwrap().status(), 200);
+
+    // The file removed: the default decides again.
+    std::fs::remove_file(policy.path().join("access.rego")).unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = post_classify(&plain, &base).await.0;
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 403);
+    worker.shutdown().await.unwrap();
+}
+
+/// An administrator's bundle from `crank ca admin-cert`.
+fn admin_bundle(p: &crank_tests::Platform, name: &str) -> CertificateBundle {
+    let dir = p.admin(name);
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    CertificateBundle::from_pem(&read("admin.crt"), &read("admin.key"), &read("ca.crt")).unwrap()
+}
+
+async fn status(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The real binaries: `crank ca serve` with the policy directory `crank ca init` made,
+/// `hello-world` with `CRANK_POLICY_DIR`. `/metrics` (the capability `metrics.read`) of
+/// the worker and of the CA: refused to a plain worker with the reason, served to a
+/// worker granted it and to an administrator. A Rego file copied into the worker's
+/// policy directory, and one into the CA's, change decisions while everything serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_read_is_decided_by_policy_on_the_real_binaries_and_dropped_in_files_change_it_live() {
+    let p = crank_tests::Platform::start(&[]).await;
+    assert!(p.ca_dir.join("policies/defaults.rego").is_file(), "crank ca init made the CA's policy directory");
+    let worker_policy = p.tmp.path().join("worker-policy");
+    std::fs::create_dir(&worker_policy).unwrap();
+    std::fs::copy(crank_tests::policies().join("examples/deny_workers.rego"), worker_policy.join("deny.rego")).unwrap();
+    let (_hello, addr) = p.worker("hello-world", &[("CRANK_POLICY_DIR", worker_policy.to_str().unwrap())]).await;
+    let worker_metrics = format!("https://127.0.0.1:{}/metrics", addr.port());
+    let ca_metrics = format!("{}/metrics", p.ca_url());
+
+    let plain = crank_tests::Platform::client(&p.identity("prometheus"));
+    let granted = crank_tests::Platform::client(&p.identity_with("grafana", &["metrics.read"]));
+    let admin = crank_tests::Platform::client(&admin_bundle(&p, "ops"));
+    for url in [&worker_metrics, &ca_metrics] {
+        let (code, body) = status(&plain, url).await;
+        assert_eq!(code, 403, "{url}: {body}");
+        assert_eq!(body["error"]["capability"], "metrics.read");
+        assert!(body["error"]["message"].as_str().unwrap().contains("does not hold capability metrics.read"));
+        assert_eq!(status(&granted, url).await.0, 200, "{url}");
+        assert_eq!(status(&admin, url).await.0, 200, "{url}");
+    }
+    assert!(
+        p.log("hello-world").lines().any(|l| l.contains("ACCESS_DENIED") && l.contains("prometheus")),
+        "the worker logged the refusal"
+    );
+
+    // The example that lets `prometheus` scrape, copied into the worker's directory.
+    std::fs::copy(
+        crank_tests::policies().join("examples/metrics_scrapers.rego"),
+        worker_policy.join("metrics_scrapers.rego"),
+    )
+    .unwrap();
+    crank_tests::eventually("the dropped-in policy in force at the worker", Duration::from_secs(10), || async {
+        status(&plain, &worker_metrics).await.0 == 200
+    })
+    .await;
+    assert_eq!(status(&plain, &ca_metrics).await.0, 403, "the CA's policy did not change");
+
+    // And a deny list copied into the CA's own policy directory: no certificate for
+    // mallory, without a restart.
+    std::fs::copy(crank_tests::policies().join("examples/deny_workers.rego"), p.ca_dir.join("policies/deny.rego"))
+        .unwrap();
+    let mut refused = String::new();
+    for i in 0..50 {
+        let dir = p.tmp.path().join(format!("mallory-{i}"));
+        match crank_tests::cert_init("mallory", &p.token("mallory"), &p.ca_url(), &dir) {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => {
+                refused = e.to_string();
+                break;
+            }
+        }
+    }
+    assert!(refused.contains("deny list"), "mallory was refused by the dropped-in file: {refused}");
+}
