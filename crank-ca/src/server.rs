@@ -39,6 +39,10 @@ use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
 use crate::error::{CaError, SetupError};
 
+/// The capability of revoking certificates at the CA (administrators, and workers
+/// granted it, under the default policy).
+pub const REVOKE_CAPABILITY: &str = "ca.revoke";
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest time a request may take.
@@ -54,16 +58,18 @@ pub fn router(ca: Arc<LocalCa>) -> Router {
         Some(crank_runtime::METRICS_CAPABILITY),
         Router::new().route("/metrics", get(crank_runtime::metrics::handler)).with_state(metrics.clone()),
     );
+    let revoke_route =
+        access.protect(Some(REVOKE_CAPABILITY), Router::new().route(REVOKE_PATH, post(revoke)).with_state(ca.clone()));
     Router::new()
         .route("/health", get(health))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))
         .route(ISSUE_PATH, post(issue))
         .route(RENEW_PATH, post(renew))
         .route(CRL_PATH, get(crl))
-        .route(REVOKE_PATH, post(revoke))
-        .fallback(|| async { ApiError::not_found() })
         .with_state(ca)
+        .merge(revoke_route)
         .merge(metrics_route)
+        .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         // Outermost, so requests that time out are counted (408).
@@ -181,7 +187,7 @@ async fn revoke(
             "revocation needs an administrator client certificate (`crank ca admin-cert`)",
         ));
     };
-    let admin = ca.admin_of(certificate).await.map_err(api_error)?;
+    let who = ca.revoker_of(certificate).await.map_err(api_error)?;
     let Json(body) = body.map_err(json_error)?;
     let cid = correlation(&headers);
     let name = |w: String| WorkerId::new(w).map_err(|e| ApiError::bad_request("bad_worker_id", e.to_string()));
@@ -197,7 +203,7 @@ async fn revoke(
         }
     };
     let reason: RevocationReason = body.reason.parse().map_err(|e: String| ApiError::bad_request("bad_reason", e))?;
-    let records = ca.revoke(target, reason, &format!("admin/{admin}"), &cid).await.map_err(api_error)?;
+    let records = ca.revoke(target, reason, &who, &cid).await.map_err(api_error)?;
     let crl_number = ca.crl().await.ok().map(|c| c.number);
     let revoked = records.into_iter().map(Revoked::from).collect();
     Ok(Json(RevokeAnswer { revoked, crl_number }))

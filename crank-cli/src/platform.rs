@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use crank_runtime::WorkerApplication;
-use crank_runtime::platform::{Registry, routes, spawn_sweeper};
+use crank_runtime::platform::{Registry, serve_on, spawn_sweeper};
 
 use crate::connections::ConnectionArgs;
 
@@ -29,15 +29,10 @@ pub(crate) enum PlatformCommand {
 pub(crate) fn run(cmd: PlatformCommand) -> anyhow::Result<()> {
     let PlatformCommand::Serve { port, expire_after, connections } = cmd;
     let registry = Registry::new(expire_after);
-    let routes = routes(registry.clone());
     crate::runtime()?.block_on(async move {
-        spawn_sweeper(registry);
-        let worker = WorkerApplication::new("platform")
-            .port(port)
-            .routes(routes)
-            .connection_limits(connections.limits())
-            .start()
-            .await?;
+        spawn_sweeper(registry.clone());
+        let app = WorkerApplication::new("platform").port(port).connection_limits(connections.limits());
+        let worker = serve_on(app, registry).start().await?;
         tracing::info!(addr = %worker.addr(), "platform registry serving over mTLS");
         crank_runtime::shutdown_signal().await;
         worker.shutdown().await?;

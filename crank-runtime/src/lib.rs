@@ -53,6 +53,6 @@ pub use error::{ApiError, RuntimeError};
 pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::{
-    BootstrapError, BootstrapOptions, CaClient, METRICS_CAPABILITY, MtlsClient, MtlsHttpClient, RetryPolicy,
-    RunningWorker, WorkerApplication, WorkerContext, bootstrap,
+    BootstrapError, BootstrapOptions, CALL_ATTEMPTS, CaClient, CallError, METRICS_CAPABILITY, MtlsClient,
+    MtlsHttpClient, RetryPolicy, RunningWorker, WorkerApplication, WorkerContext, bootstrap,
 };

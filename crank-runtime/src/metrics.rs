@@ -19,6 +19,7 @@
 //! | `crank_connections_refused_total{reason}` | counter | new connections closed at once: `max_connections`, `max_connections_per_ip` |
 //! | `crank_connections_closed_total{reason}` | counter | connections ended: `handshake_timeout`, `handshake_failed`, `header_timeout`, `keepalive_timeout`, `idle_timeout`, `max_age`, `shutdown`, `closed`, `error`, `revoked` (its client certificate was revoked) |
 //! | `crank_connection_accept_errors_total` | counter | failed accepts (e.g. out of file descriptors) |
+//! | `crank_requests_shed_total` | counter | requests answered 503 at once because `max_in_flight_requests` were being served |
 //! | `crank_access_decisions_total{capability,decision}` | counter | `can_access_capability` decisions: `allow`, `deny`, `error` (the engine failed: denied), `limited` (allowed, over the rate limit: 429) |
 //!
 //! Every label comes from a fixed set, never from what a client sends: `method` is one of
@@ -83,6 +84,7 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     in_flight: Gauge,
     access: Family<AccessLabels, Counter>,
+    shed: Counter,
     connections: ConnectionMetrics,
     /// Unix time of the current certificate's expiry (0: none yet).
     not_after: AtomicI64,
@@ -124,6 +126,8 @@ impl Metrics {
         registry.register("crank_http_request_duration_seconds", "HTTP request latency", latency.clone());
         let in_flight = Gauge::default();
         registry.register("crank_http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        let shed = Counter::default();
+        registry.register("crank_requests_shed", "Requests shed with 503: too many in flight", shed.clone());
         let access = Family::<AccessLabels, Counter>::default();
         registry.register("crank_access_decisions", "Capability access decisions", access.clone());
         let crl_next_update = Gauge::default();
@@ -150,6 +154,7 @@ impl Metrics {
             latency,
             in_flight,
             access,
+            shed,
             connections,
             not_after: AtomicI64::new(0),
             expiry_source: std::sync::OnceLock::new(),
@@ -284,6 +289,26 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let LatencyLabels { method, route } = labels;
     metrics.requests.get_or_create(&RequestLabels { method, route, status }).inc();
     response
+}
+
+/// Middleware shedding load: past `limit` requests in flight (counted by [`track`],
+/// which must run outside it), a request is answered 503 with `Retry-After: 1` at once
+/// and counted in `crank_requests_shed_total`.
+pub async fn shed(State((metrics, limit)): State<(Arc<Metrics>, usize)>, req: Request, next: Next) -> Response {
+    if usize::try_from(metrics.in_flight()).unwrap_or(0) > limit {
+        metrics.shed.inc();
+        let body = crate::api::ErrorBody {
+            error: crate::api::ErrorDetail {
+                code: "overloaded".into(),
+                message: format!("this worker is serving {limit} requests already; retry shortly"),
+                capability: None,
+            },
+        };
+        let mut r = (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return r;
+    }
+    next.run(req).await
 }
 
 /// `GET /metrics`. Serve it behind [`AccessControl`](crate::AccessControl) with the

@@ -115,13 +115,28 @@ impl Registry {
     }
 }
 
-/// The registry's routes (all behind mTLS when served by a worker runtime).
-pub fn routes(registry: Registry) -> Router {
-    Router::new()
-        .route("/v1/workers/register", post(beat))
-        .route("/v1/workers/heartbeat", post(beat))
-        .route("/v1/workers", get(list))
-        .with_state(registry)
+/// The capability of registering with the registry (open to every worker of the trust
+/// domain under the default policy).
+pub const REGISTER_CAPABILITY: &str = "platform.register";
+/// The capability of sending heartbeats (open to every worker of the trust domain under
+/// the default policy).
+pub const HEARTBEAT_CAPABILITY: &str = "platform.heartbeat";
+/// The capability of listing the registered workers (administrators and workers granted
+/// it, under the default policy).
+pub const LIST_CAPABILITY: &str = "platform.workers.read";
+
+/// `app` serving the registry: each route behind its capability, decided by the app's
+/// policy like any other request.
+pub fn serve_on(app: crate::WorkerApplication, registry: Registry) -> crate::WorkerApplication {
+    app.capability(
+        REGISTER_CAPABILITY,
+        Router::new().route("/v1/workers/register", post(beat)).with_state(registry.clone()),
+    )
+    .capability(
+        HEARTBEAT_CAPABILITY,
+        Router::new().route("/v1/workers/heartbeat", post(beat)).with_state(registry.clone()),
+    )
+    .capability(LIST_CAPABILITY, Router::new().route("/v1/workers", get(list)).with_state(registry))
 }
 
 async fn beat(

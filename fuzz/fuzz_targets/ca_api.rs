@@ -24,7 +24,7 @@ use axum::http::{Method, Request, StatusCode};
 use crank_ca::{CaDir, LocalCa};
 use crank_fuzz::{fixtures, runtime};
 use crank_runtime::api::{CRL_PATH, ISSUE_PATH, RENEW_PATH, REVOKE_PATH, TRUST_BUNDLE_PATH};
-use crank_runtime::tls::{Connection, PeerIdentity};
+use crank_runtime::tls::Connection;
 use crank_security_core::{
     CertificateProvider, CorrelationId, IssueRequest, KeyType, WorkerId, build_csr, generate_key, parse_pem_certs,
 };
@@ -39,11 +39,7 @@ struct Api {
 
 fn connection(chain_pem: &str) -> Arc<Connection> {
     let der = parse_pem_certs("caller", chain_pem.as_bytes()).expect("caller certificate").remove(0);
-    Arc::new(Connection {
-        peer: PeerIdentity::from_verified_leaf(&der),
-        certificate: Some(der),
-        remote: "127.0.0.1:40000".parse().unwrap(),
-    })
+    Arc::new(Connection::from_verified(Some(der), "127.0.0.1:40000".parse().unwrap()))
 }
 
 fn api() -> &'static Api {

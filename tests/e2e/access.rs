@@ -17,6 +17,16 @@ fn email_routes() -> (Router, Router) {
     (open, classify)
 }
 
+/// A policy file defining only `can_access_capability`: `capability` allowed to every
+/// caller, under a rate limit.
+fn allow_with_rate_limit(capability: &str, per_second: f64, burst: u32) -> String {
+    format!(
+        "package crank\nimport rego.v1\n\
+         can_access_capability := {{\"allow\": true, \"rate_limit\": {{\"requests_per_second\": {per_second}, \"burst\": {burst}}}}} \
+         if input.target.capability == \"{capability}\"\n"
+    )
+}
+
 async fn admin(ca: &TestCa) -> CertificateBundle {
     let (cert, key) = ca.ca.issue_admin(&WorkerId::new("alice").unwrap(), time::Duration::hours(1)).await.unwrap();
     let roots = ca.dir.trust_bundle_pem().unwrap();
@@ -91,15 +101,9 @@ async fn a_rego_file_dropped_in_changes_access_live_and_sets_a_rate_limit() {
     let plain = super::mtls(&ca.bootstrap("plain-client").await, worker.bundle.ca());
     assert_eq!(post_classify(&plain, &base).await.0, 403);
 
-    // A file defining only can_access_capability: everyone of the domain, 2 requests
-    // a second with a burst of 2.
-    std::fs::write(
-        policy.path().join("access.rego"),
-        "package crank\nimport rego.v1\n\
-         can_access_capability := {\"allow\": true, \"rate_limit\": {\"requests_per_second\": 0.5, \"burst\": 2}} \
-         if input.target.capability == \"email.classify\"\n",
-    )
-    .unwrap();
+    // A file defining only can_access_capability: everyone of the domain, one request
+    // every 2 s with a burst of 2.
+    std::fs::write(policy.path().join("access.rego"), allow_with_rate_limit("email.classify", 0.5, 2)).unwrap();
     let mut last = 0;
     for _ in 0..50 {
         last = post_classify(&plain, &base).await.0;
@@ -206,4 +210,69 @@ async fn metrics_read_is_decided_by_policy_on_the_real_binaries_and_dropped_in_f
         }
     }
     assert!(refused.contains("deny list"), "mallory was refused by the dropped-in file: {refused}");
+}
+
+/// Past its bound on requests in flight a worker sheds at once (503, `Retry-After`),
+/// and counts it; the runtime's mTLS client honours `Retry-After` (a 429 is waited out
+/// and the call succeeds) and gives a 403 as a typed error naming the capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_sheds_and_the_mtls_client_waits_out_limits_and_names_refusals() {
+    let ca = TestCa::start().await;
+    let policy = tempfile::tempdir().unwrap();
+    std::fs::write(policy.path().join("access.rego"), allow_with_rate_limit("email.limited", 1.0, 1)).unwrap();
+    let slow = Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "done"
+        }),
+    );
+    let limited = Router::new().route("/limited", axum::routing::get(|| async { "ok" }));
+    let worker = ca
+        .app("email", slow)
+        .capability("email.limited", limited)
+        .capability("email.classify", Router::new().route("/classify", post(|| async { "spam" })))
+        .policy(Arc::new(crank_policy::RegoEngine::from_dir(policy.path()).unwrap()))
+        .connection_limits(crank_runtime::ConnectionLimits {
+            max_in_flight_requests: 1,
+            ..crank_runtime::ConnectionLimits::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", worker.addr().port());
+    let me = super::mtls(&ca.bootstrap("caller").await, worker.bundle.ca());
+
+    // One slow request in flight: the next is shed.
+    let busy = tokio::spawn({
+        let (me, url) = (me.clone(), format!("{base}/slow"));
+        async move { me.get(url).send().await.unwrap().status().as_u16() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = me.get(format!("{base}/limited")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(busy.await.unwrap(), 200);
+
+    // The runtime's client (the worker calling itself, as a peer would): a 429 is waited
+    // out, a 403 is a typed error.
+    let client = &worker.context.client;
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let r = client.call(client.get(format!("{base}/limited"))).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(700), "the second call waited for Retry-After");
+    match client.call(client.post(format!("{base}/classify"))).await {
+        Err(crank_runtime::CallError::Denied { capability, reason }) => {
+            assert_eq!(capability.as_deref(), Some("email.classify"));
+            assert!(reason.contains("does not hold capability email.classify"), "{reason}");
+        }
+        other => panic!("a 403 must be CallError::Denied: {other:?}"),
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 403, "the worker's own identity does not hold metrics.read");
+    worker.shutdown().await.unwrap();
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crank_runtime::demo::hello_routes;
-use crank_runtime::platform::{Registry, WorkerRecord, routes};
+use crank_runtime::platform::{Registry, WorkerRecord, serve_on};
 use crank_tests::{TestCa, wait_until};
 
 use super::mtls;
@@ -12,7 +12,7 @@ use super::mtls;
 async fn workers_register_by_certificate_identity_and_expire_when_silent() {
     let ca = TestCa::start().await;
     let registry = Registry::new(Duration::from_millis(1500));
-    let platform = ca.worker("platform", routes(registry.clone())).await;
+    let platform = serve_on(ca.app("platform", axum::Router::new()), registry.clone()).start().await.unwrap();
     let platform_url = format!("https://127.0.0.1:{}", platform.addr().port());
     let hello = ca
         .app("hello-world", hello_routes())
@@ -46,9 +46,12 @@ async fn workers_register_by_certificate_identity_and_expire_when_silent() {
         client.post(format!("{platform_url}/v1/workers/heartbeat")).form(&[("load_score", "x")]).send().await.unwrap();
     assert_eq!(bad.status(), 422);
 
-    // The listing over mTLS.
+    // The listing over mTLS: the capability platform.workers.read, which mallory lacks.
+    let refused = client.get(format!("{platform_url}/v1/workers")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let ops = ca.bootstrap_with("ops", &["platform.workers.read"]).await;
     let listed: Vec<WorkerRecord> =
-        client.get(format!("{platform_url}/v1/workers")).send().await.unwrap().json().await.unwrap();
+        mtls(&ops, ops.ca()).get(format!("{platform_url}/v1/workers")).send().await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|w| w.worker_id.as_str()).collect();
     assert!(ids.contains(&"hello-world") && ids.contains(&"mallory"), "{ids:?}");
 

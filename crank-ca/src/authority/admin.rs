@@ -61,6 +61,32 @@ impl LocalCa {
         Ok((chain, key.serialize_pem()))
     }
 
+    /// Who revokes, for the record (`admin/<name>` or `worker/<id>`): the holder of a
+    /// verified client certificate that policy allowed the capability `ca.revoke`. Its
+    /// ledger row must be the same certificate, still valid: an administrator's
+    /// (`spiffe://<td>/admin/<name>`), or a worker's that was granted the capability.
+    pub async fn revoker_of(&self, leaf: &CertificateDer<'_>) -> Result<String, CaError> {
+        let refuse = |m: String| CaError::denied("revoker_required", m);
+        let meta = CertMetadata::from_der(leaf).map_err(|e| refuse(format!("unreadable client certificate: {e}")))?;
+        if meta.spiffe().is_none() {
+            return self.admin_of(leaf).await.map(|name| format!("admin/{name}"));
+        }
+        let worker = meta.spiffe().map(|s| s.worker_id.to_string()).unwrap_or_default();
+        match self.store.certificate(&meta.serial).await {
+            Ok(Some(r))
+                if r.fingerprint == meta.fingerprint_sha256
+                    && r.status == CertStatus::Valid
+                    && r.kind != CertKind::Admin
+                    && r.worker_id == worker =>
+            {
+                Ok(format!("worker/{worker}"))
+            }
+            Ok(Some(r)) => Err(refuse(format!("client certificate {} is {} ({})", meta.serial, r.status, r.kind))),
+            Ok(None) => Err(refuse(format!("client certificate {} is not in the ledger", meta.serial))),
+            Err(e) => Err(CaError::unavailable(e.to_string())),
+        }
+    }
+
     /// The administrator name of a verified client certificate: its SPIFFE ID must be
     /// `spiffe://<td>/admin/<name>` and its ledger row an unrevoked admin certificate.
     pub async fn admin_of(&self, leaf: &CertificateDer<'_>) -> Result<String, CaError> {

@@ -17,7 +17,7 @@ use tokio_rustls::server::TlsStream;
 use super::admission::Admitted;
 use super::limits::ConnectionLimits;
 use super::metrics::{CloseReason, ConnectionMetrics};
-use crate::tls::{Connection, PeerIdentity};
+use crate::tls::Connection;
 use crate::trust::TrustStore;
 use rustls_pki_types::CertificateDer;
 
@@ -88,16 +88,7 @@ async fn serve(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-    let caller = certificate
-        .as_ref()
-        .and_then(|c| crank_security_core::CertMetadata::from_der(c).ok())
-        .and_then(|m| crank_security_core::Caller::from_certificate(&m));
-    let connection = Arc::new(Connection {
-        peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf),
-        certificate: certificate.clone(),
-        remote,
-        caller,
-    });
+    let connection = Arc::new(Connection::from_verified(certificate.clone(), remote));
     let (activity, mut requests) = watch::channel(0_usize);
     let service = service(shared.router.clone(), connection, Arc::new(activity));
     let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

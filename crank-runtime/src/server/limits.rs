@@ -28,6 +28,7 @@ const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 128;
 /// | `max_connection_age` | 1 h | `CRANK_MAX_CONNECTION_AGE` |
 /// | `max_connections` | 1024, or 3/4 of the open-files limit if that is lower | `CRANK_MAX_CONNECTIONS` |
 /// | `max_connections_per_ip` | 128, or a quarter of the default `max_connections` if that is lower | `CRANK_MAX_CONNECTIONS_PER_IP` |
+/// | `max_in_flight_requests` | 1024 | `CRANK_MAX_IN_FLIGHT` |
 /// | `http2_keep_alive_interval` | 30 s | |
 /// | `http2_keep_alive_timeout` | 20 s | |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,10 @@ pub struct ConnectionLimits {
     /// Connections open from one client IP address at most. A new one past it is closed
     /// at once, before its TLS handshake.
     pub max_connections_per_ip: usize,
+    /// Requests a worker serves at once at most. Past it, a request is shed at once with
+    /// 503 and `Retry-After` instead of waiting, and the heartbeat's load score (in
+    /// flight / this) reaches 1.
+    pub max_in_flight_requests: usize,
     /// HTTP/2: a ping is sent when nothing was received for this long.
     pub http2_keep_alive_interval: Duration,
     /// HTTP/2: a connection whose ping is not answered within this time is closed.
@@ -68,6 +73,7 @@ impl Default for ConnectionLimits {
             max_connection_age: Duration::from_secs(3600),
             max_connections,
             max_connections_per_ip: (max_connections / 4).clamp(1, DEFAULT_MAX_CONNECTIONS_PER_IP),
+            max_in_flight_requests: 1024,
             http2_keep_alive_interval: Duration::from_secs(30),
             http2_keep_alive_timeout: Duration::from_secs(20),
         }
@@ -97,7 +103,8 @@ impl ConnectionLimits {
 
     /// The defaults, with what `CRANK_HANDSHAKE_TIMEOUT`, `CRANK_HEADER_READ_TIMEOUT`,
     /// `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` (durations such as `10s`, `2m`)
-    /// and `CRANK_MAX_CONNECTIONS`, `CRANK_MAX_CONNECTIONS_PER_IP` (counts) set. An
+    /// and `CRANK_MAX_CONNECTIONS`, `CRANK_MAX_CONNECTIONS_PER_IP`, `CRANK_MAX_IN_FLIGHT`
+    /// (counts) set. An
     /// unusable value is an error naming the variable.
     pub fn from_env() -> Result<Self, RuntimeError> {
         Self::from_lookup(|var| std::env::var(var).ok())
@@ -121,6 +128,7 @@ impl ConnectionLimits {
         for (var, field) in [
             ("CRANK_MAX_CONNECTIONS", &mut limits.max_connections),
             ("CRANK_MAX_CONNECTIONS_PER_IP", &mut limits.max_connections_per_ip),
+            ("CRANK_MAX_IN_FLIGHT", &mut limits.max_in_flight_requests),
         ] {
             if let Some(v) = set(var) {
                 *field = Self::parse_count(&v).map_err(|e| bad(var, &v, e))?;
@@ -142,8 +150,11 @@ impl ConnectionLimits {
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return Err(RuntimeError::Config(format!("connection limit {name} must be longer than 0")));
         }
-        let counts =
-            [("max_connections", self.max_connections), ("max_connections_per_ip", self.max_connections_per_ip)];
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_in_flight_requests", self.max_in_flight_requests),
+        ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(RuntimeError::Config(format!("connection limit {name} must be at least 1")));
         }

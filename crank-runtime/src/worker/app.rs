@@ -69,8 +69,10 @@ pub struct WorkerContext {
 /// does a full handshake), `CRANK_CRL_MODE` (`warn`, the default, or `fail-closed`: peers
 /// are refused while the CRL is missing or stale), and the connection limits
 /// `CRANK_MAX_CONNECTIONS`, `CRANK_MAX_CONNECTIONS_PER_IP`, `CRANK_HANDSHAKE_TIMEOUT`,
-/// `CRANK_HEADER_READ_TIMEOUT`, `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` (see
-/// [`ConnectionLimits`]).
+/// `CRANK_HEADER_READ_TIMEOUT`, `CRANK_IDLE_TIMEOUT`, `CRANK_MAX_CONNECTION_AGE` and
+/// `CRANK_MAX_IN_FLIGHT` (see [`ConnectionLimits`]). `CRANK_POLICY_DIR` also decides
+/// who may call which route (`can_access_capability`, see
+/// [`WorkerApplication::capability`]).
 #[derive(Debug)]
 pub struct WorkerApplication {
     service_name: String,
@@ -390,6 +392,7 @@ impl WorkerApplication {
         metrics.set_expiry_source(move || current.current().metadata().not_after);
         let crl_for_metrics = crl_status.clone();
         metrics.set_crl_source(move || crl_for_metrics.current().and_then(|c| c.next_update));
+        let max_in_flight = limits.max_in_flight_requests;
         if let Some((platform, interval)) = platform {
             let load = metrics.clone();
             tokio::spawn(crate::platform::heartbeat_loop(
@@ -397,7 +400,7 @@ impl WorkerApplication {
                 platform,
                 self.service_name.clone(),
                 interval,
-                move || load.in_flight() as f64,
+                move || load.in_flight() as f64 / max_in_flight as f64,
                 stop_rotation.subscribe(),
             ));
         }
@@ -417,6 +420,10 @@ impl WorkerApplication {
             .layer(Extension(context.clone()))
             .layer(DefaultBodyLimit::max(1024 * 1024))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+            .layer(axum::middleware::from_fn_with_state(
+                (metrics.clone(), limits.max_in_flight_requests),
+                crate::metrics::shed,
+            ))
             // Outermost, so requests that time out are counted (408).
             .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track));
         let addr = SocketAddr::new(host, port);

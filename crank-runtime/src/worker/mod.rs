@@ -24,5 +24,5 @@ pub use self::bootstrap::{
 };
 pub use self::ca_client::{CaClient, error_chain};
 pub use self::crl::{CrlInfo, CrlStatus, DEFAULT_CRL_REFRESH, crl_der, keep_crl, load_crl, verify_crl};
-pub use self::mtls::{MtlsClient, MtlsHttpClient};
+pub use self::mtls::{CALL_ATTEMPTS, CallError, MtlsClient, MtlsHttpClient};
 pub use self::rotation::{MAX_RETRY_DELAY, RotationConfig, Rotator};

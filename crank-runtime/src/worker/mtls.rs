@@ -122,4 +122,74 @@ impl MtlsHttpClient {
     pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
         self.current.load().request(method, url)
     }
+
+    /// Sends `request` (made with this client) and deals with what the callee's policy
+    /// and load say. A 403 `access_denied` is [`CallError::Denied`], with the capability
+    /// and the reason. A 429 or 503 with `Retry-After` is sent again after that long
+    /// (at least 100 ms, at most 10 s, jittered), up to [`CALL_ATTEMPTS`] attempts in
+    /// all, then [`CallError::Busy`]. Any other response is returned as it is.
+    pub async fn call(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+        let mut attempt = 1;
+        loop {
+            let again = request.try_clone();
+            let response = request.send().await?;
+            let status = response.status();
+            if status == reqwest::StatusCode::FORBIDDEN {
+                let body: Option<crate::api::ErrorBody> = response.json().await.ok();
+                return Err(match body {
+                    Some(b) => CallError::Denied { capability: b.error.capability, reason: b.error.message },
+                    None => CallError::Denied { capability: None, reason: "403 Forbidden".into() },
+                });
+            }
+            let busy =
+                status == reqwest::StatusCode::TOO_MANY_REQUESTS || status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let (true, Some(wait)) = (busy, retry_after) else { return Ok(response) };
+            match again {
+                Some(next) if attempt < CALL_ATTEMPTS => {
+                    let wait = wait.clamp(Duration::from_millis(100), Duration::from_secs(10));
+                    tokio::time::sleep(wait.mul_f64(0.75 + rand::random::<f64>() / 2.0)).await;
+                    attempt += 1;
+                    request = next;
+                }
+                _ => return Err(CallError::Busy { status: status.as_u16(), attempts: attempt, retry_after: wait }),
+            }
+        }
+    }
+}
+
+/// Attempts [`MtlsHttpClient::call`] makes in all when the callee says to come back.
+pub const CALL_ATTEMPTS: u32 = 4;
+
+/// How a call to another worker failed, besides an ordinary HTTP answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The callee's policy refused this worker (403 `access_denied`).
+    #[error("access denied{}: {reason}", capability.as_deref().map(|c| format!(" to capability {c}")).unwrap_or_default())]
+    Denied {
+        /// The capability refused, if the callee named it.
+        capability: Option<String>,
+        /// The callee's policy's reason.
+        reason: String,
+    },
+    /// The callee was still over its rate limit (429) or shedding load (503) after
+    /// [`CALL_ATTEMPTS`] attempts.
+    #[error("the callee answered {status} after {attempts} attempts (retry after {retry_after:?})")]
+    Busy {
+        /// The last status, 429 or 503.
+        status: u16,
+        /// Attempts made.
+        attempts: u32,
+        /// The last `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The request could not be sent or answered.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
 }
