@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crank_policy::{PolicyEngine, RegoEngine, WasmEngine, builtin};
-use crank_security_core::{IssuanceInput, RenewalInput};
+use crank_security_core::{AccessInput, AccessRequest, AccessTarget, Caller, IssuanceInput, RenewalInput};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "../tests/support/wasm_module.rs"]
@@ -42,6 +42,25 @@ fn bench(c: &mut Criterion) {
         now: 1_061_000,
         jitter: 0.5,
     };
+    // A worker granted the capability calling another's declared route.
+    let access = AccessInput {
+        caller: Caller {
+            spiffe_id: "spiffe://crank.local/worker/billing".into(),
+            worker_id: "billing".into(),
+            administrator: false,
+            trust_domain: "crank.local".into(),
+            serial: "3d:ec:cb".into(),
+            not_after: 1_086_400,
+            capabilities: vec!["email.classify".into(), "metrics.read".into()],
+        },
+        target: AccessTarget {
+            worker_id: "email".into(),
+            trust_domain: "crank.local".into(),
+            capability: Some("email.classify".into()),
+        },
+        request: AccessRequest { method: "POST".into(), path: "/classify".into(), route: Some("/classify".into()) },
+        environment: "production".into(),
+    };
     let mut g = c.benchmark_group("decision");
     for (name, engine) in &engines {
         g.bench_function(format!("{name}/can_issue_certificate"), |b| {
@@ -55,6 +74,9 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("{name}/revoke_certificate"), |b| {
             b.iter(|| engine.revoke_certificate("api", "keyCompromise").expect("decision"))
+        });
+        g.bench_function(format!("{name}/can_access_capability"), |b| {
+            b.iter(|| assert!(engine.can_access_capability(&access).expect("decision").allow))
         });
     }
     g.finish();

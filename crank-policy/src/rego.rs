@@ -304,6 +304,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hooks_a_directory_does_not_define_go_straight_to_the_defaults() {
+        let engine = RegoEngine::defaults().unwrap();
+        assert!(engine.hooks.iter().all(|h| h.own.is_none() && h.default.is_some()), "{:?}", engine.hooks);
+        let one = RegoEngine::from_sources(vec![(
+            PathBuf::from("v.rego"),
+            "package crank\nimport rego.v1\ncertificate_validity_period := 60\n".into(),
+        )])
+        .unwrap();
+        assert!(one.hooks[1].own.is_some() && one.hooks[0].own.is_none(), "{:?}", one.hooks);
+    }
+
+    #[test]
     fn a_builtin_error_in_a_deny_rule_denies_instead_of_dropping_the_denial() {
         // OPA's default (non-strict) mode would make the body undefined and allow.
         let policy = "package crank\nimport rego.v1\n\
