@@ -57,6 +57,9 @@ pub struct AccessControl {
     /// Whether decisions are cached: not for the built-in engine, which decides faster
     /// than a cache lookup.
     cached: bool,
+    /// Rate limits by capability from configuration, for allowed calls whose decision
+    /// sets none.
+    limits: HashMap<String, RateLimit>,
     cache: Mutex<Cache>,
     buckets: Mutex<HashMap<(String, String), Bucket>>,
 }
@@ -110,6 +113,7 @@ impl AccessControl {
             events,
             metrics: None,
             trust_changes: None,
+            limits: HashMap::new(),
             cache: Mutex::default(),
             buckets: Mutex::default(),
         }
@@ -119,6 +123,14 @@ impl AccessControl {
     #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Rate limits by capability (`CRANK_RATE_LIMITS`), applied to allowed calls whose
+    /// decision sets none; a limit the policy sets wins.
+    #[must_use]
+    pub fn with_rate_limits(mut self, limits: HashMap<String, RateLimit>) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -253,7 +265,7 @@ async fn check(
         caller,
     };
     let outcome = match access.decide(&input) {
-        Ok(d) => match d.rate_limit {
+        Ok(d) => match d.rate_limit.or_else(|| access.limits.get(label).copied()) {
             Some(limit) => match access.take(&input.caller.spiffe_id, label, limit) {
                 Ok(()) => Outcome::Allow,
                 Err(wait) => Outcome::Limited(wait),
@@ -285,6 +297,36 @@ async fn check(
     }
 }
 
+/// Parses rate limits by capability: `CAPABILITY=RATE/s[:BURST]`, comma-separated (e.g.
+/// `email.classify=10/s:20,metrics.read=1/s`; the burst defaults to 1).
+pub fn parse_rate_limits(value: &str) -> Result<HashMap<String, RateLimit>, String> {
+    let mut limits = HashMap::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad =
+            |why: &str| format!("{item:?}: {why}; expected CAPABILITY=RATE/s[:BURST], e.g. email.classify=10/s:20");
+        let (capability, limit) = item.split_once('=').ok_or_else(|| bad("no '='"))?;
+        crank_security_core::validate_capability(capability.trim()).map_err(|e| bad(&e.to_string()))?;
+        let (rate, burst) = limit.split_once(':').map_or((limit, None), |(r, b)| (r, Some(b)));
+        let rate: f64 = rate
+            .trim()
+            .strip_suffix("/s")
+            .and_then(|r| r.trim().parse().ok())
+            .filter(|r: &f64| r.is_finite() && *r > 0.0)
+            .ok_or_else(|| bad("the rate must be a positive number of requests per second, such as 10/s"))?;
+        let burst = match burst {
+            Some(b) => b
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|b| *b > 0)
+                .ok_or_else(|| bad("the burst must be a whole number above 0"))?,
+            None => 1,
+        };
+        limits.insert(capability.trim().to_owned(), RateLimit { requests_per_second: rate, burst });
+    }
+    Ok(limits)
+}
+
 /// `Retry-After` in whole seconds, at least 1.
 pub(crate) fn retry_after(wait: Duration) -> HeaderValue {
     HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
@@ -307,4 +349,21 @@ fn refusal(status: StatusCode, code: &str, message: String, capability: Option<&
     let body =
         ErrorBody { error: ErrorDetail { code: code.to_owned(), message, capability: capability.map(str::to_owned) } };
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse_and_bad_ones_are_named() {
+        let l = parse_rate_limits("email.classify=10/s:20, metrics.read=0.5/s").unwrap();
+        assert_eq!(l["email.classify"], RateLimit { requests_per_second: 10.0, burst: 20 });
+        assert_eq!(l["metrics.read"], RateLimit { requests_per_second: 0.5, burst: 1 });
+        assert!(parse_rate_limits("").unwrap().is_empty());
+        for bad in ["email.classify", "email.classify=10", "Email=1/s", "x=0/s", "x=1/s:0", "x=1/s:many"] {
+            let e = parse_rate_limits(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("CAPABILITY=RATE/s"), "{bad}: {e}");
+        }
+    }
 }

@@ -276,3 +276,30 @@ async fn a_busy_worker_sheds_and_the_mtls_client_waits_out_limits_and_names_refu
     assert_eq!(metrics.status(), 403, "the worker's own identity does not hold metrics.read");
     worker.shutdown().await.unwrap();
 }
+
+/// A rate limit set by configuration (the builder, as `CRANK_RATE_LIMITS` does) applies
+/// when the policy's decision sets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_rate_limit_applies_when_policy_sets_none() {
+    let ca = TestCa::start().await;
+    let (open, classify) = email_routes();
+    let limit = crank_security_core::RateLimit { requests_per_second: 0.5, burst: 1 };
+    let worker = ca
+        .app("email", open)
+        .capability("email.classify", classify)
+        .rate_limit("email.classify", limit)
+        .start()
+        .await
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", worker.addr().port());
+    let holder = ca.bootstrap_with("classifier-client", &["email.classify"]).await;
+    let client = super::mtls(&holder, holder.ca());
+    assert_eq!(post_classify(&client, &base).await.0, 200);
+    let (status, body, retry) = post_classify(&client, &base).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry.as_deref(), Some("2"));
+    // Another caller has its own bucket.
+    let other = ca.bootstrap_with("other-client", &["email.classify"]).await;
+    assert_eq!(post_classify(&super::mtls(&other, other.ca()), &base).await.0, 200);
+    worker.shutdown().await.unwrap();
+}

@@ -158,6 +158,14 @@ impl WorkerApplication {
         self
     }
 
+    /// A rate limit for every caller of `capability`, instead of `CRANK_RATE_LIMITS`: a
+    /// token bucket per (caller, capability), over it 429 with `Retry-After`. A limit the
+    /// policy's decision sets wins.
+    pub fn rate_limit(mut self, capability: impl Into<String>, limit: crank_security_core::RateLimit) -> Self {
+        self.settings.rate_limits.insert(capability.into(), limit);
+        self
+    }
+
     /// Routes serving `capability` (e.g. `email.classify`): every request to them is
     /// authorised by the policy hook `can_access_capability` for that capability (by
     /// default: callers the CA granted it, and administrators). An invalid name is
@@ -302,6 +310,7 @@ impl WorkerApplication {
             crl_mode,
             resumption,
             limits,
+            rate_limits,
         } = self.settings.clone().resolve_from_env()?;
         let sans_for_rotation = sans.clone();
         let metrics = Metrics::new();
@@ -370,7 +379,8 @@ impl WorkerApplication {
                 events.clone(),
             )
             .with_metrics(metrics.clone())
-            .with_trust_changes(trust.changes()),
+            .with_trust_changes(trust.changes())
+            .with_rate_limits(rate_limits),
         );
         let rotator =
             Rotator::new(bundle.clone(), rotation, policy, events.clone(), credentials.clone(), trust.clone())?;

@@ -20,6 +20,7 @@
 //! | `CRANK_TLS_RESUMPTION` | `on` |
 //! | `PLATFORM_URL`, `CRANK_HEARTBEAT_INTERVAL` | no registry; `10s` |
 //! | `CRANK_MAX_CONNECTIONS`, ... | see [`ConnectionLimits::from_lookup`] |
+//! | `CRANK_RATE_LIMITS` (`CAPABILITY=RATE/s[:BURST]`, comma-separated) | none (only what policy sets) |
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ pub(crate) struct WorkerSettings {
     pub(crate) crl_mode: Option<CrlMode>,
     pub(crate) resumption: Option<Resumption>,
     pub(crate) limits: Option<ConnectionLimits>,
+    pub(crate) rate_limits: std::collections::HashMap<String, crank_security_core::RateLimit>,
 }
 
 /// Every setting decided.
@@ -73,6 +75,8 @@ pub(crate) struct Resolved {
     pub(crate) crl_mode: CrlMode,
     pub(crate) resumption: Resumption,
     pub(crate) limits: ConnectionLimits,
+    /// Rate limits by capability, for allowed calls whose decision sets none.
+    pub(crate) rate_limits: std::collections::HashMap<String, crank_security_core::RateLimit>,
 }
 
 /// Parses `var`'s value with `parse`, naming the variable when it fails.
@@ -165,6 +169,15 @@ impl WorkerSettings {
             Some(l) => l,
             None => ConnectionLimits::from_lookup(lookup)?,
         };
+        let rate_limits = if self.rate_limits.is_empty() {
+            match lookup("CRANK_RATE_LIMITS") {
+                Some(v) => crate::access::parse_rate_limits(&v)
+                    .map_err(|e| RuntimeError::Config(format!("CRANK_RATE_LIMITS: {e}")))?,
+                None => Default::default(),
+            }
+        } else {
+            self.rate_limits
+        };
         let token_file =
             lookup("CRANK_JOIN_TOKEN_FILE").map_or_else(|| security.cert_dir.join("join-token"), PathBuf::from);
         Ok(Resolved {
@@ -182,6 +195,7 @@ impl WorkerSettings {
             crl_mode,
             resumption,
             limits,
+            rate_limits,
         })
     }
 }
