@@ -75,7 +75,8 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 "no cases: no cases/ directory (or *.json case files) under {}",
                 dir.display()
             );
-            let whole = load_policy(Some(&dir)).ok();
+            // DIR's whole policy, loaded once, for its own cases that name no files.
+            let mut whole = None;
             let (mut total, mut failed) = (0, 0);
             for suite in &suites {
                 let all = crank_policy::cases::load_dir(&suite.cases_dir).map_err(anyhow::Error::msg)?;
@@ -84,9 +85,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 for case in &all {
                     total += 1;
                     let engine = if suite.policy_dir == dir && case.policy.is_empty() {
-                        whole
-                            .clone()
-                            .ok_or_else(|| load_policy(Some(&dir)).err().map(|e| e.to_string()).unwrap_or_default())
+                        whole.get_or_insert_with(|| load_policy(Some(&dir)).map_err(|e| e.to_string())).clone()
                     } else {
                         crank_policy::cases::engine_for(&suite.policy_dir, case)
                     };

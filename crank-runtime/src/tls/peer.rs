@@ -81,12 +81,14 @@ pub struct Connection {
 impl Connection {
     /// What a handshake from `remote` established, from the client certificate rustls
     /// verified (if any): its worker identity and what access policy knows of it.
+    /// The certificate is parsed once, for both.
     pub fn from_verified(certificate: Option<CertificateDer<'static>>, remote: SocketAddr) -> Self {
-        let caller = certificate
-            .as_ref()
-            .and_then(|c| crank_security_core::CertMetadata::from_der(c).ok())
-            .and_then(|m| crank_security_core::Caller::from_certificate(&m));
-        Self { peer: certificate.as_ref().and_then(PeerIdentity::from_verified_leaf), certificate, remote, caller }
+        let meta = certificate.as_ref().and_then(|c| crank_security_core::CertMetadata::from_der(c).ok());
+        let peer = certificate.as_ref().zip(meta.as_ref()).and_then(|(der, m)| {
+            Some(PeerIdentity { spiffe_id: m.spiffe()?, serial: m.serial.clone(), certificate: der.clone() })
+        });
+        let caller = meta.as_ref().and_then(crank_security_core::Caller::from_certificate);
+        Self { peer, certificate, remote, caller }
     }
 
     fn of(parts: &axum::http::request::Parts) -> Option<&Self> {
