@@ -20,6 +20,8 @@ use tempfile::TempDir;
 #[path = "support/ca_copy.rs"]
 mod ca_copy;
 pub mod upstream;
+#[path = "../crank-policy/tests/support/wasm_module.rs"]
+mod wasm_module;
 pub use ca_copy::copy_ca_dir;
 
 /// Collects events for assertions.
@@ -451,6 +453,21 @@ pub fn example_command(name: &str, env: &[(&str, &str)]) -> std::process::Comman
 /// The `policies/` folder of the workspace (the shipped policies and their cases).
 pub fn policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A policy directory holding only the defaults as a WebAssembly module: the Rust WASM
+/// policy the test command builds (`policies/wasm/default-policy`), copied into `dir`.
+pub fn wasm_policy_dir(dir: &Path) -> PathBuf {
+    let module = wasm_module::default_wasm_policy();
+    assert!(
+        module.is_file(),
+        "{} is missing: build it with `{}` (scripts/test.sh does), with the same CARGO_TARGET_DIR as the tests",
+        module.display(),
+        wasm_module::BUILD_WASM_POLICY
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(&module, dir.join("defaults.wasm")).unwrap();
+    dir.to_path_buf()
 }
 
 /// Runs `crank cert init` for `worker` with `token` at `ca_url`, writing into

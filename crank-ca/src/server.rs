@@ -52,8 +52,18 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
 
 /// The CA API router.
 pub fn router(ca: Arc<LocalCa>) -> Router {
+    routes(ca, None)
+}
+
+/// The CA API router; its cached access decisions are dropped whenever
+/// `trust_changes` moves (the serving trust store's CRL and roots).
+fn routes(ca: Arc<LocalCa>, trust_changes: Option<tokio::sync::watch::Receiver<u64>>) -> Router {
     let metrics = ca.metrics().clone();
-    let access = Arc::new(ca.access_control());
+    let access = ca.access_control();
+    let access = Arc::new(match trust_changes {
+        Some(changes) => access.with_trust_changes(changes),
+        None => access,
+    });
     let metrics_route = access.protect(
         Some(crank_runtime::METRICS_CAPABILITY),
         Router::new().route("/metrics", get(crank_runtime::metrics::handler)).with_state(metrics.clone()),
@@ -102,7 +112,8 @@ pub fn spawn(
     let config = server_config(&trust, false, creds, Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     let metrics = ca.metrics().connections();
-    ServerHandle::spawn(listener, config, router(ca), limits, metrics, Some(trust)).map_err(SetupError::Serve)
+    let router = routes(ca, Some(trust.changes()));
+    ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust)).map_err(SetupError::Serve)
 }
 
 /// How often the CA looks for revocations made at other replicas of its store.

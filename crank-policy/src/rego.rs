@@ -201,10 +201,9 @@ impl RegoEngine {
         if own.is_none() && default.is_none() {
             return Ok(None);
         }
-        // JSON text in, parsed straight into regorus's values; its value out as a
-        // serde_json value read by the answer's type (no pretty-printed text between).
-        let json = serde_json::to_string(input).map_err(|e| PolicyError::Other(e.to_string()))?;
-        let input = regorus::Value::from_json_str(&json).map_err(|e| PolicyError::Other(e.to_string()))?;
+        // In as a serde_json value turned into regorus's (no JSON text between); out as a
+        // serde_json value read by the answer's type.
+        let input = regorus::Value::from(serde_json::to_value(input).map_err(|e| PolicyError::Other(e.to_string()))?);
         let mut engine = self.engine.clone();
         engine.set_input(input);
         let mut undefined = None;

@@ -5,8 +5,11 @@
 //!  request ─► mTLS (the caller's certificate, verified at the handshake)
 //!          ─► routing ─► AccessControl (route_layer): Caller from the certificate,
 //!                        the route's capability, method, path, matched route
-//!                        ─► can_access_capability (cached per input; the cache is
-//!                           dropped when the policy reloads or the CRL or roots change)
+//!                        ─► the same request as the last one allowed on this
+//!                           connection? allowed again (no input built, no lookup)
+//!                        ─► can_access_capability (cached per input; the cache, and
+//!                           what connections remember, are dropped when the policy
+//!                           reloads or the CRL or roots change)
 //!                        ─► deny: 403 {"error": {"code": "access_denied", ...}} + ACCESS_DENIED
 //!                        ─► allow with a rate limit: token bucket per (caller, capability),
 //!                           over it 429 + Retry-After
@@ -36,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::api::{ErrorBody, ErrorDetail};
 use crate::metrics::Metrics;
-use crate::tls::Connection;
+use crate::tls::{Allowed, Connection};
 
 /// Decisions kept per process; past it the cache starts over.
 const CACHE_ENTRIES: usize = 4096;
@@ -149,13 +152,23 @@ impl AccessControl {
         routes.route_layer(axum::middleware::from_fn_with_state(state, check))
     }
 
+    /// (policy generation, trust generation): decisions hold while it stays the same.
+    fn stamp(&self) -> (u64, u64) {
+        (self.guard.generation(), self.trust_changes.as_ref().map_or(0, |c| *c.borrow()))
+    }
+
+    /// The limit for an allowed call: the decision's, else the configured one.
+    fn limit_for(&self, decided: Option<RateLimit>, label: &str) -> Option<RateLimit> {
+        decided.or_else(|| self.limits.get(label).copied())
+    }
+
     /// The decision for `input`: from the cache when the same input was decided under
     /// the same policy and trust, else from the policy (engine failures deny).
     pub fn decide(&self, input: &AccessInput) -> Result<AccessDecision, crank_policy::Denied> {
         if !self.cached {
             return self.guard.may_access(input);
         }
-        let stamp = (self.guard.generation(), self.trust_changes.as_ref().map_or(0, |c| *c.borrow()));
+        let stamp = self.stamp();
         {
             let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if cache.stamp != stamp {
@@ -224,37 +237,57 @@ async fn check(
     req: Request,
     next: Next,
 ) -> Response {
-    let label = capability.as_deref().unwrap_or("none");
-    let cid = req
-        .headers()
-        .get(CorrelationId::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(CorrelationId::new, CorrelationId::from_peer);
-    let connection = req.extensions().get::<Arc<Connection>>();
-    if connection.is_none_or(|c| c.certificate.is_none()) {
+    match refusal_of(&access, capability.as_ref(), &req) {
+        None => next.run(req).await,
+        Some(refused) => refused,
+    }
+}
+
+/// `None` when `req` may reach its handler; else the refusal (401, 403, 429).
+fn refusal_of(access: &Arc<AccessControl>, capability: Option<&Arc<str>>, req: &Request) -> Option<Response> {
+    let label = capability.map_or("none", |c| &**c);
+    // Only refusals need it: a new one costs the random generator, so not per request.
+    let cid = || {
+        req.headers()
+            .get(CorrelationId::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(CorrelationId::new, CorrelationId::from_peer)
+    };
+    let Some(connection) = req.extensions().get::<Arc<Connection>>().filter(|c| c.certificate.is_some()).cloned()
+    else {
         access.count(label, "deny");
-        return refusal(
+        return Some(refusal(
             StatusCode::UNAUTHORIZED,
             "client_certificate_required",
             "this endpoint requires a client certificate issued by this CA".into(),
-            capability.as_deref(),
-        );
-    }
-    let caller = connection.and_then(|c| c.caller.clone());
-    let Some(caller) = caller else {
+            capability.map(|c| &**c),
+        ));
+    };
+    let Some(caller) = connection.caller.as_ref() else {
         access.count(label, "deny");
-        return refusal(
+        return Some(refusal(
             StatusCode::FORBIDDEN,
             "access_denied",
             "the client certificate carries no SPIFFE ID of this platform".into(),
-            capability.as_deref(),
-        );
+            capability.map(|c| &**c),
+        ));
     };
-    let input = AccessInput {
+    let control = Arc::as_ptr(access) as usize;
+    let stamp = access.stamp();
+    // The same request as the last one allowed on this connection: allowed again without
+    // building the policy's input.
+    let repeated = connection
+        .allowed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .filter(|a| a.matches(control, stamp, capability, req))
+        .map(|a| a.rate_limit);
+    let input = || AccessInput {
         target: AccessTarget {
             worker_id: access.service.clone(),
             trust_domain: access.trust_domain.clone(),
-            capability: capability.as_deref().map(str::to_owned),
+            capability: capability.map(|c| c.to_string()),
         },
         request: AccessRequest {
             method: req.method().as_str().to_owned(),
@@ -262,37 +295,52 @@ async fn check(
             route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()),
         },
         environment: access.environment.clone(),
-        caller,
+        caller: caller.clone(),
     };
-    let outcome = match access.decide(&input) {
-        Ok(d) => match d.rate_limit.or_else(|| access.limits.get(label).copied()) {
-            Some(limit) => match access.take(&input.caller.spiffe_id, label, limit) {
-                Ok(()) => Outcome::Allow,
-                Err(wait) => Outcome::Limited(wait),
-            },
-            None => Outcome::Allow,
+    let limited = |decided: Option<RateLimit>| match access.limit_for(decided, label) {
+        Some(limit) => match access.take(&caller.spiffe_id, label, limit) {
+            Ok(()) => Outcome::Allow,
+            Err(wait) => Outcome::Limited(wait),
         },
-        Err(e) => {
-            access.count(label, if e.engine_failure { "error" } else { "deny" });
-            Outcome::Deny(e.reason)
-        }
+        None => Outcome::Allow,
+    };
+    let outcome = match repeated {
+        Some(rate_limit) => limited(rate_limit),
+        None => match access.decide(&input()) {
+            Ok(d) => {
+                *connection.allowed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Allowed {
+                    control,
+                    stamp,
+                    capability: capability.cloned(),
+                    method: req.method().clone(),
+                    path: req.uri().path().to_owned(),
+                    route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()),
+                    rate_limit: d.rate_limit,
+                });
+                limited(d.rate_limit)
+            }
+            Err(e) => {
+                access.count(label, if e.engine_failure { "error" } else { "deny" });
+                Outcome::Deny(e.reason)
+            }
+        },
     };
     match outcome {
         Outcome::Allow => {
             access.count(label, "allow");
-            next.run(req).await
+            None
         }
         Outcome::Deny(reason) => {
-            emit(&access, &cid, &input, "denied", &reason);
-            refusal(StatusCode::FORBIDDEN, "access_denied", reason, capability.as_deref())
+            emit(access, &cid(), &input(), "denied", &reason);
+            Some(refusal(StatusCode::FORBIDDEN, "access_denied", reason, capability.map(|c| &**c)))
         }
         Outcome::Limited(wait) => {
             access.count(label, "limited");
-            let reason = format!("{} is over its rate limit for capability {label}", input.caller.spiffe_id);
-            emit(&access, &cid, &input, "rate_limited", &reason);
-            let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason, capability.as_deref());
+            let reason = format!("{} is over its rate limit for capability {label}", caller.spiffe_id);
+            emit(access, &cid(), &input(), "rate_limited", &reason);
+            let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason, capability.map(|c| &**c));
             r.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
-            r
+            Some(r)
         }
     }
 }
@@ -353,7 +401,99 @@ fn refusal(status: StatusCode, code: &str, message: String, capability: Option<&
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crank_security_core::{
+        Caller, DefaultPolicy, IssuanceDecision, IssuanceInput, NoEvents, PolicyEngine, PolicyError, RenewalDecision,
+        RenewalInput, default_access,
+    };
+
     use super::*;
+
+    /// The default policy, counting the access decisions it is asked for, with a
+    /// generation the test moves (a reload).
+    #[derive(Debug, Default)]
+    struct Counting {
+        asked: AtomicU64,
+        generation: AtomicU64,
+    }
+
+    impl PolicyEngine for Counting {
+        fn can_issue_certificate(&self, i: &IssuanceInput) -> Result<IssuanceDecision, PolicyError> {
+            DefaultPolicy::default().can_issue_certificate(i)
+        }
+        fn certificate_validity_period(&self, w: &str, e: &str) -> Result<Duration, PolicyError> {
+            DefaultPolicy::default().certificate_validity_period(w, e)
+        }
+        fn should_renew_certificate(&self, i: &RenewalInput) -> Result<RenewalDecision, PolicyError> {
+            DefaultPolicy::default().should_renew_certificate(i)
+        }
+        fn revoke_certificate(&self, w: &str, r: &str) -> Result<bool, PolicyError> {
+            DefaultPolicy::default().revoke_certificate(w, r)
+        }
+        fn can_access_capability(&self, input: &AccessInput) -> Result<AccessDecision, PolicyError> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Ok(default_access(input))
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+    }
+
+    fn input(capabilities: &[&str]) -> AccessInput {
+        AccessInput {
+            caller: Caller {
+                spiffe_id: "spiffe://crank.local/billing".into(),
+                worker_id: "billing".into(),
+                administrator: false,
+                trust_domain: "crank.local".into(),
+                serial: "01".into(),
+                not_after: 2_000_000_000,
+                capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            },
+            target: AccessTarget {
+                worker_id: "email".into(),
+                trust_domain: "crank.local".into(),
+                capability: Some("email.classify".into()),
+            },
+            request: AccessRequest { method: "POST".into(), path: "/classify".into(), route: Some("/classify".into()) },
+            environment: "test".into(),
+        }
+    }
+
+    #[test]
+    fn decisions_are_cached_until_the_policy_reloads_or_the_trust_changes() {
+        let engine = Arc::new(Counting::default());
+        let (trust, changes) = watch::channel(0u64);
+        let access =
+            AccessControl::new(PolicyGuard::new(engine.clone()), "email", "crank.local", "test", Arc::new(NoEvents))
+                .with_trust_changes(changes);
+        let holder = input(&["email.classify"]);
+        let stranger = input(&[]);
+        let asked = || engine.asked.load(Ordering::SeqCst);
+
+        assert!(access.decide(&holder).is_ok());
+        assert!(access.decide(&holder).is_ok());
+        assert_eq!(asked(), 1, "the same input is answered from the cache");
+        // A denial is kept too, and a different input is a different entry.
+        let reason = access.decide(&stranger).unwrap_err().reason;
+        assert!(reason.contains("does not hold capability email.classify"), "{reason}");
+        assert!(access.decide(&stranger).is_err());
+        assert_eq!(asked(), 2);
+
+        // A new CRL or root: decided again.
+        trust.send_modify(|n| *n += 1);
+        assert!(access.decide(&holder).is_ok());
+        assert_eq!(asked(), 3);
+        assert!(access.decide(&holder).is_ok());
+        assert_eq!(asked(), 3);
+
+        // A reloaded policy: decided again.
+        engine.generation.fetch_add(1, Ordering::SeqCst);
+        assert!(access.decide(&holder).is_ok());
+        assert!(access.decide(&stranger).is_err());
+        assert_eq!(asked(), 5);
+    }
 
     #[test]
     fn rate_limits_parse_and_bad_ones_are_named() {

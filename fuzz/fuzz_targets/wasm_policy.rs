@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use crank_fuzz::{call_policy_hook, hostile_crank_module, hostile_opa_module};
 use crank_policy::WasmEngine;
-use crank_security_core::{IssuanceInput, PolicyEngine, RenewalInput};
+use crank_security_core::{AccessInput, IssuanceInput, PolicyEngine, RenewalInput};
 use libfuzzer_sys::fuzz_target;
 
 /// The Rust default policy as the test command builds it (scripts/fuzz.sh builds it).
@@ -73,6 +73,17 @@ fn ask_every_hook(engine: &dyn PolicyEngine) {
     };
     let _ = engine.should_renew_certificate(&renewal);
     let _ = engine.revoke_certificate("fuzz", "keyCompromise");
+    // A worker granted `email.*` calling another's `email.classify`.
+    let access: AccessInput = serde_json::from_value(serde_json::json!({
+        "caller": {"spiffe_id": "spiffe://crank.local/fuzz", "worker_id": "fuzz", "administrator": false,
+                   "trust_domain": "crank.local", "serial": "01:02", "not_after": 1_700_086_400_i64,
+                   "capabilities": ["email.*"]},
+        "target": {"worker_id": "email", "trust_domain": "crank.local", "capability": "email.classify"},
+        "request": {"method": "POST", "path": "/classify", "route": "/classify"},
+        "environment": "production"
+    }))
+    .unwrap();
+    let _ = engine.can_access_capability(&access);
 }
 
 fn load(text_or_binary: &[u8]) -> Option<WasmEngine> {

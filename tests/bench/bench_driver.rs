@@ -7,6 +7,7 @@
 //! bench-driver renew      --url CA_URL --crank-ca DIR --concurrency C --seconds S
 //! bench-driver handshakes --url URL --client DIR --concurrency C --seconds S
 //! bench-driver hold       --url URL --client DIR --connections N --seconds S
+//! bench-driver serve      --client DIR --listen ADDR --access off|builtin|rego
 //! ```
 //!
 //! `--client DIR` is a cert directory written by `crank cert init` (`client.crt`,
@@ -29,6 +30,14 @@
 //! - `hold` opens `N` connections, sends one keep-alive `GET` on each, prints `ready`,
 //!   keeps them open for `S` seconds, then closes them.
 //!
+//! - `serve` serves `GET /health` over mutual TLS with the server stack every worker
+//!   uses (the certificate and CA of `--client DIR`, client certificates required), the
+//!   workers' request metrics around it, and the capability access check
+//!   ([`AccessControl`]) as `--access` says: `off` (no check: the stack before the
+//!   capability access policy), `builtin` (the built-in policy) or `rego` (the default
+//!   policy in Rego, decisions cached as workers cache them). It prints `listening ADDR`
+//!   and serves until killed. The benchmark compares the three under the same load.
+//!
 //! `sign` and `handshakes` print one line of `key=value` pairs: `ok`, `errors`,
 //! `seconds`, `rate` (successful requests per second), `p50_ms`, `p99_ms`.
 
@@ -41,8 +50,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use crank_ca::CaDir;
 use crank_ca::TokenAuthority;
-use crank_runtime::MtlsClient;
 use crank_runtime::tls::{Credentials, mtls_client_config};
+use crank_runtime::{AccessControl, ConnectionLimits, MtlsClient, ServerHandle};
 use crank_security_core::{CertFiles, CertificateBundle, WorkerId};
 use rustls::client::Resumption;
 use rustls_pki_types::ServerName;
@@ -61,7 +70,8 @@ fn main() -> anyhow::Result<()> {
             "renew" => renew(&opts).await,
             "handshakes" => handshakes(&opts).await,
             "hold" => hold(&opts).await,
-            other => bail!("unknown mode {other:?}: use sign, renew, handshakes or hold"),
+            "serve" => serve(&opts).await,
+            other => bail!("unknown mode {other:?}: use sign, renew, handshakes, hold or serve"),
         }
     })
 }
@@ -374,5 +384,54 @@ async fn hold(opts: &Opts) -> anyhow::Result<()> {
     println!("ready connections={n}");
     tokio::time::sleep(Duration::from_secs(opts.num("seconds")? as u64)).await;
     drop(open);
+    Ok(())
+}
+
+async fn serve(opts: &Opts) -> anyhow::Result<()> {
+    use axum::Router;
+    use axum::routing::get;
+    use crank_policy::{PolicyEngine, PolicyGuard, RegoEngine};
+    use crank_runtime::metrics::{self, Metrics};
+    use crank_runtime::trust::TrustStore;
+
+    let bundle = client_bundle(&opts.path("client")?)?;
+    let trust = TrustStore::new(bundle.ca())?;
+    let config = crank_runtime::tls::server_config(
+        &trust,
+        true,
+        Credentials::new(bundle.certified_key()?),
+        crank_runtime::Resumption::On,
+    )?;
+    let metrics = Metrics::new();
+    let health = Router::new().route("/health", get(|| async { axum::Json(serde_json::json!({"status": "healthy"})) }));
+    let engine: Option<Arc<dyn PolicyEngine>> = match opts.get("access")? {
+        "off" => None,
+        "builtin" => Some(crank_policy::builtin()),
+        "rego" => Some(Arc::new(RegoEngine::defaults()?)),
+        other => bail!("--access {other:?}: use off, builtin or rego"),
+    };
+    let routes = match engine {
+        None => health,
+        Some(engine) => {
+            let id = bundle.metadata().spiffe().context("the certificate carries no SPIFFE ID")?;
+            let access = AccessControl::new(
+                PolicyGuard::new(engine),
+                id.worker_id.as_str(),
+                id.trust_domain.as_str(),
+                "bench",
+                Arc::new(crank_security_core::NoEvents),
+            )
+            .with_metrics(metrics.clone())
+            .with_trust_changes(trust.changes());
+            Arc::new(access).protect(None, health)
+        }
+    };
+    let router = routes.layer(axum::middleware::from_fn_with_state(metrics.clone(), metrics::track));
+    let listener = tokio::net::TcpListener::bind(opts.get("listen")?).await?;
+    let limits =
+        ConnectionLimits { max_connections: 4096, max_connections_per_ip: 4096, ..ConnectionLimits::default() };
+    let server = ServerHandle::spawn(listener, config, router, limits, metrics.connections(), Some(trust))?;
+    println!("listening {}", server.addr());
+    std::future::pending::<()>().await;
     Ok(())
 }

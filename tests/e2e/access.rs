@@ -150,6 +150,71 @@ async fn status(client: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `/metrics` (the capability `metrics.read`) at each of `urls` (the hello-world
+/// worker's and the CA's): refused to a plain worker (`prometheus`) with the policy's
+/// reason, served to a worker granted it and to an administrator; the worker logged the
+/// refusal. The plain worker's client, for more.
+async fn metrics_read_is_for_holders_and_administrators(p: &crank_tests::Platform, urls: &[&str]) -> reqwest::Client {
+    let plain = crank_tests::Platform::client(&p.identity("prometheus"));
+    let granted = crank_tests::Platform::client(&p.identity_with("grafana", &["metrics.read"]));
+    let admin = crank_tests::Platform::client(&admin_bundle(p, "ops"));
+    for url in urls {
+        let (code, body) = status(&plain, url).await;
+        assert_eq!(code, 403, "{url}: {body}");
+        assert_eq!(body["error"]["capability"], "metrics.read");
+        assert!(body["error"]["message"].as_str().unwrap().contains("does not hold capability metrics.read"));
+        assert_eq!(status(&granted, url).await.0, 200, "{url}");
+        assert_eq!(status(&admin, url).await.0, 200, "{url}");
+    }
+    assert!(
+        p.log("hello-world").lines().any(|l| l.contains("ACCESS_DENIED") && l.contains("prometheus")),
+        "the worker logged the refusal"
+    );
+    plain
+}
+
+/// The same decisions with the defaults as a WebAssembly module (the Rust WASM policy)
+/// in the CA's `--policy-dir` and the worker's `CRANK_POLICY_DIR`: `/metrics` of both,
+/// and the CA's revocation (`ca.revoke`): refused to a plain worker, allowed to an
+/// administrator and to a worker granted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_access_decisions_under_a_wasm_policy_on_the_real_binaries() {
+    let scratch = tempfile::tempdir().unwrap();
+    let wasm = crank_tests::wasm_policy_dir(&scratch.path().join("policy"));
+    let wasm_s = wasm.to_str().unwrap();
+    let p = crank_tests::Platform::start_with(crank_tests::PlatformOptions {
+        ca_log: true,
+        ..crank_tests::PlatformOptions::serve(&["--policy-dir", wasm_s])
+    })
+    .await;
+    let (_hello, addr) = p.worker("hello-world", &[("CRANK_POLICY_DIR", wasm_s)]).await;
+    for (who, log) in [("the CA", p.ca_log()), ("the worker", p.log("hello-world"))] {
+        assert!(
+            log.lines().any(|l| l.contains("policy loaded") && l.contains(r#""engine":"wasm""#)),
+            "{who} decides with the WASM policy: {log}"
+        );
+    }
+    let worker_metrics = format!("https://127.0.0.1:{}/metrics", addr.port());
+    let ca_metrics = format!("{}/metrics", p.ca_url());
+    let plain = metrics_read_is_for_holders_and_administrators(&p, &[&worker_metrics, &ca_metrics]).await;
+
+    let revocations = format!("{}/v1/revocations", p.ca_url());
+    let victim = p.identity("victim");
+    let body = serde_json::json!({"serial": victim.metadata().serial, "reason": "keyCompromise"});
+    let r = plain.post(&revocations).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let refusal: Value = r.json().await.unwrap();
+    assert_eq!(refusal["error"]["capability"], "ca.revoke", "{refusal}");
+    assert!(refusal["error"]["message"].as_str().unwrap().contains("does not hold capability ca.revoke"), "{refusal}");
+    let revoker = crank_tests::Platform::client(&p.identity_with("revoker", &["ca.revoke"]));
+    let r = revoker.post(&revocations).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let out = p.revoke(&p.admin("ops-revoker"), &["--worker-id", "prometheus"]).unwrap();
+    assert!(out.contains("prometheus"), "{out}");
+    let refused = p.ca_events().into_iter().filter(|e| e["event"] == "ACCESS_DENIED").count();
+    assert!(refused >= 2, "the CA logged its refusals (metrics, revocation): {refused}");
+}
+
 /// The real binaries: `crank ca serve` with the policy directory `crank ca init` made,
 /// `hello-world` with `CRANK_POLICY_DIR`. `/metrics` (the capability `metrics.read`) of
 /// the worker and of the CA: refused to a plain worker with the reason, served to a
@@ -166,21 +231,7 @@ async fn metrics_read_is_decided_by_policy_on_the_real_binaries_and_dropped_in_f
     let worker_metrics = format!("https://127.0.0.1:{}/metrics", addr.port());
     let ca_metrics = format!("{}/metrics", p.ca_url());
 
-    let plain = crank_tests::Platform::client(&p.identity("prometheus"));
-    let granted = crank_tests::Platform::client(&p.identity_with("grafana", &["metrics.read"]));
-    let admin = crank_tests::Platform::client(&admin_bundle(&p, "ops"));
-    for url in [&worker_metrics, &ca_metrics] {
-        let (code, body) = status(&plain, url).await;
-        assert_eq!(code, 403, "{url}: {body}");
-        assert_eq!(body["error"]["capability"], "metrics.read");
-        assert!(body["error"]["message"].as_str().unwrap().contains("does not hold capability metrics.read"));
-        assert_eq!(status(&granted, url).await.0, 200, "{url}");
-        assert_eq!(status(&admin, url).await.0, 200, "{url}");
-    }
-    assert!(
-        p.log("hello-world").lines().any(|l| l.contains("ACCESS_DENIED") && l.contains("prometheus")),
-        "the worker logged the refusal"
-    );
+    let plain = metrics_read_is_for_holders_and_administrators(&p, &[&worker_metrics, &ca_metrics]).await;
 
     // The example that lets `prometheus` scrape, copied into the worker's directory.
     std::fs::copy(
@@ -302,4 +353,138 @@ async fn a_configured_rate_limit_applies_when_policy_sets_none() {
     let other = ca.bootstrap_with("other-client", &["email.classify"]).await;
     assert_eq!(post_classify(&super::mtls(&other, other.ca()), &base).await.0, 200);
     worker.shutdown().await.unwrap();
+}
+
+/// Who else could present a grant. On the real binaries, against `hello-world`'s and the
+/// CA's `/metrics` (`metrics.read`) and the CA's revocation (`ca.revoke`):
+/// - a CSR that carries the capabilities extension itself, asking for `admin`: the CA
+///   writes only what the join token granted, so the certificate holds nothing;
+/// - a join token granting `admin`: `crank token create` refuses it;
+/// - a worker named `admin`: a worker, not an administrator;
+/// - another crank CA's certificates granting `metrics.read`, and its administrator:
+///   refused in the handshake, before any policy is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_that_the_ca_did_not_write_get_nothing_on_the_real_binaries() {
+    let p = crank_tests::Platform::start(&[]).await;
+    let (_hello, addr) = p.worker("hello-world", &[]).await;
+    let urls = [format!("https://127.0.0.1:{}/metrics", addr.port()), format!("{}/metrics", p.ca_url())];
+    let roots = vec![p.identity("probe").ca()[0].clone()];
+
+    // A CSR asking for `admin` through the capabilities extension.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.custom_extensions.push(rcgen::CustomExtension::from_oid_content(
+        &[2, 25, 2_392_588_353_997_214_659],
+        crank_security_core::capabilities_extension(&["admin".to_owned()]),
+    ));
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let anonymous = super::no_client_cert(&roots);
+    let r = anonymous
+        .post(format!("{}/v1/certificates", p.ca_url()))
+        .json(&serde_json::json!({"csr": csr, "token": p.token("forger")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issued: Value = r.json().await.unwrap();
+    let (chain, bundle) = (issued["certificate_chain"].as_str().unwrap(), issued["ca_bundle"].as_str().unwrap());
+    let forger =
+        CertificateBundle::from_pem(chain.as_bytes(), key.serialize_pem().as_bytes(), bundle.as_bytes()).unwrap();
+    assert!(forger.metadata().capabilities.is_empty(), "{:?}", forger.metadata().capabilities);
+    let forger = super::mtls(&forger, &roots);
+    for url in &urls {
+        let (code, body) = status(&forger, url).await;
+        assert_eq!(code, 403, "{url}: {body}");
+    }
+
+    // A token granting `admin`.
+    let refused = crank_tests::crank(&[
+        "token",
+        "create",
+        "--dir",
+        p.ca_dir.to_str().unwrap(),
+        "--worker-id",
+        "w",
+        "--capability",
+        "admin",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("admin"), "{refused}");
+
+    // A worker named admin.
+    let named_admin = super::mtls(&p.identity("admin"), &roots);
+    for url in &urls {
+        assert_eq!(status(&named_admin, url).await.0, 403, "{url}");
+    }
+
+    // Another crank CA's grants and administrator.
+    let other = crank_tests::Platform::start(&[]).await;
+    for (who, bundle) in [
+        ("a worker granted metrics.read", other.identity_with("grafana", &["metrics.read"])),
+        ("an administrator", admin_bundle(&other, "ops")),
+    ] {
+        let client = super::mtls(&bundle, &roots);
+        for url in &urls {
+            let e = client.get(url).send().await.expect_err(&format!("{who} of another CA at {url}"));
+            assert!(e.is_connect() || e.is_request(), "{who} at {url}: refused in the handshake: {e:?}");
+        }
+    }
+}
+
+/// Limits on the real binaries. `hello-world` with `CRANK_RATE_LIMITS` answers a caller
+/// past its rate 429 with `Retry-After` (another caller has its own bucket). `caller`
+/// with `CRANK_MAX_IN_FLIGHT=1`, while its one request waits on a `hello-world` that
+/// stopped answering (SIGSTOP), sheds the next at once (503, `Retry-After`, counted),
+/// and serves again once `hello-world` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_rate_429_and_past_the_in_flight_bound_503_on_the_real_binaries() {
+    let p = crank_tests::Platform::start(&[]).await;
+    let (hello, addr) = p.worker("hello-world", &[("CRANK_RATE_LIMITS", "metrics.read=0.5/s:1")]).await;
+    let hello_url = format!("https://127.0.0.1:{}", addr.port());
+    let (_caller, caller_addr) =
+        p.worker("caller", &[("CRANK_MAX_IN_FLIGHT", "1"), ("HELLO_WORLD_URL", hello_url.as_str())]).await;
+
+    let metrics = format!("{hello_url}/metrics");
+    let scraper = crank_tests::Platform::client(&p.identity_with("grafana", &["metrics.read"]));
+    assert_eq!(status(&scraper, &metrics).await.0, 200);
+    let r = scraper.get(&metrics).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let admin = crank_tests::Platform::client(&admin_bundle(&p, "ops"));
+    assert_eq!(status(&admin, &metrics).await.0, 200, "another caller has its own bucket");
+
+    let user = crank_tests::Platform::client(&p.identity("user"));
+    let call = format!("https://127.0.0.1:{}/call", caller_addr.port());
+    assert_eq!(status(&user, &call).await.0, 200);
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &hello.0.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let waiting = tokio::spawn({
+        let (user, call) = (user.clone(), call.clone());
+        async move { user.get(&call).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = user.get(&call).send().await.unwrap();
+    let shed = (r.status().as_u16(), r.headers().get("retry-after").cloned());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    signal("-CONT");
+    assert_eq!(shed.0, 503, "{body}");
+    assert_eq!(shed.1.unwrap(), "1");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    let _ = waiting.await.unwrap();
+    crank_tests::eventually("caller serves again", Duration::from_secs(10), || async {
+        status(&user, &call).await.0 == 200
+    })
+    .await;
+    let caller_metrics = status_text(&admin, &format!("https://127.0.0.1:{}/metrics", caller_addr.port())).await;
+    assert!(caller_metrics.contains("crank_requests_shed_total 1"), "{caller_metrics}");
+}
+
+async fn status_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }

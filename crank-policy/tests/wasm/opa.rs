@@ -2,14 +2,29 @@
 //! both evaluation paths, hostile modules deny or are refused at load.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crank_policy::wasm::Abi;
-use crank_policy::{PolicyEngine, RegoEngine, WasmEngine, cases};
+use crank_policy::{DefaultPolicy, PolicyEngine, PolicyGuard, RegoEngine, WasmEngine, cases};
+use crank_security_core::{AccessDecision, AccessInput, RateLimit};
+use serde_json::{Value, json};
 
 use super::{default_case_failures, denied_quickly, load, on_four_threads, policies};
 
 fn opa_module() -> PathBuf {
     policies().join("wasm/opa-default/crank.wat")
+}
+
+/// The OPA module's text, claiming ABI 1.1: decisions then go through the evaluation
+/// context instead of `opa_eval`.
+fn opa_module_abi_1_1() -> String {
+    let text = std::fs::read_to_string(opa_module()).unwrap();
+    let minor_1 = text.replace(
+        r#"(global (export "opa_wasm_abi_minor_version") i32 (i32.const 2))"#,
+        r#"(global (export "opa_wasm_abi_minor_version") i32 (i32.const 1))"#,
+    );
+    assert_ne!(text, minor_1);
+    minor_1
 }
 
 #[test]
@@ -22,13 +37,7 @@ fn the_opa_module_passes_every_default_case_through_opa_eval() {
 
 #[test]
 fn before_abi_1_2_decisions_go_through_the_evaluation_context() {
-    let text = std::fs::read_to_string(opa_module()).unwrap();
-    let minor_1 = text.replace(
-        r#"(global (export "opa_wasm_abi_minor_version") i32 (i32.const 2))"#,
-        r#"(global (export "opa_wasm_abi_minor_version") i32 (i32.const 1))"#,
-    );
-    assert_ne!(text, minor_1);
-    let engine = load("crank-1.1.wat", &minor_1).unwrap();
+    let engine = load("crank-1.1.wat", &opa_module_abi_1_1()).unwrap();
     assert_eq!(engine.abi(), Abi::Opa { minor: 1 });
     let failures = default_case_failures(&engine);
     assert!(failures.is_empty(), "{failures:#?}");
@@ -52,6 +61,186 @@ fn denials_are_worded_by_the_host_sprintf_exactly_as_in_rego() {
     assert_eq!(from_opa, from_rego);
 }
 
+/// An access input: a caller of `crank.local` holding `grants`, asking for `capability`.
+fn access_input(grants: &[&str], capability: Option<&str>) -> Value {
+    json!({
+        "caller": {"spiffe_id": "spiffe://crank.local/caller", "worker_id": "caller", "administrator": false,
+            "trust_domain": "crank.local", "serial": "3d:ec:01", "not_after": 1_763_986_400, "capabilities": grants},
+        "target": {"worker_id": "email", "trust_domain": "crank.local", "capability": capability},
+        "request": {"method": "POST", "path": "/classify", "route": "/classify"},
+        "environment": "development"
+    })
+}
+
+/// `input` with the value at JSON pointer `at` replaced by `value`.
+fn with(mut input: Value, at: &str, value: Value) -> Value {
+    *input.pointer_mut(at).unwrap_or_else(|| panic!("no {at}")) = value;
+    input
+}
+
+/// Inputs covering every branch of the Rego default's `can_access_capability`, with
+/// whether it allows.
+fn access_table() -> Vec<(&'static str, Value, bool)> {
+    let foreign = |input| with(input, "/caller/trust_domain", json!("other.example"));
+    let admin = |input| with(input, "/caller/administrator", json!(true));
+    let same_domain = |input, domain: &str| {
+        with(with(input, "/caller/trust_domain", json!(domain)), "/target/trust_domain", json!(domain))
+    };
+    vec![
+        ("no capability named", access_input(&[], None), true),
+        ("no capability named, no route", with(access_input(&[], None), "/request/route", Value::Null), true),
+        ("foreign domain, no capability named", foreign(access_input(&[], None)), false),
+        (
+            "foreign domain, capability granted",
+            foreign(access_input(&["email.classify"], Some("email.classify"))),
+            false,
+        ),
+        ("foreign administrator", foreign(admin(access_input(&["admin"], Some("ca.revoke")))), false),
+        ("administrator", admin(access_input(&[], Some("ca.revoke"))), true),
+        ("open: platform.register", access_input(&[], Some("platform.register")), true),
+        ("open: platform.heartbeat", access_input(&[], Some("platform.heartbeat")), true),
+        ("not open: under platform.register", access_input(&[], Some("platform.register.x")), false),
+        ("not open: prefix of platform.heartbeat", access_input(&[], Some("platform.heart")), false),
+        ("exact grant", access_input(&["email.classify"], Some("email.classify")), true),
+        (
+            "exact grant, last of several",
+            access_input(&["metrics.read", "san:w", "email.send"], Some("email.send")),
+            true,
+        ),
+        ("admin grant", access_input(&["metrics.read", "admin"], Some("ca.revoke")), true),
+        ("admin is no prefix", access_input(&["admin"], Some("admin.x")), true),
+        ("not admin: administrator", access_input(&["administrator"], Some("ca.revoke")), false),
+        ("wildcard grant", access_input(&["email.*"], Some("email.classify")), true),
+        ("wildcard grant, deeper", access_input(&["email.*"], Some("email.send.bulk")), true),
+        ("wildcard grant, after others", access_input(&["metrics.read", "email.*"], Some("email.x")), true),
+        ("wildcard grant, nested", access_input(&["email.send.*"], Some("email.send.bulk")), true),
+        ("wildcard covers only under its prefix", access_input(&["email.*"], Some("emailer.send")), false),
+        ("wildcard does not cover its prefix", access_input(&["email.*"], Some("email")), false),
+        ("nested wildcard does not cover a sibling", access_input(&["email.send.*"], Some("email.read")), false),
+        ("a bare * is no wildcard", access_input(&["*"], Some("email.classify")), false),
+        ("a grant that is a prefix only", access_input(&["email"], Some("email.classify")), false),
+        ("a grant longer than the capability", access_input(&["email.classify.x"], Some("email.classify")), false),
+        ("plain denial", access_input(&["metrics.read"], Some("email.classify")), false),
+        ("no grants at all", access_input(&[], Some("email.classify")), false),
+        // Strings the module compares and passes to sprintf in their JSON-escaped form.
+        ("escaped grant", access_input(&[r#"q"x\y"#], Some(r#"q"x\y"#)), true),
+        ("escaped denial", access_input(&[r#"q"x"#], Some(r#"q"x\y"#)), false),
+        ("escaped wildcard", access_input(&[r#"q"\.*"#], Some(r#"q"\.z"#)), true),
+        ("same non-ASCII domain", same_domain(access_input(&[], None), "caf\u{e9}.example"), true),
+        (
+            "same non-ASCII domain, wildcard grant",
+            same_domain(access_input(&["caf\u{e9}.*"], Some("caf\u{e9}.menu")), "caf\u{e9}.example"),
+            true,
+        ),
+        ("foreign non-ASCII domain", with(access_input(&[], None), "/caller/trust_domain", json!("caf\u{e9}")), false),
+        (
+            "quotes in the foreign domain",
+            with(access_input(&[], Some("x")), "/caller/trust_domain", json!("o\"t\\h\ner")),
+            false,
+        ),
+    ]
+}
+
+/// A caller whose trust domain has a DEL in it, refused: the host `sprintf` the module
+/// words its denials with quotes the domain as Go's `%q` does (`\x7f`, as regorus does
+/// too), the built-in Rust rule as Rust's `{:?}` does (`\u{7f}`). The reason tells who
+/// decided.
+fn foreign_del_reason(engine: &dyn PolicyEngine) -> String {
+    let input = with(access_input(&[], Some("email.classify")), "/caller/trust_domain", json!("other\u{7f}.example"));
+    let decision = cases::evaluate(engine, "can_access_capability", &input).unwrap();
+    assert_eq!(decision["allow"], false, "{decision}");
+    decision["reason"].as_str().unwrap().to_owned()
+}
+
+/// The reason the module gives in [`foreign_del_reason`].
+const MODULE_DEL_REASON: &str =
+    r#"caller spiffe://crank.local/caller is of trust domain "other\x7f.example", not "crank.local""#;
+
+#[test]
+fn the_opa_module_decides_can_access_capability_itself_as_the_rego_default_does() {
+    let rego = RegoEngine::from_dir(&policies().join("default")).unwrap();
+    let opa_1_2 = WasmEngine::from_file(&opa_module()).unwrap();
+    let opa_1_1 = load("crank-1.1.wat", &opa_module_abi_1_1()).unwrap();
+    for engine in [&opa_1_2, &opa_1_1] {
+        let abi = engine.abi();
+        for (name, input, allow) in access_table() {
+            let from_opa = cases::evaluate(engine, "can_access_capability", &input).unwrap();
+            let from_rego = cases::evaluate(&rego, "can_access_capability", &input).unwrap();
+            assert_eq!(from_opa, from_rego, "{name} ({abi:?})");
+            assert_eq!(from_opa["allow"], allow, "{name} ({abi:?}): {from_opa}");
+            assert_eq!(from_opa["rate_limit"], Value::Null, "{name} ({abi:?})");
+            let reason = from_opa["reason"].as_str();
+            if allow {
+                assert_eq!(reason, None, "{name} ({abi:?})");
+            } else {
+                let reason = reason.unwrap_or_else(|| panic!("{name} ({abi:?}): no reason"));
+                assert!(
+                    reason.starts_with("caller spiffe://crank.local/caller ")
+                        && (reason.contains(" is of trust domain ") || reason.contains(" does not hold capability ")),
+                    "{name} ({abi:?}): {reason}"
+                );
+            }
+        }
+        assert_eq!(foreign_del_reason(engine), MODULE_DEL_REASON, "{abi:?}");
+    }
+    assert_eq!(foreign_del_reason(&rego), MODULE_DEL_REASON);
+    let reason = cases::evaluate(
+        &opa_1_2,
+        "can_access_capability",
+        &access_input(&["email.*", "metrics.read"], Some("emailer.send")),
+    )
+    .unwrap()["reason"]
+        .clone();
+    assert_eq!(
+        reason,
+        "caller spiffe://crank.local/caller does not hold capability emailer.send; grant it at issuance \
+         (`crank token create --capability emailer.send`) or allow it in can_access_capability"
+    );
+
+    // The same module without the entrypoint leaves the hook to the built-in rule, which
+    // words that denial otherwise: the check above tells the module's answers apart.
+    let text = std::fs::read_to_string(opa_module()).unwrap();
+    let without = text.replace("crank/can_access_capability", "crank/can_access_capabilitx");
+    assert_ne!(text, without);
+    let built_in = load("crank-without-access.wat", &without).unwrap();
+    let reason = foreign_del_reason(&built_in);
+    assert_ne!(reason, MODULE_DEL_REASON);
+    assert_eq!(reason, foreign_del_reason(&DefaultPolicy::default()));
+}
+
+#[test]
+fn a_malformed_access_answer_denies_and_without_the_entrypoint_the_built_in_rule_decides() {
+    let entrypoints = ENTRYPOINTS.replace('}', r#","crank/can_access_capability":4}"#);
+    let module = |answer| Hostile { entrypoints: &entrypoints, answer, ..Hostile::default() }.load().unwrap();
+    // The built-in rule would allow this caller.
+    let input: AccessInput = serde_json::from_value(access_input(&[], None)).unwrap();
+    for answer in [
+        "not json",
+        "[]",
+        r#"[{"result":{"allow":"yes"}}]"#,
+        r#"[{"result":{"reason":"no allow"}}]"#,
+        r#"[{"result":true}]"#,
+        r#"[{"result":{"allow":true}},{"result":{"allow":true}}]"#,
+    ] {
+        let denied = PolicyGuard::new(Arc::new(module(answer))).may_access(&input).unwrap_err();
+        assert!(denied.engine_failure && denied.reason.contains("can_access_capability"), "{answer}: {denied:?}");
+    }
+    // Well-formed answers are the decision, a rate limit included.
+    assert_eq!(
+        module(r#"[{"result":{"allow":false,"reason":"the module says no"}}]"#).can_access_capability(&input).unwrap(),
+        AccessDecision::deny("the module says no")
+    );
+    let limited = module(r#"[{"result":{"allow":true,"rate_limit":{"requests_per_second":2.5}}}]"#)
+        .can_access_capability(&input)
+        .unwrap();
+    assert!(limited.allow);
+    assert_eq!(limited.rate_limit, Some(RateLimit { requests_per_second: 2.5, burst: 1 }));
+
+    // Without the entrypoint the module is not asked: the built-in rule allows.
+    let engine = Hostile { answer: r#"[{"result":{"allow":"yes"}}]"#, ..Hostile::default() }.load().unwrap();
+    assert_eq!(engine.can_access_capability(&input).unwrap(), AccessDecision::allow());
+}
+
 #[test]
 fn the_engine_can_be_shared_across_threads() {
     on_four_threads(WasmEngine::from_file(&opa_module()).unwrap(), |e| {
@@ -60,7 +249,7 @@ fn the_engine_can_be_shared_across_threads() {
     });
 }
 
-/// The four entrypoints, as `entrypoints()` lists them.
+/// The four required entrypoints, as `entrypoints()` lists them.
 const ENTRYPOINTS: &str = r#"{"crank/can_issue_certificate":0,"crank/certificate_validity_period":1,"crank/should_renew_certificate":2,"crank/revoke_certificate":3}"#;
 /// An allowing result set.
 const ALLOW: &str = r#"[{"result":{"allow":true}}]"#;

@@ -63,6 +63,39 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for PeerIdentity
     }
 }
 
+/// A request access policy allowed on a connection (whose caller does not change), and
+/// under which policy and trust: the same request again is allowed again, with the same
+/// rate limit, until either changes.
+#[derive(Debug)]
+pub(crate) struct Allowed {
+    /// The access control that decided (its address).
+    pub(crate) control: usize,
+    pub(crate) stamp: (u64, u64),
+    pub(crate) capability: Option<std::sync::Arc<str>>,
+    pub(crate) method: axum::http::Method,
+    pub(crate) path: String,
+    pub(crate) route: Option<String>,
+    pub(crate) rate_limit: Option<crank_security_core::RateLimit>,
+}
+
+impl Allowed {
+    pub(crate) fn matches(
+        &self,
+        control: usize,
+        stamp: (u64, u64),
+        capability: Option<&std::sync::Arc<str>>,
+        req: &axum::extract::Request,
+    ) -> bool {
+        self.control == control
+            && self.stamp == stamp
+            && self.capability.as_ref() == capability
+            && self.method == *req.method()
+            && self.path == req.uri().path()
+            && self.route.as_deref()
+                == req.extensions().get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str)
+    }
+}
+
 /// What a connection's TLS handshake established, shared by every request on the
 /// connection: a request extension, `Extension<Arc<Connection>>`.
 #[derive(Debug)]
@@ -76,6 +109,10 @@ pub struct Connection {
     pub caller: Option<crank_security_core::Caller>,
     /// The peer's socket address.
     pub remote: SocketAddr,
+    /// The last request on this connection that access policy allowed, with its
+    /// decision: a keep-alive caller repeating it is answered without asking again
+    /// (the access check).
+    pub(crate) allowed: std::sync::Mutex<Option<Allowed>>,
 }
 
 impl Connection {
@@ -88,7 +125,7 @@ impl Connection {
             Some(PeerIdentity { spiffe_id: m.spiffe()?, serial: m.serial.clone(), certificate: der.clone() })
         });
         let caller = meta.as_ref().and_then(crank_security_core::Caller::from_certificate);
-        Self { peer, certificate, remote, caller }
+        Self { peer, certificate, remote, caller, allowed: std::sync::Mutex::default() }
     }
 
     fn of(parts: &axum::http::request::Parts) -> Option<&Self> {

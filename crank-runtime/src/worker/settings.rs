@@ -130,8 +130,12 @@ impl WorkerSettings {
         };
         let policy = match (self.policy, lookup("CRANK_POLICY_DIR")) {
             (Some(p), _) => p,
-            (None, Some(dir)) => crank_policy::from_dir(std::path::Path::new(&dir))
-                .map_err(|e| RuntimeError::Config(format!("CRANK_POLICY_DIR={dir}: {e}")))?,
+            (None, Some(dir)) => {
+                let engine = crank_policy::from_dir(std::path::Path::new(&dir))
+                    .map_err(|e| RuntimeError::Config(format!("CRANK_POLICY_DIR={dir}: {e}")))?;
+                tracing::info!(dir = %dir, engine = engine.current().name(), "policy loaded (hot-reloaded)");
+                engine
+            }
             (None, None) => crank_policy::builtin(),
         };
         let platform = match self.platform_url.or_else(|| lookup("PLATFORM_URL")) {

@@ -2,7 +2,8 @@
 ;; interface of modules built with
 ;;
 ;;   opa build -t wasm -e crank/can_issue_certificate -e crank/certificate_validity_period \
-;;     -e crank/should_renew_certificate -e crank/revoke_certificate policies/default
+;;     -e crank/should_renew_certificate -e crank/revoke_certificate \
+;;     -e crank/can_access_capability policies/default
 ;;
 ;; Written by hand (WebAssembly text) so the OPA path of the WASM engine can be tested
 ;; where no `opa` binary is available. It is shaped like an OPA module: it imports
@@ -37,7 +38,14 @@
 
   (export "memory" (memory 0))
 
-  (data (i32.const 1024) "\87\00\00\00{\22crank/can_issue_certificate\22:0,\22crank/certificate_validity_period\22:1,\22crank/should_renew_certificate\22:2,\22crank/revoke_certificate\22:3}\00") ;; V_ENTRYPOINTS
+  (data (i32.const 1024) "caller") ;; K_CALLER
+  (data (i32.const 1032) "target") ;; K_TARGET
+  (data (i32.const 1040) "administrator") ;; K_ADMINISTRATOR
+  (data (i32.const 1056) "capability") ;; K_CAPABILITY
+  (data (i32.const 1072) "spiffe_id") ;; K_SPIFFE_ID
+  (data (i32.const 1088) "platform.register") ;; S_REGISTER
+  (data (i32.const 1112) "platform.heartbeat") ;; S_HEARTBEAT
+  (data (i32.const 1136) "admin") ;; S_ADMIN
   (data (i32.const 1168) "\0d\00\00\00{\22sprintf\22:0}\00") ;; V_BUILTINS
   (data (i32.const 1192) "\02\00\00\00[]\00") ;; V_UNDEFINED
   (data (i32.const 1200) "\12\00\00\00[{\22result\22:86400}]\00") ;; V_VALIDITY
@@ -77,6 +85,9 @@
   (data (i32.const 1808) "internal: illegal entrypoint id\00") ;; M_BAD_ENTRYPOINT
   (data (i32.const 1840) "opa_malloc: out of memory\00") ;; M_OUT_OF_MEMORY
   (data (i32.const 1872) "sprintf returned a value that is not a string\00") ;; M_BAD_BUILTIN
+  (data (i32.const 1920) "\a7\00\00\00{\22crank/can_issue_certificate\22:0,\22crank/certificate_validity_period\22:1,\22crank/should_renew_certificate\22:2,\22crank/revoke_certificate\22:3,\22crank/can_access_capability\22:4}\00") ;; V_ENTRYPOINTS
+  (data (i32.const 2096) "\29\00\00\00\22caller %s is of trust domain %q, not %q\22\00") ;; V_FMT_DOMAIN
+  (data (i32.const 2144) "\89\00\00\00\22caller %s does not hold capability %s; grant it at issuance (`crank token create --capability %s`) or allow it in can_access_capability\22\00") ;; V_FMT_HOLD
 
   ;; --- heap ------------------------------------------------------------------------
 
@@ -450,12 +461,16 @@
         (then (local.set $p (call $ws (i32.add (local.get $p) (i32.const 1)) (local.get $end))) (br $next))))
     (i32.const 0))
 
-  ;; sprintf(fmt, [a, b]) through the host (b_n < 0: one argument); the message value.
-  (func $sprintf (param $fmt i32) (param $a i32) (param $a_n i32) (param $b i32) (param $b_n i32) (result i32)
+  ;; sprintf(fmt, [a, b, c]) through the host, each argument a string given by its escaped
+  ;; text (b_n < 0: only a; c_n < 0: no c); the message value.
+  (func $sprintf (param $fmt i32) (param $a i32) (param $a_n i32) (param $b i32) (param $b_n i32)
+                 (param $c i32) (param $c_n i32) (result i32)
     (local $n i32) (local $args i32) (local $w i32) (local $r i32)
     (local.set $n (i32.add (local.get $a_n) (i32.const 4)))
     (if (i32.ge_s (local.get $b_n) (i32.const 0))
       (then (local.set $n (i32.add (local.get $n) (i32.add (local.get $b_n) (i32.const 3))))))
+    (if (i32.and (i32.ge_s (local.get $b_n) (i32.const 0)) (i32.ge_s (local.get $c_n) (i32.const 0)))
+      (then (local.set $n (i32.add (local.get $n) (i32.add (local.get $c_n) (i32.const 3))))))
     (local.set $args (call $new_value (local.get $n)))
     (local.set $w (i32.add (local.get $args) (i32.const 4)))
     (i32.store16 (local.get $w) (i32.const 0x225b)) ;; ["
@@ -467,7 +482,13 @@
         (i32.store16 (local.get $w) (i32.const 0x222c)) ;; ,"
         (local.set $w (call $put (i32.add (local.get $w) (i32.const 2)) (local.get $b) (local.get $b_n)))
         (i32.store8 (local.get $w) (i32.const 0x22))
-        (local.set $w (i32.add (local.get $w) (i32.const 1)))))
+        (local.set $w (i32.add (local.get $w) (i32.const 1)))
+        (if (i32.ge_s (local.get $c_n) (i32.const 0))
+          (then
+            (i32.store16 (local.get $w) (i32.const 0x222c)) ;; ,"
+            (local.set $w (call $put (i32.add (local.get $w) (i32.const 2)) (local.get $c) (local.get $c_n)))
+            (i32.store8 (local.get $w) (i32.const 0x22))
+            (local.set $w (i32.add (local.get $w) (i32.const 1)))))))
     (i32.store8 (local.get $w) (i32.const 0x5d))
     (local.set $r (call $opa_builtin2 (i32.const 0) (i32.const 0) (local.get $fmt) (local.get $args)))
     ;; The answer must be a JSON string.
@@ -545,7 +566,8 @@
                 (if (i32.eqz (local.get $ok))
                   (then
                     (local.set $tail (call $push (local.get $tail)
-                      (call $sprintf (i32.const 1320) (local.get $s) (local.get $n) (local.get $wid) (local.get $wid_n)))))))
+                      (call $sprintf (i32.const 1320) (local.get $s) (local.get $n) (local.get $wid) (local.get $wid_n)
+                                   (i32.const 0) (i32.const -1)))))))
               (else
                 (local.set $ok
                   (i32.or
@@ -555,7 +577,8 @@
                 (if (i32.eqz (local.get $ok))
                   (then
                     (local.set $tail (call $push (local.get $tail)
-                      (call $sprintf (i32.const 1368) (local.get $s) (local.get $n) (local.get $wid) (local.get $wid_n))))))))
+                      (call $sprintf (i32.const 1368) (local.get $s) (local.get $n) (local.get $wid) (local.get $wid_n)
+                                   (i32.const 0) (i32.const -1))))))))
             (local.set $p (call $ws (i32.add (i32.add (local.get $s) (local.get $n)) (i32.const 1)) (local.get $end)))
             (if (i32.ge_u (local.get $p) (local.get $end)) (then (return (i32.const 0))))
             (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 0x2c))
@@ -574,7 +597,8 @@
                             (call $is (local.get $kt) (local.get $kt_n) (i32.const 1624) (i32.const 8))))))
       (then
         (local.set $tail (call $push (local.get $tail)
-          (call $sprintf (i32.const 1280) (local.get $kt) (local.get $kt_n) (i32.const 0) (i32.const -1))))))
+          (call $sprintf (i32.const 1280) (local.get $kt) (local.get $kt_n) (i32.const 0) (i32.const -1)
+                         (i32.const 0) (i32.const -1))))))
 
     (if (i32.eqz (i32.load (local.get $head))) (then (return (i32.const 1248))))
 
@@ -644,12 +668,109 @@
       (then (call $put (local.get $w) (i32.const 1672) (i32.const 4)))
       (else (call $put (local.get $w) (i32.const 1680) (i32.const 5)))))
 
+  ;; --- can_access_capability ----------------------------------------------------------
+
+  ;; Does a grant in the array at caps (checked to be one) cover the capability whose
+  ;; escaped text is at w (n bytes)? The same name, `admin`, or `<prefix>.*` when the
+  ;; capability starts with `<prefix>.`. Escaped texts compare like the strings: the
+  ;; escapes are a prefix-free code and `.`, `*` are never part of an escape.
+  (func $holds (param $caps i32) (param $end i32) (param $w i32) (param $n i32) (result i32)
+    (local $p i32) (local $gs i32) (local $gn i32)
+    (local.set $p (call $ws (i32.add (local.get $caps) (i32.const 1)) (local.get $end)))
+    (if (i32.ge_u (local.get $p) (local.get $end)) (then (return (i32.const 0))))
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 0x5d)) (then (return (i32.const 0))))
+    (loop $next
+      (call $string (local.get $p) (local.get $end))
+      (local.set $gn) (local.set $gs)
+      ;; a grant that is no string covers nothing
+      (if (i32.ge_s (local.get $gn) (i32.const 0))
+        (then
+          (if (call $is (local.get $gs) (local.get $gn) (local.get $w) (local.get $n))
+            (then (return (i32.const 1))))
+          (if (call $is (local.get $gs) (local.get $gn) (i32.const 1136) (i32.const 5))
+            (then (return (i32.const 1))))
+          (if (i32.ge_u (local.get $gn) (i32.const 2))
+            (then
+              (if (i32.and
+                    (i32.eq (i32.load16_u (i32.sub (i32.add (local.get $gs) (local.get $gn)) (i32.const 2)))
+                            (i32.const 0x2a2e)) ;; .*
+                    (i32.le_u (i32.sub (local.get $gn) (i32.const 1)) (local.get $n)))
+                (then
+                  (if (call $eq (local.get $w) (local.get $gs) (i32.sub (local.get $gn) (i32.const 1)))
+                    (then (return (i32.const 1))))))))))
+      (local.set $p (call $skip_value (local.get $p) (local.get $end)))
+      (if (i32.lt_s (local.get $p) (i32.const 0)) (then (return (i32.const 0))))
+      (local.set $p (call $ws (local.get $p) (local.get $end)))
+      (if (i32.ge_u (local.get $p) (local.get $end)) (then (return (i32.const 0))))
+      (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 0x2c))
+        (then (local.set $p (call $ws (i32.add (local.get $p) (i32.const 1)) (local.get $end))) (br $next))))
+    (i32.const 0))
+
+  ;; The result set {"allow": false, "reason": <message m>}.
+  (func $deny (param $m i32) (result i32)
+    (local $n i32) (local $v i32) (local $w i32)
+    ;; the message's text without its quotes
+    (local.set $n (i32.sub (i32.load (local.get $m)) (i32.const 2)))
+    (local.set $v (call $new_value (i32.add (i32.add (i32.const 36) (local.get $n)) (i32.const 4))))
+    (local.set $w (call $put (i32.add (local.get $v) (i32.const 4)) (i32.const 1696) (i32.const 36)))
+    (local.set $w (call $put (local.get $w) (i32.add (local.get $m) (i32.const 5)) (local.get $n)))
+    (drop (call $put (local.get $w) (i32.const 1736) (i32.const 4)))
+    (local.get $v))
+
+  ;; As the Rego default: a caller of another trust domain is refused; a route that names
+  ;; no capability is open to the trust domain; administrators, the open capabilities
+  ;; and callers granted the capability are allowed; anyone else is refused.
+  (func $access (param $in i32) (param $end i32) (result i32)
+    (local $caller i32) (local $target i32) (local $sid i32) (local $sid_n i32)
+    (local $ctd i32) (local $ctd_n i32) (local $ttd i32) (local $ttd_n i32)
+    (local $p i32) (local $w i32) (local $w_n i32)
+    (local.set $caller (call $field (local.get $in) (local.get $end) (i32.const 1024) (i32.const 6)))
+    (local.set $target (call $field (local.get $in) (local.get $end) (i32.const 1032) (i32.const 6)))
+    (call $string (call $field (local.get $caller) (local.get $end) (i32.const 1072) (i32.const 9)) (local.get $end))
+    (local.set $sid_n) (local.set $sid)
+    (call $string (call $field (local.get $caller) (local.get $end) (i32.const 1512) (i32.const 12)) (local.get $end))
+    (local.set $ctd_n) (local.set $ctd)
+    (call $string (call $field (local.get $target) (local.get $end) (i32.const 1512) (i32.const 12)) (local.get $end))
+    (local.set $ttd_n) (local.set $ttd)
+    (if (i32.or (i32.or (i32.lt_s (local.get $sid_n) (i32.const 0)) (i32.lt_s (local.get $ctd_n) (i32.const 0)))
+                (i32.lt_s (local.get $ttd_n) (i32.const 0)))
+      (then (return (i32.const 0))))
+    (if (i32.eqz (call $is (local.get $ctd) (local.get $ctd_n) (local.get $ttd) (local.get $ttd_n)))
+      (then
+        (return (call $deny
+          (call $sprintf (i32.const 2096) (local.get $sid) (local.get $sid_n) (local.get $ctd) (local.get $ctd_n)
+                         (local.get $ttd) (local.get $ttd_n))))))
+    (local.set $p (call $field (local.get $target) (local.get $end) (i32.const 1056) (i32.const 10)))
+    (if (i32.lt_s (local.get $p) (i32.const 0)) (then (return (i32.const 0))))
+    (if (call $at (local.get $p) (local.get $end) (i32.const 1688) (i32.const 4)) ;; null
+      (then (return (i32.const 1248))))
+    (call $string (local.get $p) (local.get $end))
+    (local.set $w_n) (local.set $w)
+    (if (i32.lt_s (local.get $w_n) (i32.const 0)) (then (return (i32.const 0))))
+    (local.set $p (call $field (local.get $caller) (local.get $end) (i32.const 1040) (i32.const 13)))
+    (if (i32.ge_s (local.get $p) (i32.const 0))
+      (then
+        (if (call $at (local.get $p) (local.get $end) (i32.const 1672) (i32.const 4)) ;; true
+          (then (return (i32.const 1248))))))
+    (if (i32.or (call $is (local.get $w) (local.get $w_n) (i32.const 1088) (i32.const 17))
+                (call $is (local.get $w) (local.get $w_n) (i32.const 1112) (i32.const 18)))
+      (then (return (i32.const 1248))))
+    (local.set $p (call $field (local.get $caller) (local.get $end) (i32.const 1440) (i32.const 12)))
+    (if (i32.lt_s (local.get $p) (i32.const 0)) (then (return (i32.const 0))))
+    (if (i32.ne (i32.load8_u (local.get $p)) (i32.const 0x5b)) (then (return (i32.const 0))))
+    (if (i32.lt_s (call $skip_value (local.get $p) (local.get $end)) (i32.const 0)) (then (return (i32.const 0))))
+    (if (call $holds (local.get $p) (local.get $end) (local.get $w) (local.get $w_n))
+      (then (return (i32.const 1248))))
+    (call $deny
+      (call $sprintf (i32.const 2144) (local.get $sid) (local.get $sid_n) (local.get $w) (local.get $w_n)
+                     (local.get $w) (local.get $w_n))))
+
   ;; --- evaluation ------------------------------------------------------------------
 
   ;; The result set of entrypoint ep for the input value (0: no input).
   (func $decide (param $ep i32) (param $input i32) (result i32)
     (local $in i32) (local $end i32) (local $r i32)
-    (if (i32.ge_u (local.get $ep) (i32.const 4))
+    (if (i32.ge_u (local.get $ep) (i32.const 5))
       (then (call $opa_abort (i32.const 1808)) (unreachable)))
     (if (i32.eq (local.get $ep) (i32.const 1)) (then (return (i32.const 1200))))
     (if (i32.eq (local.get $ep) (i32.const 3)) (then (return (i32.const 1224))))
@@ -658,10 +779,13 @@
     (local.set $end (i32.add (local.get $in) (i32.load (local.get $input))))
     (if (i32.eqz (local.get $ep))
       (then (local.set $r (call $can_issue (local.get $in) (local.get $end))))
-      (else (local.set $r (call $renew (local.get $in) (local.get $end)))))
+      (else
+        (if (i32.eq (local.get $ep) (i32.const 2))
+          (then (local.set $r (call $renew (local.get $in) (local.get $end))))
+          (else (local.set $r (call $access (local.get $in) (local.get $end)))))))
     (if (result i32) (local.get $r) (then (local.get $r)) (else (i32.const 1192))))
 
-  (func (export "entrypoints") (result i32) (i32.const 1024))
+  (func (export "entrypoints") (result i32) (i32.const 1920))
 
   (func (export "builtins") (result i32) (i32.const 1168))
 
