@@ -26,15 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use crank_policy::PolicyGuard;
 use crank_security_core::{
     AccessDecision, AccessInput, AccessRequest, AccessTarget, CertificateEvent, CorrelationId, EventKind, EventSink,
     RateLimit,
 };
+use futures_util::future::Either;
 use tokio::sync::watch;
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -148,8 +148,8 @@ impl AccessControl {
     /// `routes` with every request checked for `capability` (`None`: a route group
     /// that names none) after routing, before the handler.
     pub fn protect(self: &Arc<Self>, capability: Option<&str>, routes: Router) -> Router {
-        let state = (self.clone(), capability.map(Arc::<str>::from));
-        routes.route_layer(axum::middleware::from_fn_with_state(state, check))
+        let allowed = self.metrics.as_ref().map(|m| m.access_counter(capability.unwrap_or("none"), "allow"));
+        routes.route_layer(Check { access: self.clone(), capability: capability.map(Arc::<str>::from), allowed })
     }
 
     /// (policy generation, trust generation): decisions hold while it stays the same.
@@ -232,19 +232,54 @@ fn denied(d: &AccessDecision) -> crank_policy::Denied {
 }
 
 /// The middleware: decide, then answer 403 / 429 or run the handler.
-async fn check(
-    State((access, capability)): State<(Arc<AccessControl>, Option<Arc<str>>)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match refusal_of(&access, capability.as_ref(), &req) {
-        None => next.run(req).await,
-        Some(refused) => refused,
+/// The check as a tower layer on a route group: decide, then answer the refusal or call
+/// the handler (no boxing or cloning per request, unlike a `from_fn` middleware).
+#[derive(Clone)]
+struct Check {
+    access: Arc<AccessControl>,
+    capability: Option<Arc<str>>,
+    /// `crank_access_decisions_total{capability, decision="allow"}`, looked up once.
+    allowed: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl<S> tower::Layer<S> for Check {
+    type Service = Checked<S>;
+
+    fn layer(&self, inner: S) -> Checked<S> {
+        Checked { check: self.clone(), inner }
+    }
+}
+
+/// A route group behind [`Check`].
+#[derive(Clone)]
+struct Checked<S> {
+    check: Check,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Checked<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Either<std::future::Ready<Result<Response, Self::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match refusal_of(&self.check, &req) {
+            Some(refused) => Either::Left(std::future::ready(Ok(refused))),
+            None => Either::Right(self.inner.call(req)),
+        }
     }
 }
 
 /// `None` when `req` may reach its handler; else the refusal (401, 403, 429).
-fn refusal_of(access: &Arc<AccessControl>, capability: Option<&Arc<str>>, req: &Request) -> Option<Response> {
+fn refusal_of(check: &Check, req: &Request) -> Option<Response> {
+    let (access, capability) = (&check.access, check.capability.as_ref());
     let label = capability.map_or("none", |c| &**c);
     // Only refusals need it: a new one costs the random generator, so not per request.
     let cid = || {
@@ -327,7 +362,9 @@ fn refusal_of(access: &Arc<AccessControl>, capability: Option<&Arc<str>>, req: &
     };
     match outcome {
         Outcome::Allow => {
-            access.count(label, "allow");
+            if let Some(allowed) = &check.allowed {
+                allowed.inc();
+            }
             None
         }
         Outcome::Deny(reason) => {

@@ -176,6 +176,12 @@ impl Metrics {
         self.access.get_or_create(&AccessLabels { capability: capability.to_owned(), decision }).inc();
     }
 
+    /// The counter of one (capability, decision), to count into without looking it up
+    /// each time.
+    pub(crate) fn access_counter(&self, capability: &str, decision: &'static str) -> Counter {
+        self.access.get_or_create(&AccessLabels { capability: capability.to_owned(), decision }).clone()
+    }
+
     /// Requests being served right now (the worker's load score).
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()
