@@ -231,7 +231,6 @@ fn denied(d: &AccessDecision) -> crank_policy::Denied {
     crank_policy::Denied { reason: d.reason.clone().unwrap_or_else(|| "no reason given".into()), engine_failure: false }
 }
 
-/// The middleware: decide, then answer 403 / 429 or run the handler.
 /// The check as a tower layer on a route group: decide, then answer the refusal or call
 /// the handler (no boxing or cloning per request, unlike a `from_fn` middleware).
 #[derive(Clone)]
@@ -339,26 +338,31 @@ fn refusal_of(check: &Check, req: &Request) -> Option<Response> {
         },
         None => Outcome::Allow,
     };
+    // The input the policy was asked with, kept for a refusal's event.
+    let mut asked = None;
     let outcome = match repeated {
         Some(rate_limit) => limited(rate_limit),
-        None => match access.decide(&input()) {
-            Ok(d) => {
-                *connection.allowed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Allowed {
-                    control,
-                    stamp,
-                    capability: capability.cloned(),
-                    method: req.method().clone(),
-                    path: req.uri().path().to_owned(),
-                    route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()),
-                    rate_limit: d.rate_limit,
-                });
-                limited(d.rate_limit)
+        None => {
+            let built = asked.insert(input());
+            match access.decide(built) {
+                Ok(d) => {
+                    *connection.allowed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Allowed {
+                        control,
+                        stamp,
+                        capability: capability.cloned(),
+                        method: req.method().clone(),
+                        path: built.request.path.clone(),
+                        route: built.request.route.clone(),
+                        rate_limit: d.rate_limit,
+                    });
+                    limited(d.rate_limit)
+                }
+                Err(e) => {
+                    access.count(label, if e.engine_failure { "error" } else { "deny" });
+                    Outcome::Deny(e.reason)
+                }
             }
-            Err(e) => {
-                access.count(label, if e.engine_failure { "error" } else { "deny" });
-                Outcome::Deny(e.reason)
-            }
-        },
+        }
     };
     match outcome {
         Outcome::Allow => {
@@ -368,13 +372,13 @@ fn refusal_of(check: &Check, req: &Request) -> Option<Response> {
             None
         }
         Outcome::Deny(reason) => {
-            emit(access, &cid(), &input(), "denied", &reason);
+            emit(access, &cid(), &asked.unwrap_or_else(input), "denied", &reason);
             Some(refusal(StatusCode::FORBIDDEN, "access_denied", reason, capability.map(|c| &**c)))
         }
         Outcome::Limited(wait) => {
             access.count(label, "limited");
             let reason = format!("{} is over its rate limit for capability {label}", caller.spiffe_id);
-            emit(access, &cid(), &input(), "rate_limited", &reason);
+            emit(access, &cid(), &asked.unwrap_or_else(input), "rate_limited", &reason);
             let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason, capability.map(|c| &**c));
             r.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
             Some(r)
