@@ -130,7 +130,7 @@ fn bench(c: &mut Criterion) {
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let rego = crank_policy::RegoEngine::from_dir(&policies.join("default")).expect("rego");
     let wasm = crank_policy::WasmEngine::from_file(&wasm_module::default_wasm_policy())
-        .unwrap_or_else(|e| panic!("the Rust WASM policy ({e}): build it first: {}", wasm_module::BUILD_WASM_POLICY));
+        .unwrap_or_else(|e| panic!("the Rust WASM policy: {e}"));
     let opa =
         crank_policy::WasmEngine::from_file(&policies.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
     // The built-in engine again, set up exactly like the others: the peer for their ratios.

@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let rego = RegoEngine::from_dir(&root.join("default")).expect("rego");
     let wasm = WasmEngine::from_file(&wasm_module::default_wasm_policy())
-        .unwrap_or_else(|e| panic!("the Rust WASM policy ({e}): build it first: {}", wasm_module::BUILD_WASM_POLICY));
+        .unwrap_or_else(|e| panic!("the Rust WASM policy: {e}"));
     // The default policy written against the OPA Wasm ABI, as `opa build -t wasm` output is.
     let opa = WasmEngine::from_file(&root.join("wasm/opa-default/crank.wat")).expect("OPA-ABI module");
     let engines: Vec<(&str, Arc<dyn PolicyEngine>)> =

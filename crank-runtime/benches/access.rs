@@ -33,7 +33,7 @@ fn input(path: String) -> AccessInput {
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let wasm = WasmEngine::from_file(&wasm_module::default_wasm_policy())
-        .unwrap_or_else(|e| panic!("the Rust WASM policy ({e}): build it first: {}", wasm_module::BUILD_WASM_POLICY));
+        .unwrap_or_else(|e| panic!("the Rust WASM policy: {e}"));
     let engines: Vec<(&str, Arc<dyn PolicyEngine>)> = vec![
         ("builtin", crank_policy::builtin()),
         ("rego", Arc::new(RegoEngine::from_dir(&root.join("default")).expect("rego"))),

@@ -1,27 +1,16 @@
 //! crank ABI v1: the Rust policy and hostile modules.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crank_policy::wasm::Abi;
 use crank_policy::{PolicyEngine, WasmEngine};
 
-use super::wasm_module::{BUILD_WASM_POLICY, default_wasm_policy};
+use super::wasm_module::default_wasm_policy;
 use super::{default_case_failures, denied_quickly, load, on_four_threads};
-
-fn default_module() -> PathBuf {
-    let p = default_wasm_policy();
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `{BUILD_WASM_POLICY}` (scripts/test.sh does), with the same CARGO_TARGET_DIR as the tests",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn the_rust_wasm_policy_passes_every_default_case() {
-    let engine = WasmEngine::from_file(&default_module()).unwrap();
+    let engine = WasmEngine::from_file(&default_wasm_policy()).unwrap();
     assert_eq!(engine.abi(), Abi::Crank);
     let failures = default_case_failures(&engine);
     assert!(failures.is_empty(), "{failures:#?}");
@@ -116,7 +105,7 @@ fn every_decision_starts_from_a_fresh_instance() {
 
 #[test]
 fn the_engine_can_be_shared_across_threads() {
-    on_four_threads(WasmEngine::from_file(&default_module()).unwrap(), |e| {
+    on_four_threads(WasmEngine::from_file(&default_wasm_policy()).unwrap(), |e| {
         for _ in 0..50 {
             assert_eq!(e.certificate_validity_period("w", "e").unwrap(), Duration::from_secs(86400));
         }
