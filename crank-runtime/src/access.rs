@@ -149,7 +149,12 @@ impl AccessControl {
     /// that names none) after routing, before the handler.
     pub fn protect(self: &Arc<Self>, capability: Option<&str>, routes: Router) -> Router {
         let allowed = self.metrics.as_ref().map(|m| m.access_counter(capability.unwrap_or("none"), "allow"));
-        routes.route_layer(Check { access: self.clone(), capability: capability.map(Arc::<str>::from), allowed })
+        // With its handlers made services first, the layer wraps them once, not per request.
+        routes.with_state(()).route_layer(CheckLayer(Arc::new(Check {
+            access: self.clone(),
+            capability: capability.map(Arc::<str>::from),
+            allowed,
+        })))
     }
 
     /// (policy generation, trust generation): decisions hold while it stays the same.
@@ -233,7 +238,6 @@ fn denied(d: &AccessDecision) -> crank_policy::Denied {
 
 /// The check as a tower layer on a route group: decide, then answer the refusal or call
 /// the handler (no boxing or cloning per request, unlike a `from_fn` middleware).
-#[derive(Clone)]
 struct Check {
     access: Arc<AccessControl>,
     capability: Option<Arc<str>>,
@@ -241,18 +245,22 @@ struct Check {
     allowed: Option<prometheus_client::metrics::counter::Counter>,
 }
 
-impl<S> tower::Layer<S> for Check {
+/// [`Check`] as a layer; one `Arc`, since axum clones the layered service per request.
+#[derive(Clone)]
+struct CheckLayer(Arc<Check>);
+
+impl<S> tower::Layer<S> for CheckLayer {
     type Service = Checked<S>;
 
     fn layer(&self, inner: S) -> Checked<S> {
-        Checked { check: self.clone(), inner }
+        Checked { check: self.0.clone(), inner }
     }
 }
 
 /// A route group behind [`Check`].
 #[derive(Clone)]
 struct Checked<S> {
-    check: Check,
+    check: Arc<Check>,
     inner: S,
 }
 
@@ -287,8 +295,7 @@ fn refusal_of(check: &Check, req: &Request) -> Option<Response> {
             .and_then(|v| v.to_str().ok())
             .map_or_else(CorrelationId::new, CorrelationId::from_peer)
     };
-    let Some(connection) = req.extensions().get::<Arc<Connection>>().filter(|c| c.certificate.is_some()).cloned()
-    else {
+    let Some(connection) = req.extensions().get::<Arc<Connection>>().filter(|c| c.certificate.is_some()) else {
         access.count(label, "deny");
         return Some(refusal(
             StatusCode::UNAUTHORIZED,

@@ -54,6 +54,9 @@ impl Shared {
             .timer(TokioTimer::new())
             .keep_alive_interval(limits.http2_keep_alive_interval)
             .keep_alive_timeout(limits.http2_keep_alive_timeout);
+        // Turns every handler into its service once: a router never given a state builds
+        // the service of the matched handler (and of each layer on it) on every request.
+        let router = router.with_state(());
         Arc::new(Self { builder, router, limits, metrics, revocations })
     }
 }
