@@ -924,6 +924,11 @@ impl Platform {
         self.ca = None;
     }
 
+    /// Whether the CA process is still running (it has not exited).
+    pub fn ca_is_running(&mut self) -> bool {
+        self.ca.as_mut().is_some_and(|c| matches!(c.0.try_wait(), Ok(None)))
+    }
+
     /// Starts the CA process again on the same address and arguments.
     pub async fn start_ca(&mut self) {
         self.start_ca_with(None, "error").await;

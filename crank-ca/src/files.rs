@@ -24,7 +24,9 @@ pub(crate) fn shared_local_name(name: &str) -> bool {
 /// Validity of a new root: 10 years.
 const ROOT_VALIDITY: Duration = Duration::days(3650);
 /// Validity of the CA service's TLS certificate: 1 year.
-const SERVER_VALIDITY: Duration = Duration::days(365);
+/// How long the CA service's own TLS certificates are valid, unless `crank ca serve
+/// --tls-validity` says otherwise.
+pub const SERVER_VALIDITY: Duration = Duration::days(365);
 
 /// Paths inside a CA directory.
 #[derive(Debug, Clone)]
@@ -261,20 +263,47 @@ impl CaDir {
         if meta.uri_sans == [td.ca_spiffe_id()] {
             return Ok(false);
         }
+        self.reissue_service_certificate(SERVER_VALIDITY)?;
+        Ok(true)
+    }
+
+    /// Issues the CA service a new TLS key and certificate, valid for `validity` (never
+    /// past the signing certificate), with the names and chain of the installed one (or,
+    /// if that cannot be read, the names chosen at init and the signing chain), signed by
+    /// the signing key; installs both (the key 0600, each file written atomically) and
+    /// returns (certificate chain PEM, key PEM). A crash between the two writes leaves a
+    /// pair that does not match, which `crank ca serve` repairs the same way at start.
+    pub fn reissue_service_certificate(&self, validity: Duration) -> Result<(String, String), SetupError> {
+        let td = self.trust_domain()?;
+        let installed = std::fs::read(self.server_cert())
+            .ok()
+            .and_then(|pem| parse_pem_certs("server certificate", &pem).ok())
+            .filter(|chain| !chain.is_empty());
+        let sans = match installed.as_ref().and_then(|c| c.first()).and_then(|c| CertMetadata::from_der(c).ok()) {
+            Some(meta) => meta.dns_sans.into_iter().chain(meta.ip_sans).collect(),
+            None => match std::fs::read_to_string(self.server_sans_file()) {
+                Ok(s) => s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+                Err(_) => server_sans(&[]),
+            },
+        };
+        let rest: Vec<CertificateDer<'static>> = match &installed {
+            Some(chain) => chain.iter().skip(1).cloned().collect(),
+            None => self.signing_chain()?,
+        };
         let signing_cert = first_cert(self.signing_chain()?, self.signing_cert_file())?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&signing_cert, Self::read_key(&self.signing_key())?)
             .map_err(SetupError::certificate("reading the signing certificate"))?;
         let issuer_end = CertMetadata::from_der(&signing_cert)?.not_after;
-        let mut sans = meta.dns_sans.clone();
-        sans.extend(meta.ip_sans.iter().cloned());
-        let (key, cert) = server_certificate(&sans, &td, &issuer, OffsetDateTime::now_utc(), Some(issuer_end))?;
+        let (key, cert) =
+            server_certificate(&sans, &td, &issuer, OffsetDateTime::now_utc(), Some(issuer_end), validity)?;
         let mut pem = cert.pem();
-        for c in chain.iter().skip(1) {
+        for c in &rest {
             pem.push_str(&crank_security_core::cert_pem(c));
         }
-        write_file_atomic(&self.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        let key_pem = key.serialize_pem();
+        write_file_atomic(&self.server_key(), key_pem.as_bytes(), 0o600)?;
         write_file_atomic(&self.server_cert(), pem.as_bytes(), 0o644)?;
-        Ok(true)
+        Ok((pem, key_pem))
     }
 
     /// Reads a PEM key file.
@@ -306,7 +335,7 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     let issuer = rcgen::Issuer::new(root_params, &root_key);
 
     let sans = server_sans(&opts.extra_sans);
-    let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now, None)?;
+    let (server_key, server) = server_certificate(&sans, &opts.trust_domain, &issuer, now, None, SERVER_VALIDITY)?;
 
     let token_key = new_key("the join-token key")?;
 
@@ -389,6 +418,7 @@ pub(crate) fn server_certificate(
     issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
     now: OffsetDateTime,
     issuer_not_after: Option<OffsetDateTime>,
+    validity: Duration,
 ) -> Result<(KeyPair, rcgen::Certificate), SetupError> {
     let server_key = new_key("the CA service's key")?;
     let mut sp = CertificateParams::default();
@@ -398,7 +428,7 @@ pub(crate) fn server_certificate(
     sp.distinguished_name = dn;
     sp.not_before = now - Duration::seconds(60);
     // Never beyond the issuer's own validity.
-    sp.not_after = issuer_not_after.map_or(now + SERVER_VALIDITY, |end| end.min(now + SERVER_VALIDITY));
+    sp.not_after = issuer_not_after.map_or(now + validity, |end| end.min(now + validity));
     sp.serial_number = Some(crate::serial::random_serial());
     sp.is_ca = IsCa::ExplicitNoCa;
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];

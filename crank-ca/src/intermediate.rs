@@ -122,7 +122,8 @@ pub fn import(
         SetupError::refused("the intermediate certificate cannot be used to sign with intermediate.key").because(e)
     })?;
     let sans = read_sans(dir);
-    let (server_key, server) = server_certificate(&sans, &td, &issuer, now, Some(meta.not_after))?;
+    let (server_key, server) =
+        server_certificate(&sans, &td, &issuer, now, Some(meta.not_after), crate::files::SERVER_VALIDITY)?;
     let mut intermediates = vec![ours.clone()];
     intermediates.extend(uppers.iter().cloned());
     // The probe proves, with webpki's full rules (signatures, CA flags, key usage, path

@@ -22,6 +22,7 @@ mod csr;
 mod error;
 mod files;
 mod serial;
+mod service_tls;
 mod signer;
 mod token;
 
@@ -31,7 +32,7 @@ pub use check::check_signed;
 pub use crl::{CRL_REFRESH_AFTER, CRL_VALIDITY, SignedCrl};
 pub use csr::{MAX_CSR_BYTES, MIN_RSA_BITS, ParsedCsr, parse_csr, parse_verified_csr};
 pub use error::{CaError, SetupError};
-pub use files::{CaDir, DEFAULT_CA_SANS, InitOptions, init_ca};
+pub use files::{CaDir, DEFAULT_CA_SANS, InitOptions, SERVER_VALIDITY, init_ca};
 pub use serial::random_serial;
 pub use signer::{LocalSigner, leaf_params};
 pub use token::{DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, TOKEN_AUDIENCE, TokenAuthority, TokenError, create_token};

@@ -110,7 +110,7 @@ pub fn activate(dir: &CaDir) -> Result<String, SetupError> {
     let new_pem_key = new_key.serialize_pem();
     let issuer = rcgen::Issuer::from_ca_cert_der(&new_der, new_key)
         .map_err(SetupError::certificate("reading the next root's certificate"))?;
-    let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None)?;
+    let (server_key, server) = server_certificate(&sans, &td, &issuer, now, None, crate::files::SERVER_VALIDITY)?;
 
     // A rollover prepared by a release without cross-certificates has none.
     let crosses = std::fs::read_to_string(dir.cross_certs_file()).unwrap_or_default();

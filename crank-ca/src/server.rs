@@ -21,8 +21,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crank_security_core::{
-    CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest, WorkerId,
-    parse_pem_certs,
+    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest, WorkerId, parse_pem_certs,
 };
 use tower_http::timeout::TimeoutLayer;
 
@@ -33,6 +32,7 @@ use crank_runtime::api::{
     CRL_PATH, ISSUE_PATH, IssueBody, RENEW_PATH, REVOKE_PATH, RenewBody, RevokeAnswer, RevokeBody, Revoked,
     TRUST_BUNDLE_PATH,
 };
+use crank_runtime::probe::Readiness;
 use crank_runtime::tls::{Credentials, PeerIdentity, Resumption, server_config};
 use crank_runtime::trust::TrustStore;
 use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
@@ -87,33 +87,108 @@ fn routes(ca: Arc<LocalCa>, trust_changes: Option<tokio::sync::watch::Receiver<u
 }
 
 /// Starts the CA service on `listener` with the TLS certificate from `dir`, within
-/// `limits`.
+/// `limits` (no probe listener, certificates renewed for [`SERVER_VALIDITY`](crate::SERVER_VALIDITY)).
 pub fn spawn(
     dir: &CaDir,
     listener: tokio::net::TcpListener,
     ca: Arc<LocalCa>,
     limits: ConnectionLimits,
 ) -> Result<ServerHandle, SetupError> {
+    Ok(spawn_service(dir, listener, ca, limits, ServeOptions::default())?.server)
+}
+
+/// What the CA service runs beside its mTLS listener.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Serves `/livez` and `/readyz` here over TLS, asking for no client certificate
+    /// (`crank ca serve --probe-port`, or `CRANK_PROBE_PORT`).
+    pub probe: Option<tokio::net::TcpListener>,
+    /// Validity of the TLS certificates the CA issues itself (`--tls-validity`; default
+    /// [`SERVER_VALIDITY`](crate::SERVER_VALIDITY)). It renews its certificate when a
+    /// third of that is left.
+    pub tls_validity: Option<time::Duration>,
+}
+
+/// The CA service: its mTLS listener and, if asked for, its probe listener.
+#[derive(Debug)]
+pub struct CaService {
+    /// The API (mTLS).
+    pub server: ServerHandle,
+    /// The probes, if a listener was given.
+    pub probe: Option<ServerHandle>,
+}
+
+impl CaService {
+    /// Stops both listeners and waits for open connections to finish.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        if let Some(probe) = self.probe {
+            probe.shutdown().await?;
+        }
+        self.server.shutdown().await
+    }
+}
+
+/// Starts the CA service on `listener` within `limits`, with what `options` add. Its TLS
+/// certificate is renewed before it expires and swapped in without a restart.
+pub fn spawn_service(
+    dir: &CaDir,
+    listener: tokio::net::TcpListener,
+    ca: Arc<LocalCa>,
+    limits: ConnectionLimits,
+    options: ServeOptions,
+) -> Result<CaService, SetupError> {
     if dir.ensure_service_identity()? {
         tracing::warn!(
             spiffe_id = %ca.trust_domain().ca_spiffe_id(),
             "the CA service's TLS certificate lacked the CA identity that workers require; reissued it with the same names"
         );
     }
-    let read = |path: std::path::PathBuf| std::fs::read(&path).map_err(SetupError::io("reading", &path));
-    let chain = read(dir.server_cert())?;
-    let key = read(dir.server_key())?;
+    let validity = options.tls_validity.unwrap_or(crate::SERVER_VALIDITY);
     let root = ca.trust_bundle_pem().as_bytes().to_vec();
-    let bundle = CertificateBundle::from_pem(&chain, &key, &root)?;
+    let bundle = crate::service_tls::load_or_reissue(dir, &root, validity)?;
     let creds = Credentials::new(bundle.certified_key()?);
     ca.metrics().set_certificate_expiry(bundle.metadata().not_after);
     let roots = parse_pem_certs("root certificate", &root)?;
     let trust = TrustStore::new(&roots)?;
-    let config = server_config(&trust, false, creds, Resumption::On)?;
+    let config = server_config(&trust, false, creds.clone(), Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
+    tokio::spawn(crate::service_tls::keep_fresh(dir.clone(), ca.clone(), Arc::downgrade(&creds), validity));
     let metrics = ca.metrics().connections();
-    let router = routes(ca, Some(trust.changes()));
-    ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust)).map_err(SetupError::Serve)
+    let router = routes(ca.clone(), Some(trust.changes()));
+    let server = ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust.clone()))
+        .map_err(SetupError::Serve)?;
+    let probe = match options.probe {
+        Some(listener) => {
+            let store = ca.clone();
+            let crl = ca.crl_updates();
+            let readiness = Readiness::new()
+                .certificate(creds.clone())
+                .trust(trust)
+                .check("crl", move || crl_problem(crl.borrow().as_deref()))
+                .check_async("store", move || {
+                    let store = store.clone();
+                    async move { store.store().ping().await.map_err(|e| format!("the store does not answer: {e}")) }
+                })
+                .listener(server.serving());
+            Some(
+                crank_runtime::probe::spawn(listener, creds, readiness)
+                    .map_err(|e| SetupError::NotReady { message: e.to_string(), source: None })?,
+            )
+        }
+        None => None,
+    };
+    Ok(CaService { server, probe })
+}
+
+/// Why the CA's own CRL makes it not ready: none signed yet, or past its nextUpdate.
+fn crl_problem(crl: Option<&crate::SignedCrl>) -> Result<(), String> {
+    match crl {
+        None => Err("no CRL signed yet".into()),
+        Some(c) if c.next_update <= time::OffsetDateTime::now_utc() => {
+            Err(format!("the CRL in force (number {}) is stale: its nextUpdate was {}", c.number, c.next_update))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// How often the CA looks for revocations made at other replicas of its store.

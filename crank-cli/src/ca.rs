@@ -90,6 +90,15 @@ pub(crate) enum CaCommand {
         /// Timeouts and connection limits.
         #[command(flatten)]
         connections: ConnectionArgs,
+        /// Also serve `/livez` and `/readyz` on this port (same host as --listen) over
+        /// TLS, asking for no client certificate, for orchestrators' probes.
+        #[arg(long, env = "CRANK_PROBE_PORT")]
+        probe_port: Option<u16>,
+        /// Validity of the TLS certificate the CA service gives itself, e.g. `90d`. It is
+        /// renewed when a third of that is left, and swapped in without a restart; at
+        /// start, one valid for longer is reissued.
+        #[arg(long, env = "CRANK_CA_TLS_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+        tls_validity: Duration,
     },
     /// Issue an administrator client certificate (for `crank revoke`), signed by the
     /// root and recorded in the ledger. Run it where the CA's key is.
@@ -282,8 +291,14 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             replica,
             signer,
             connections,
+            probe_port,
+            tls_validity,
         } => {
             let dir = CaDir::new(dir);
+            let tls_validity = time::Duration::try_from(tls_validity).context("--tls-validity is too long")?;
+            if tls_validity < time::Duration::seconds(10) {
+                anyhow::bail!("--tls-validity {tls_validity} is below 10 s");
+            }
             // A named directory, else the CA's own (`crank ca init` makes it), else the
             // built-in defaults (a CA made before policy directories existed).
             let policy_dir = policy_dir.or_else(|| Some(dir.policy_dir()).filter(|p| p.is_dir()));
@@ -307,7 +322,7 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             if let Some(url) = store {
                 builder = builder.store_url(url);
             }
-            crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits()))
+            crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits(), probe_port, tls_validity))
         }
         CaCommand::AdminCert { dir, name, out, validity, store } => {
             crate::runtime()?.block_on(admin_cert(CaDir::new(dir), name, out, validity, store))
@@ -321,11 +336,26 @@ async fn serve(
     listen: SocketAddr,
     builder: crank_ca::LocalCaBuilder,
     limits: ConnectionLimits,
+    probe_port: Option<u16>,
+    tls_validity: time::Duration,
 ) -> anyhow::Result<()> {
     let ca = builder.build().await?;
-    let server = crank_ca::server::bind_and_spawn_with(&dir, listen, ca.clone(), limits).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let probe = match probe_port {
+        Some(port) => {
+            let addr = SocketAddr::new(listen.ip(), port);
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for probes on {addr}"))?;
+            tracing::info!(%addr, "probe listener (/livez, /readyz; no client certificate asked)");
+            Some(l)
+        }
+        None => None,
+    };
+    let options = crank_ca::server::ServeOptions { probe, tls_validity: Some(tls_validity) };
+    let server = crank_ca::server::spawn_service(&dir, listener, ca.clone(), limits, options)?;
     tracing::info!(
-        addr = %server.addr(),
+        addr = %server.server.addr(),
         trust_domain = %ca.trust_domain(),
         store = ca.store().backend(),
         signer = ca.signer_name(),

@@ -45,6 +45,20 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
     Demo(demo::DemoArgs),
+    /// Call a probe (`/livez`, `/readyz`) over TLS without a client certificate, as an
+    /// orchestrator does; exits 0 on 200 (for an image's HEALTHCHECK).
+    Probe(ProbeArgs),
+}
+
+/// Arguments of `crank probe`.
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// The probe's URL, e.g. `https://localhost:8501/readyz`.
+    url: String,
+    /// Verify the server against these CA certificates (PEM); without it the server is
+    /// not verified, like `curl -k` (a probe sends nothing and only reads a status).
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,7 +81,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Platform(cmd) => platform::run(cmd),
         Command::Revoke(args) => runtime()?.block_on(revoke::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Probe(args) => probe(args),
     }
+}
+
+fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let roots = match &args.cacert {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            Some(crank_security_core::parse_pem_certs("CA certificate", &pem)?)
+        }
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = rt.block_on(crank_runtime::probe::probe(&args.url, roots.as_deref())).map_err(anyhow::Error::msg)?;
+    println!("{body}");
+    Ok(())
 }
 
 /// A multi-threaded Tokio runtime for the commands that talk over the network.

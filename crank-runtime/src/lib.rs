@@ -42,6 +42,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod platform;
+pub mod probe;
 mod server;
 pub mod tls;
 pub mod trust;
@@ -50,7 +51,7 @@ pub mod worker;
 pub use access::AccessControl;
 pub use api::{ErrorBody, ErrorDetail};
 pub use error::{ApiError, RuntimeError};
-pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, serve_tls, shutdown_signal};
+pub use server::{ConnectionLimits, ConnectionMetrics, ServerHandle, Serving, serve_tls, shutdown_signal};
 pub use tls::{PeerIdentity, Resumption};
 pub use worker::{
     BootstrapError, BootstrapOptions, CALL_ATTEMPTS, CaClient, CallError, METRICS_CAPABILITY, MtlsClient,

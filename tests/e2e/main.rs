@@ -15,6 +15,7 @@ mod metrics;
 mod outages;
 mod platform;
 mod policy;
+mod probes;
 mod refusals;
 mod revocation;
 mod revocation_gaps;

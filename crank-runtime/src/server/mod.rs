@@ -38,6 +38,7 @@ use crate::trust::TrustStore;
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    serving: Serving,
     config: watch::Sender<Arc<ServerConfig>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -61,15 +62,27 @@ impl ServerHandle {
         let addr = listener.local_addr()?;
         let (config_tx, config_rx) = watch::channel(config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_tls(listener, config_rx, router, limits, metrics, revocations, async move {
-            let _ = stop_rx.await;
-        }));
-        Ok(Self { addr, config: config_tx, stop: Some(stop_tx), task })
+        let serving = Serving(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+        let ended = serving.clone();
+        let task = tokio::spawn(async move {
+            let served = serve_tls(listener, config_rx, router, limits, metrics, revocations, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+            ended.0.store(false, std::sync::atomic::Ordering::Relaxed);
+            served
+        });
+        Ok(Self { addr, serving, config: config_tx, stop: Some(stop_tx), task })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the server is still accepting, as a handle readiness checks can keep.
+    pub fn serving(&self) -> Serving {
+        self.serving.clone()
     }
 
     /// Replaces the TLS configuration for new connections.
@@ -88,6 +101,17 @@ impl ServerHandle {
     /// Waits until the server ends on its own (it does not, unless it fails).
     pub async fn wait(self) -> std::io::Result<()> {
         self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Whether a [`ServerHandle`]'s server is still accepting connections.
+#[derive(Debug, Clone)]
+pub struct Serving(Arc<std::sync::atomic::AtomicBool>);
+
+impl Serving {
+    /// `false` once the accept loop has ended (stopped or failed).
+    pub fn is_serving(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -20,6 +20,7 @@ use super::rotation::{RotationConfig, Rotator};
 use super::settings::{Resolved, WorkerSettings};
 use crate::access::AccessControl;
 use crate::metrics::{Metrics, PrometheusSink};
+use crate::probe::Readiness;
 use crate::tls::{Credentials, Resumption, server_config};
 use crate::trust::{CrlMode, TrustStore};
 use crate::{ConnectionLimits, RuntimeError, ServerHandle};
@@ -89,6 +90,8 @@ pub struct WorkerApplication {
 pub struct RunningWorker {
     /// The HTTPS server.
     pub server: ServerHandle,
+    /// The probe listener, if one was opened.
+    pub probe: Option<ServerHandle>,
     /// The certificate at start (see [`RunningWorker::rotator`] for the current one).
     pub bundle: CertificateBundle,
     /// The credentials served.
@@ -111,6 +114,9 @@ impl RunningWorker {
     /// Stops renewing, stops accepting, and waits for open connections to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.stop_rotation.send_replace(true);
+        if let Some(probe) = self.probe {
+            probe.shutdown().await?;
+        }
         self.server.shutdown().await
     }
 }
@@ -254,6 +260,13 @@ impl WorkerApplication {
         self
     }
 
+    /// Opens the probe listener on `port` (`/livez`, `/readyz` over TLS, no client
+    /// certificate asked; else `CRANK_PROBE_PORT`, else none). See [`crate::probe`].
+    pub fn probe_port(mut self, port: u16) -> Self {
+        self.settings.probe_port = Some(port);
+        self
+    }
+
     /// Heartbeat interval (default 10 s, or `CRANK_HEARTBEAT_INTERVAL`, e.g. `30s`).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.settings.heartbeat_interval = Some(interval);
@@ -311,6 +324,7 @@ impl WorkerApplication {
             resumption,
             limits,
             rate_limits,
+            probe_port,
         } = self.settings.clone().resolve_from_env()?;
         let sans_for_rotation = sans.clone();
         let metrics = Metrics::new();
@@ -415,6 +429,7 @@ impl WorkerApplication {
             ));
         }
         let context = WorkerContext { worker_id: spiffe_id.worker_id.clone(), spiffe_id, client };
+        let crl_for_probe = crl_status.clone();
         let undeclared = self
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
@@ -443,7 +458,20 @@ impl WorkerApplication {
         let server =
             ServerHandle::spawn(listener, server_config, router, limits, metrics.connections(), Some(trust.clone()))
                 .map_err(|e| RuntimeError::Config(e.to_string()))?;
-        Ok(RunningWorker { server, bundle, credentials, context, rotator, trust, stop_rotation })
+        let probe = match probe_port {
+            Some(port) => {
+                let readiness = Readiness::new()
+                    .certificate(credentials.clone())
+                    .trust(trust.clone())
+                    .check("crl", move || {
+                        crl_for_probe.problem(time::OffsetDateTime::now_utc().unix_timestamp()).map_or(Ok(()), Err)
+                    })
+                    .listener(server.serving());
+                Some(crate::probe::bind_and_spawn(host, port, credentials.clone(), readiness).await?)
+            }
+            None => None,
+        };
+        Ok(RunningWorker { server, probe, bundle, credentials, context, rotator, trust, stop_rotation })
     }
 }
 

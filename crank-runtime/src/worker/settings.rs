@@ -21,6 +21,7 @@
 //! | `PLATFORM_URL`, `CRANK_HEARTBEAT_INTERVAL` | no registry; `10s` |
 //! | `CRANK_MAX_CONNECTIONS`, ... | see [`ConnectionLimits::from_lookup`] |
 //! | `CRANK_RATE_LIMITS` (`CAPABILITY=RATE/s[:BURST]`, comma-separated) | none (only what policy sets) |
+//! | `CRANK_PROBE_PORT` | no probe listener ([`crate::probe`]: `/livez`, `/readyz`, no client certificate) |
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ pub(crate) struct WorkerSettings {
     pub(crate) resumption: Option<Resumption>,
     pub(crate) limits: Option<ConnectionLimits>,
     pub(crate) rate_limits: std::collections::HashMap<String, crank_security_core::RateLimit>,
+    pub(crate) probe_port: Option<u16>,
 }
 
 /// Every setting decided.
@@ -77,6 +79,8 @@ pub(crate) struct Resolved {
     pub(crate) limits: ConnectionLimits,
     /// Rate limits by capability, for allowed calls whose decision sets none.
     pub(crate) rate_limits: std::collections::HashMap<String, crank_security_core::RateLimit>,
+    /// The port of the probe listener, if one is opened.
+    pub(crate) probe_port: Option<u16>,
 }
 
 /// Parses `var`'s value with `parse`, naming the variable when it fails.
@@ -182,6 +186,10 @@ impl WorkerSettings {
         } else {
             self.rate_limits
         };
+        let probe_port = match self.probe_port {
+            Some(p) => Some(p),
+            None => parsed(lookup, crate::probe::PROBE_PORT_VAR, u16::from_str)?,
+        };
         let token_file =
             lookup("CRANK_JOIN_TOKEN_FILE").map_or_else(|| security.cert_dir.join("join-token"), PathBuf::from);
         Ok(Resolved {
@@ -200,6 +208,7 @@ impl WorkerSettings {
             resumption,
             limits,
             rate_limits,
+            probe_port,
         })
     }
 }
@@ -239,6 +248,7 @@ mod tests {
             ("PLATFORM_URL", "https://platform:8443"),
             ("CRANK_HEARTBEAT_INTERVAL", "3s"),
             ("CRANK_IDLE_TIMEOUT", "7s"),
+            ("CRANK_PROBE_PORT", "8501"),
         ];
         let r = resolve(WorkerSettings::default(), &vars).unwrap();
         assert_eq!(r.join_token.as_deref(), Some("tok"));
@@ -253,6 +263,7 @@ mod tests {
             Some(("https://platform:8443/".into(), Duration::from_secs(3)))
         );
         assert_eq!(r.limits.idle_timeout, Duration::from_secs(7));
+        assert_eq!(r.probe_port, Some(8501));
 
         // An explicit setting wins, and its variable is not even read.
         let explicit = WorkerSettings { key_type: Some(KeyType::EcdsaP384), ..WorkerSettings::default() };
@@ -271,6 +282,7 @@ mod tests {
             ("CRANK_TLS_RESUMPTION", "maybe", "CRANK_TLS_RESUMPTION"),
             ("PLATFORM_URL", "http://platform:8443", "https://"),
             ("CRANK_KEY_TYPE", "dsa", "CRANK_KEY_TYPE"),
+            ("CRANK_PROBE_PORT", "70000", "CRANK_PROBE_PORT"),
         ] {
             let err = resolve(WorkerSettings::default(), &[("CERT_DIR", "/c"), (var, value)]).unwrap_err().to_string();
             assert!(err.contains(says), "{var}={value}: {err}");
