@@ -231,3 +231,46 @@ async fn the_ca_renews_its_own_tls_certificate_without_a_restart_and_workers_kee
     assert_eq!(reissued, 1, "{}", p.ca_log());
     assert!(after_restart == disk_serial || p.ca_log().matches("renewed and swapped in").count() > swaps);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_flood_of_the_probe_port_holds_a_few_connections_briefly_and_probes_still_answer() {
+    let p = Platform::start(&[]).await;
+    let probe = free_addr().port();
+    let (_hello, main) = p.worker("hello-world", &[("CRANK_PROBE_PORT", &probe.to_string())]).await;
+    let probe_addr = SocketAddr::from(([127, 0, 0, 1], probe));
+    crank_tests::wait_for_port(probe_addr).await.unwrap();
+
+    // 40 connections from one address that never start a handshake.
+    let attacker: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(crank_tests::connect_from(attacker, probe_addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let mut closes = tokio::task::JoinSet::new();
+    for mut s in held {
+        closes.spawn(async move { crank_tests::wait_closed(&mut s, Duration::from_secs(12)).await });
+    }
+    let mut closed_at_once = 0;
+    let mut closed_later = Vec::new();
+    while let Some(r) = closes.join_next().await {
+        match r.unwrap() {
+            Some(d) if d < Duration::from_secs(1) => closed_at_once += 1,
+            Some(d) => closed_later.push(d),
+            None => panic!("a connection that sent nothing was still open after 12 s"),
+        }
+    }
+    // 8 per address are admitted and closed by the 5 s handshake timeout; the rest at once.
+    assert_eq!(closed_at_once, 32, "closed later: {closed_later:?}");
+    assert!(
+        closed_later.iter().all(|d| *d >= Duration::from_secs(4) && *d < Duration::from_secs(8)),
+        "{closed_later:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+
+    // Meanwhile and after, another client is answered, on both ports.
+    assert_eq!(readyz(probe).0, 200);
+    let ops = p.identity("ops");
+    let status = Platform::client(&ops).get(format!("https://127.0.0.1:{}/health", main.port())).send().await;
+    assert_eq!(status.map(|r| r.status().as_u16()).ok(), Some(200));
+}
