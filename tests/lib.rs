@@ -924,6 +924,12 @@ impl Platform {
         self.ca = None;
     }
 
+    /// Replaces the extra `crank ca serve` arguments used by the next
+    /// [`Platform::start_ca`].
+    pub fn set_serve_args(&mut self, args: &[&str]) {
+        self.opts.serve = args.iter().map(|s| (*s).to_owned()).collect();
+    }
+
     /// Whether the CA process is still running (it has not exited).
     pub fn ca_is_running(&mut self) -> bool {
         self.ca.as_mut().is_some_and(|c| matches!(c.0.try_wait(), Ok(None)))

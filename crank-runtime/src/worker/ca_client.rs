@@ -112,16 +112,31 @@ impl CaClient {
         Err(last.unwrap_or_else(|| ProviderError::Unavailable("no CA URL answered".into())))
     }
 
+    /// `GET path` as JSON from the first CA URL that answers (for example the console's
+    /// `/console/api/status`); a refusal (403, 404) is not retried at the next URL.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ProviderError> {
+        let cid = CorrelationId::new();
+        self.call(path, |url| self.http.get(url).header(CorrelationId::HEADER, cid.as_str())).await
+    }
+
     async fn post<B: Serialize + Sync, T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         cid: &CorrelationId,
     ) -> Result<T, ProviderError> {
+        self.call(path, |url| self.http.post(url).header(CorrelationId::HEADER, cid.as_str()).json(body)).await
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        request: impl Fn(Url) -> reqwest::RequestBuilder,
+    ) -> Result<T, ProviderError> {
         let mut last = None;
         for base in &self.urls {
             let url = base.join(path).map_err(|e| ProviderError::Other(e.to_string()))?;
-            let res = self.http.post(url.clone()).header(CorrelationId::HEADER, cid.as_str()).json(body).send().await;
+            let res = request(url.clone()).send().await;
             match res {
                 Ok(resp) if resp.status().is_success() => {
                     return resp
