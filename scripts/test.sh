@@ -49,6 +49,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 # The end-to-end tests run the real `crank` and `hello-world` binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The deployment manifests (compose and Kubernetes) against their schemas and the
+# project's rules; no cluster is needed.
+bash scripts/validate-deploy.sh
+# The operator console in headless Chromium, with client certificates.
+bash scripts/test-browser.sh
 # The container images, built with podman and run for real (a CA and a worker container
 # over mTLS, as uid 1000 on a read-only root). Podman here needs root: without it the
 # step says so and is skipped, except under CI, where it must run.

@@ -8,6 +8,7 @@
 // the intermediate and rollover steps, the HTTPS service and the store (an extension
 // point of its own).
 pub mod cfssl;
+pub mod console;
 pub mod intermediate;
 pub mod rollover;
 pub mod server;
@@ -19,6 +20,7 @@ mod check;
 mod crl;
 mod cross;
 mod csr;
+mod denials;
 mod error;
 mod files;
 mod serial;

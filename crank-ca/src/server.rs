@@ -9,6 +9,7 @@
 //! | GET  | `/v1/crl` | none (TLS) | the CRL, DER (`application/pkix-crl`) |
 //! | POST | `/v1/revocations` | an administrator certificate (mTLS) | `{"serial", "worker_id" or "admin", "reason"}` |
 //! | GET  | `/metrics` | a client certificate from this CA | Prometheus metrics |
+//! | GET  | `/console...` | capability `ca.console` (administrators by default) | the operator console ([`crate::console`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,12 +53,16 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
 
 /// The CA API router.
 pub fn router(ca: Arc<LocalCa>) -> Router {
-    routes(ca, None)
+    routes(ca, None, None)
 }
 
 /// The CA API router; its cached access decisions are dropped whenever
 /// `trust_changes` moves (the serving trust store's CRL and roots).
-fn routes(ca: Arc<LocalCa>, trust_changes: Option<tokio::sync::watch::Receiver<u64>>) -> Router {
+fn routes(
+    ca: Arc<LocalCa>,
+    trust_changes: Option<tokio::sync::watch::Receiver<u64>>,
+    platform: Option<crate::console::PlatformSource>,
+) -> Router {
     let metrics = ca.metrics().clone();
     let access = ca.access_control();
     let access = Arc::new(match trust_changes {
@@ -70,6 +75,8 @@ fn routes(ca: Arc<LocalCa>, trust_changes: Option<tokio::sync::watch::Receiver<u
     );
     let revoke_route =
         access.protect(Some(REVOKE_CAPABILITY), Router::new().route(REVOKE_PATH, post(revoke)).with_state(ca.clone()));
+    let console =
+        access.protect(Some(crate::console::CONSOLE_CAPABILITY), crate::console::routes(ca.clone(), platform));
     Router::new()
         .route("/health", get(health))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))
@@ -79,6 +86,7 @@ fn routes(ca: Arc<LocalCa>, trust_changes: Option<tokio::sync::watch::Receiver<u
         .with_state(ca)
         .merge(revoke_route)
         .merge(metrics_route)
+        .merge(console)
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -107,6 +115,8 @@ pub struct ServeOptions {
     /// [`SERVER_VALIDITY`](crate::SERVER_VALIDITY)). It renews its certificate when a
     /// third of that is left.
     pub tls_validity: Option<time::Duration>,
+    /// Where the console finds the platform registry's workers.
+    pub platform: Option<crate::console::PlatformSource>,
 }
 
 /// The CA service: its mTLS listener and, if asked for, its probe listener.
@@ -154,9 +164,10 @@ pub fn spawn_service(
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     tokio::spawn(crate::service_tls::keep_fresh(dir.clone(), ca.clone(), Arc::downgrade(&creds), validity));
     let metrics = ca.metrics().connections();
-    let router = routes(ca.clone(), Some(trust.changes()));
+    let router = routes(ca.clone(), Some(trust.changes()), options.platform);
     let server = ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust.clone()))
         .map_err(SetupError::Serve)?;
+    tokio::spawn(crate::console::replica_heartbeats(ca.clone(), server.addr().to_string()));
     let probe = match options.probe {
         Some(listener) => {
             let store = ca.clone();

@@ -90,15 +90,9 @@ pub(crate) enum CaCommand {
         /// Timeouts and connection limits.
         #[command(flatten)]
         connections: ConnectionArgs,
-        /// Also serve `/livez` and `/readyz` on this port (same host as --listen) over
-        /// TLS, asking for no client certificate, for orchestrators' probes.
-        #[arg(long, env = "CRANK_PROBE_PORT")]
-        probe_port: Option<u16>,
-        /// Validity of the TLS certificate the CA service gives itself, e.g. `90d`. It is
-        /// renewed when a third of that is left, and swapped in without a restart; at
-        /// start, one valid for longer is reissued.
-        #[arg(long, env = "CRANK_CA_TLS_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
-        tls_validity: Duration,
+        /// Probes, the service's own TLS certificate, the console.
+        #[command(flatten)]
+        service: Box<ServiceArgs>,
     },
     /// Issue an administrator client certificate (for `crank revoke`), signed by the
     /// root and recorded in the ledger. Run it where the CA's key is.
@@ -122,6 +116,27 @@ pub(crate) enum CaCommand {
     /// Roll the CA root over without downtime (see docs/operations.md).
     #[command(subcommand)]
     Rollover(RolloverCommand),
+}
+
+/// What `crank ca serve` runs beside its API.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// Also serve `/livez` and `/readyz` on this port (same host as --listen) over
+    /// TLS, asking for no client certificate, for orchestrators' probes.
+    #[arg(long, env = "CRANK_PROBE_PORT")]
+    pub(crate) probe_port: Option<u16>,
+    /// Validity of the TLS certificate the CA service gives itself, e.g. `90d`. It is
+    /// renewed when a third of that is left, and swapped in without a restart; at
+    /// start, one valid for longer is reissued.
+    #[arg(long, env = "CRANK_CA_TLS_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub(crate) tls_validity: Duration,
+    /// The platform registry whose workers the console lists (`/console/workers`).
+    #[arg(long, env = "CRANK_CONSOLE_PLATFORM_URL", requires = "platform_client_dir")]
+    pub(crate) platform_url: Option<url::Url>,
+    /// The console's identity at the registry: a certificate directory (`crank cert
+    /// init`) of a worker granted `platform.workers.read`.
+    #[arg(long, env = "CRANK_CONSOLE_PLATFORM_CLIENT_DIR", requires = "platform_url")]
+    pub(crate) platform_client_dir: Option<PathBuf>,
 }
 
 /// Who signs the leaves of `crank ca serve`.
@@ -251,33 +266,33 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
                 force,
             };
             crank_ca::intermediate::init_csr(&dir, &opts)?;
-            println!("intermediate CA key and CSR created in {}", dir.dir.display());
-            println!("CSR: {}", dir.intermediate_csr().display());
-            println!(
+            say!("intermediate CA key and CSR created in {}", dir.dir.display());
+            say!("CSR: {}", dir.intermediate_csr().display());
+            say!(
                 "have the enterprise root sign it as a CA certificate (basicConstraints critical CA:true; keyUsage critical keyCertSign, cRLSign), then:"
             );
-            println!("next: crank ca import --dir {} --cert INTERMEDIATE.pem --chain ROOT.pem", dir.dir.display());
+            say!("next: crank ca import --dir {} --cert INTERMEDIATE.pem --chain ROOT.pem", dir.dir.display());
             Ok(())
         }
         CaCommand::Init { dir, trust_domain, sans, force, csr: false } => {
             let dir = CaDir::new(dir);
             init_ca(&dir, &InitOptions { trust_domain: TrustDomain::new(trust_domain)?, extra_sans: sans, force })?;
-            println!("CA created in {}", dir.dir.display());
-            println!("root fingerprint (sha256): {}", dir.root_fingerprint()?);
-            println!("next: crank ca serve --dir {}", dir.dir.display());
+            say!("CA created in {}", dir.dir.display());
+            say!("root fingerprint (sha256): {}", dir.root_fingerprint()?);
+            say!("next: crank ca serve --dir {}", dir.dir.display());
             Ok(())
         }
         CaCommand::Import { dir, cert, chain, switch_root } => {
             let dir = CaDir::new(dir);
             let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
             let done = crank_ca::intermediate::import(&dir, &read(&cert)?, &read(&chain)?, switch_root)?;
-            println!("intermediate {} installed in {}", done.subject, dir.dir.display());
-            println!("  under root:  {} (sha256 {})", done.root_subject, done.root_fingerprint);
-            println!("  valid until: {}", crank_security_core::rfc3339(done.not_after));
+            say!("intermediate {} installed in {}", done.subject, dir.dir.display());
+            say!("  under root:  {} (sha256 {})", done.root_subject, done.root_fingerprint);
+            say!("  valid until: {}", crank_security_core::rfc3339(done.not_after));
             if done.upper_intermediates > 0 {
-                println!("  with {} intermediate(s) above it", done.upper_intermediates);
+                say!("  with {} intermediate(s) above it", done.upper_intermediates);
             }
-            println!("next: crank ca serve --dir {}", dir.dir.display());
+            say!("next: crank ca serve --dir {}", dir.dir.display());
             Ok(())
         }
         CaCommand::Serve {
@@ -291,9 +306,17 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             replica,
             signer,
             connections,
-            probe_port,
-            tls_validity,
+            service,
         } => {
+            let ServiceArgs { probe_port, tls_validity, platform_url, platform_client_dir } = *service;
+            if let Some(url) = &platform_url
+                && url.scheme() != "https"
+            {
+                anyhow::bail!("--platform-url {url}: the platform registry is reached over https only");
+            }
+            let platform = platform_url
+                .zip(platform_client_dir)
+                .map(|(url, client_dir)| crank_ca::console::PlatformSource { url, client_dir });
             let dir = CaDir::new(dir);
             let tls_validity = time::Duration::try_from(tls_validity).context("--tls-validity is too long")?;
             if tls_validity < time::Duration::seconds(10) {
@@ -322,7 +345,8 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             if let Some(url) = store {
                 builder = builder.store_url(url);
             }
-            crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits(), probe_port, tls_validity))
+            let options = ServeExtras { probe_port, tls_validity, platform };
+            crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits(), options))
         }
         CaCommand::AdminCert { dir, name, out, validity, store } => {
             crate::runtime()?.block_on(admin_cert(CaDir::new(dir), name, out, validity, store))
@@ -331,14 +355,21 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What `crank ca serve` runs beside its API.
+struct ServeExtras {
+    probe_port: Option<u16>,
+    tls_validity: time::Duration,
+    platform: Option<crank_ca::console::PlatformSource>,
+}
+
 async fn serve(
     dir: CaDir,
     listen: SocketAddr,
     builder: crank_ca::LocalCaBuilder,
     limits: ConnectionLimits,
-    probe_port: Option<u16>,
-    tls_validity: time::Duration,
+    extras: ServeExtras,
 ) -> anyhow::Result<()> {
+    let ServeExtras { probe_port, tls_validity, platform } = extras;
     let ca = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let probe = match probe_port {
@@ -352,7 +383,7 @@ async fn serve(
         }
         None => None,
     };
-    let options = crank_ca::server::ServeOptions { probe, tls_validity: Some(tls_validity) };
+    let options = crank_ca::server::ServeOptions { probe, tls_validity: Some(tls_validity), platform };
     let server = crank_ca::server::spawn_service(&dir, listener, ca.clone(), limits, options)?;
     tracing::info!(
         addr = %server.server.addr(),
@@ -387,12 +418,12 @@ async fn admin_cert(
     crank_security_core::write_file_atomic(&out.join("admin.key"), key.as_bytes(), 0o600)?;
     crank_security_core::write_file_atomic(&out.join("admin.crt"), cert.as_bytes(), 0o644)?;
     crank_security_core::write_file_atomic(&out.join("ca.crt"), dir.trust_bundle_pem()?.as_bytes(), 0o644)?;
-    println!(
+    say!(
         "administrator certificate for {} written to {}",
         ca.trust_domain().admin_spiffe_id(name.as_str()),
         out.display()
     );
-    println!("next: crank revoke --admin-dir {} --serial SERIAL --reason keyCompromise", out.display());
+    say!("next: crank revoke --admin-dir {} --serial SERIAL --reason keyCompromise", out.display());
     Ok(())
 }
 
@@ -401,19 +432,16 @@ fn rollover(step: RolloverCommand) -> anyhow::Result<()> {
     match step {
         RolloverCommand::Prepare { dir } => {
             let fp = rollover::prepare(&CaDir::new(&dir))?;
-            println!("next root created (sha256 {fp}) and published beside the current one.");
-            println!(
+            say!("next root created (sha256 {fp}) and published beside the current one.");
+            say!(
                 "Restart the CA, wait one certificate lifetime, then: crank ca rollover activate --dir {}",
                 dir.display()
             );
         }
         RolloverCommand::Activate { dir } => {
             let fp = rollover::activate(&CaDir::new(&dir))?;
-            println!("the new root (sha256 {fp}) signs from now on; the old root stays trusted.");
-            println!(
-                "Restart the CA. After the last old leaf expires: crank ca rollover finish --dir {}",
-                dir.display()
-            );
+            say!("the new root (sha256 {fp}) signs from now on; the old root stays trusted.");
+            say!("Restart the CA. After the last old leaf expires: crank ca rollover finish --dir {}", dir.display());
         }
         RolloverCommand::Finish { dir, store } => {
             let ca = CaDir::new(&dir);
@@ -421,7 +449,7 @@ fn rollover(step: RolloverCommand) -> anyhow::Result<()> {
                 let store = open_store(&ca, store.as_deref()).await?;
                 rollover::finish(&ca, store.as_ref()).await
             })?;
-            println!("the old root is no longer published. Restart the CA.");
+            say!("the old root is no longer published. Restart the CA.");
         }
     }
     Ok(())

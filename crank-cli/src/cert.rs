@@ -80,10 +80,10 @@ async fn init(args: CertInitArgs) -> anyhow::Result<()> {
     };
     let bundle = bootstrap(&opts, &EventSinks::default()).await?;
     let m = bundle.metadata();
-    println!("certificate written to {}", opts.cert_dir.display());
-    println!("  spiffe id: {}", m.spiffe_id.as_deref().unwrap_or("-"));
-    println!("  serial:    {}", m.serial);
-    println!("  expires:   {}", crank_security_core::rfc3339(m.not_after));
+    say!("certificate written to {}", opts.cert_dir.display());
+    say!("  spiffe id: {}", m.spiffe_id.as_deref().unwrap_or("-"));
+    say!("  serial:    {}", m.serial);
+    say!("  expires:   {}", crank_security_core::rfc3339(m.not_after));
     Ok(())
 }
 
@@ -103,19 +103,19 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
             chain_length: usize,
         }
         let out = Inspected { metadata: &m, seconds_remaining: remaining, chain_length: certs.len() };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("subject:      {}", m.subject);
-        println!("issuer:       {}", m.issuer);
-        println!("serial:       {}", m.serial);
-        println!("spiffe id:    {}", m.spiffe_id.as_deref().unwrap_or("-"));
-        println!("dns sans:     {}", m.dns_sans.join(", "));
-        println!("ip sans:      {}", m.ip_sans.join(", "));
-        println!("not before:   {}", crank_security_core::rfc3339(m.not_before));
-        println!("not after:    {}", crank_security_core::rfc3339(m.not_after));
-        println!("remaining:    {remaining} s");
-        println!("is CA:        {}", m.is_ca);
-        println!("sha256:       {}", m.fingerprint_sha256);
+        say!("subject:      {}", m.subject);
+        say!("issuer:       {}", m.issuer);
+        say!("serial:       {}", m.serial);
+        say!("spiffe id:    {}", m.spiffe_id.as_deref().unwrap_or("-"));
+        say!("dns sans:     {}", m.dns_sans.join(", "));
+        say!("ip sans:      {}", m.ip_sans.join(", "));
+        say!("not before:   {}", crank_security_core::rfc3339(m.not_before));
+        say!("not after:    {}", crank_security_core::rfc3339(m.not_after));
+        say!("remaining:    {remaining} s");
+        say!("is CA:        {}", m.is_ca);
+        say!("sha256:       {}", m.fingerprint_sha256);
     }
     Ok(())
 }

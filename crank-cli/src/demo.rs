@@ -82,25 +82,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let worker = app.start().await.with_context(|| format!("starting the hello-world worker on port {}", args.port))?;
 
     let d = args.dir.display();
-    println!();
-    println!(
-        "crank demo is running: CA on https://{}, hello-world worker on https://{}",
-        ca_server.addr(),
-        worker.addr()
-    );
-    println!("Try it (client certificate required):");
-    println!();
-    println!(
+    say!();
+    say!("crank demo is running: CA on https://{}, hello-world worker on https://{}", ca_server.addr(), worker.addr());
+    say!("Try it (client certificate required):");
+    say!();
+    say!(
         "  curl --cert {d}/client/client.crt --key {d}/client/client.key --cacert {d}/client/ca.crt https://127.0.0.1:{}/health",
         worker.addr().port()
     );
-    println!();
-    println!("Without --cert/--key the TLS handshake is refused. Press Ctrl-C to stop.");
+    say!();
+    say!("Without --cert/--key the TLS handshake is refused. Press Ctrl-C to stop.");
 
     crank_runtime::shutdown_signal().await;
     worker.shutdown().await?;
     ca_server.shutdown().await?;
-    println!("crank demo stopped");
+    say!("crank demo stopped");
     Ok(())
 }
 

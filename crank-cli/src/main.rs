@@ -2,6 +2,19 @@
 //! bootstrap and inspect certificates, test policies, run the platform registry and the
 //! demo. One module per subcommand group; the library crates do the work.
 
+/// `println!` that ends the process quietly when standard output is closed (`crank
+/// cert inspect --json | head`), where `println!` would panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*)
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod ca;
 mod cert;
 mod connections;
@@ -9,6 +22,7 @@ mod demo;
 mod platform;
 mod policy;
 mod revoke;
+mod status;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +59,9 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Run a local CA and the hello-world worker over mTLS, and print a curl command.
     Demo(demo::DemoArgs),
+    /// The CA's overview (CRL, certificate counts, replicas, recent refusals), as the
+    /// console shows it; needs an administrator certificate.
+    Status(status::StatusArgs),
     /// Call a probe (`/livez`, `/readyz`) over TLS without a client certificate, as an
     /// orchestrator does; exits 0 on 200 (for an image's HEALTHCHECK).
     Probe(ProbeArgs),
@@ -82,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => runtime()?.block_on(revoke::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Probe(args) => probe(args),
+        Command::Status(args) => runtime()?.block_on(status::run(args)),
     }
 }
 
@@ -95,7 +113,7 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body = rt.block_on(crank_runtime::probe::probe(&args.url, roots.as_deref())).map_err(anyhow::Error::msg)?;
-    println!("{body}");
+    say!("{body}");
     Ok(())
 }
 

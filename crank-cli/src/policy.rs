@@ -54,10 +54,10 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             let doc: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
             match crank_policy::cases::evaluate(engine.as_ref(), &hook, &doc) {
-                Ok(decision) => println!("{}", serde_json::to_string_pretty(&decision)?),
+                Ok(decision) => say!("{}", serde_json::to_string_pretty(&decision)?),
                 Err(e) => {
                     // Fail closed, visibly: this is what the CA would do with this input.
-                    println!("{}", serde_json::json!({"error": e, "effect": "deny"}));
+                    say!("{}", serde_json::json!({"error": e, "effect": "deny"}));
                     anyhow::bail!("{e}");
                 }
             }
@@ -81,7 +81,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             for suite in &suites {
                 let all = crank_policy::cases::load_dir(&suite.cases_dir).map_err(anyhow::Error::msg)?;
                 anyhow::ensure!(!all.is_empty(), "no cases (*.json) in {}", suite.cases_dir.display());
-                println!("== {} ({} cases from {})", suite.policy_dir.display(), all.len(), suite.cases_dir.display());
+                say!("== {} ({} cases from {})", suite.policy_dir.display(), all.len(), suite.cases_dir.display());
                 for case in &all {
                     total += 1;
                     let engine = if suite.policy_dir == dir && case.policy.is_empty() {
@@ -90,16 +90,16 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                         crank_policy::cases::engine_for(&suite.policy_dir, case)
                     };
                     match engine.and_then(|e| crank_policy::cases::run(e.as_ref(), case)) {
-                        Ok(()) => println!("PASS: {}", case.name),
+                        Ok(()) => say!("PASS: {}", case.name),
                         Err(e) => {
                             failed += 1;
-                            println!("FAIL: {}: {e}", case.name);
+                            say!("FAIL: {}: {e}", case.name);
                         }
                     }
                 }
             }
-            println!("{}", "-".repeat(40));
-            println!("PASS: {}/{}", total - failed, total);
+            say!("{}", "-".repeat(40));
+            say!("PASS: {}/{}", total - failed, total);
             anyhow::ensure!(failed == 0, "{failed} case(s) failed");
             Ok(())
         }

@@ -37,12 +37,23 @@ pub(crate) struct RevokeArgs {
 }
 
 pub(crate) async fn run(args: RevokeArgs) -> anyhow::Result<()> {
-    let ca_urls = match &args.ca_url {
+    let client = admin_client(&args.admin_dir, args.ca_url.as_deref())?;
+    let body = RevokeBody { serial: args.serial, worker_id: args.worker_id, admin: args.admin, reason: args.reason };
+    let answer = client.revoke(&body).await?;
+    say!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// A client of the CA at `ca_url` (else `CA_SERVICE_URL`) presenting the administrator
+/// certificate in `admin_dir` (`crank ca admin-cert`), verifying that the CA is this
+/// trust domain's.
+pub(crate) fn admin_client(admin_dir: &std::path::Path, ca_url: Option<&str>) -> anyhow::Result<CaClient> {
+    let ca_urls = match ca_url {
         Some(list) => crank_security_core::parse_ca_urls(list)?,
         None => SecurityConfig::from_env()?.ca_urls,
     };
     let read = |f: &str| {
-        let p = args.admin_dir.join(f);
+        let p = admin_dir.join(f);
         std::fs::read(&p).with_context(|| format!("reading {} (made by `crank ca admin-cert`)", p.display()))
     };
     let bundle = CertificateBundle::from_pem(&read("admin.crt")?, &read("admin.key")?, &read("ca.crt")?)?;
@@ -53,14 +64,10 @@ pub(crate) async fn run(args: RevokeArgs) -> anyhow::Result<()> {
         .iter()
         .find_map(|u| u.strip_prefix("spiffe://")?.split_once("/admin/").map(|(td, _)| td.to_owned()))
         .context("admin.crt is not an administrator certificate (no spiffe://<td>/admin/<name> URI)")?;
-    let client = CaClient::mtls(
+    Ok(CaClient::mtls(
         ca_urls,
         &TrustStore::new(bundle.ca())?,
         Credentials::new(bundle.certified_key()?),
         &TrustDomain::new(td)?,
-    )?;
-    let body = RevokeBody { serial: args.serial, worker_id: args.worker_id, admin: args.admin, reason: args.reason };
-    let answer = client.revoke(&body).await?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(())
+    )?)
 }

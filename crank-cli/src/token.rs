@@ -30,6 +30,6 @@ pub(crate) enum TokenCommand {
 pub(crate) fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     let TokenCommand::Create { dir, worker_id, ttl, capabilities } = cmd;
     let token = crank_ca::create_token(&CaDir::new(dir), &WorkerId::new(worker_id)?, ttl, capabilities)?;
-    println!("{token}");
+    say!("{token}");
     Ok(())
 }

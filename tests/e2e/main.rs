@@ -6,6 +6,7 @@ mod bootstrap;
 mod cert_dir;
 mod cli;
 mod connections;
+mod console;
 mod faults;
 mod ha;
 mod impersonation;

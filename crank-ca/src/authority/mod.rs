@@ -75,6 +75,8 @@ pub struct LocalCa {
     policy: PolicyGuard,
     store: Arc<dyn CaStore>,
     events: Arc<dyn EventSink>,
+    /// The refusals this replica saw last, for the console.
+    denials: Arc<crate::denials::RecentDenials>,
     metrics: Arc<crank_runtime::metrics::Metrics>,
     crl: arc_swap::ArcSwapOption<SignedCrl>,
     crl_regen: tokio::sync::Mutex<()>,
@@ -113,6 +115,8 @@ impl LocalCa {
         let sinks = crank_security_core::EventSinks::empty();
         sinks.register(events);
         sinks.register(Arc::new(crank_runtime::metrics::PrometheusSink(metrics.clone())));
+        let denials = Arc::new(crate::denials::RecentDenials::default());
+        sinks.register(denials.clone());
         let events: Arc<dyn EventSink> = Arc::new(sinks);
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
@@ -132,6 +136,7 @@ impl LocalCa {
             policy,
             store,
             events,
+            denials,
             metrics,
             crl: arc_swap::ArcSwapOption::empty(),
             crl_regen: tokio::sync::Mutex::new(()),
@@ -177,6 +182,17 @@ impl LocalCa {
     /// The token authority (for `crank token create` and tests).
     pub fn tokens(&self) -> &TokenAuthority {
         &self.tokens
+    }
+
+    /// This replica's name in the ledger.
+    pub fn replica(&self) -> &str {
+        &self.config.replica
+    }
+
+    /// The refusals this replica saw last (access denied, certificate requests
+    /// refused), newest first.
+    pub fn recent_denials(&self) -> Vec<crank_security_core::CertificateEvent> {
+        self.denials.newest_first()
     }
 
     /// The trust domain.

@@ -314,6 +314,138 @@ pub enum StoreError {
     /// The database failed or cannot be reached.
     #[error("CA store error: {0}")]
     Database(String),
+    /// A query the store cannot answer as asked (a console cursor that is not one the
+    /// store handed out).
+    #[error("{0}")]
+    InvalidQuery(String),
+}
+
+/// Which certificates the console lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    /// Every certificate.
+    #[default]
+    All,
+    /// Status valid and not expired at `now`.
+    Valid,
+    /// Status valid, not expired, and notAfter within `expiring_within` of `now`.
+    Expiring,
+    /// Revoked.
+    Revoked,
+    /// notAfter before `now` (whatever the status, except revoked).
+    Expired,
+}
+
+/// A page of the ledger for the console: newest first, by (issued_at, serial) descending.
+///
+/// Times compare as instants (not as text): `issued_at` orders by the moment it names,
+/// and a certificate is expired when its notAfter is before `now` (notAfter itself is
+/// the last moment it is valid). Ties on `issued_at` are broken by the serial's bytes.
+#[derive(Debug, Clone)]
+pub struct CertificateQuery {
+    /// Rows whose worker id starts with this, or whose serial starts with this (serials
+    /// as stored: lower-case hex with colons; the caller normalises). None or empty: all.
+    pub search: Option<String>,
+    /// Which certificates, by status and expiry.
+    pub status: StatusFilter,
+    /// Keyset cursor: only rows strictly after this (issued_at, serial) in the descending
+    /// order. `issued_at` as the store returned it (RFC 3339); anything else is
+    /// [`StoreError::InvalidQuery`].
+    pub after: Option<(String, String)>,
+    /// At most this many rows (the store caps it at [`MAX_PAGE`]).
+    pub limit: u32,
+    /// The moment "expired" and "expiring" are measured at.
+    pub now: OffsetDateTime,
+    /// How close to its notAfter a valid certificate is "expiring" (notAfter at most
+    /// this long after `now`).
+    pub expiring_within: time::Duration,
+}
+
+/// Most rows one [`CaStore::list_certificates`] returns, whatever the query's `limit`.
+pub const MAX_PAGE: u32 = 500;
+
+/// Counts for the console's overview, with the definitions of [`StatusFilter`]:
+/// `expiring` is part of `valid`; a superseded certificate that has not expired is
+/// only in `total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertificateCounts {
+    /// Every ledger row.
+    pub total: u64,
+    /// Status valid and not expired ([`StatusFilter::Valid`]).
+    pub valid: u64,
+    /// Valid and ending within the window asked for ([`StatusFilter::Expiring`]).
+    pub expiring: u64,
+    /// Revoked ([`StatusFilter::Revoked`]).
+    pub revoked: u64,
+    /// Expired and not revoked ([`StatusFilter::Expired`]).
+    pub expired: u64,
+}
+
+/// One certificate with what happened to it.
+#[derive(Debug, Clone)]
+pub struct CertificateHistory {
+    /// Its ledger row.
+    pub record: CertificateRecord,
+    /// The certificate this one renewed (whose superseded_by is this serial), if any.
+    pub renewed_from: Option<String>,
+    /// The certificate that replaced it at renewal, if any.
+    pub superseded_by: Option<String>,
+    /// Its revocation, if it was revoked.
+    pub revocation: Option<RevocationRecord>,
+}
+
+/// A CA replica as the store last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// The replica's name (what it writes as `issued_by`).
+    pub name: String,
+    /// Where it listens, as it last said.
+    pub address: String,
+    /// Its first heartbeat, Unix seconds.
+    pub first_seen: i64,
+    /// Its latest heartbeat, Unix seconds.
+    pub last_seen: i64,
+}
+
+/// The search of a [`CertificateQuery`], when there is one: the prefix, and the least
+/// string greater than every string starting with it (`None` when there is none), so
+/// that "starts with" is the index range `prefix <= s < upper` in byte order (SQLite's
+/// `BINARY`, PostgreSQL's `"C"` collation; UTF-8 byte order is code point order).
+pub(crate) fn search_range(query: &CertificateQuery) -> Option<(String, Option<String>)> {
+    let prefix = query.search.as_deref().filter(|s| !s.is_empty())?;
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let mut upper = None;
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            upper = Some(chars.into_iter().collect());
+            break;
+        }
+    }
+    Some((prefix.to_owned(), upper))
+}
+
+/// The keyset cursor of a query, its time parsed.
+pub(crate) fn query_cursor(query: &CertificateQuery) -> Result<Option<(OffsetDateTime, String)>, StoreError> {
+    query
+        .after
+        .as_ref()
+        .map(|(at, serial)| {
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t, serial.clone()))
+                .map_err(|e| StoreError::InvalidQuery(format!("the cursor's time {at:?} is not RFC 3339: {e}")))
+        })
+        .transpose()
+}
+
+/// The end of the "expiring" window: `now + within`, at the last representable date
+/// rather than overflowing.
+pub(crate) fn expiring_until(now: OffsetDateTime, within: time::Duration) -> OffsetDateTime {
+    now.saturating_add(within)
 }
 
 /// Durable CA state. Every method that changes state returns only after the change is
@@ -356,6 +488,27 @@ pub trait CaStore: Debug + Send + Sync {
     async fn next_crl_number(&self) -> Result<u64, StoreError>;
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// A page of the ledger for the console ([`CertificateQuery`]): newest first, by
+    /// (issued_at, serial) descending, at most [`MAX_PAGE`] rows. Paging with the last
+    /// row's (issued_at, serial) as the next `after` visits every row exactly once.
+    async fn list_certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// How many certificates there are, and how many are valid, expiring within
+    /// `expiring_within`, revoked and expired at `now` (as [`StatusFilter`] defines
+    /// them), from one snapshot of the ledger.
+    async fn certificate_counts(
+        &self,
+        now: OffsetDateTime,
+        expiring_within: time::Duration,
+    ) -> Result<CertificateCounts, StoreError>;
+    /// A certificate with the one it renewed, the one that replaced it, and its
+    /// revocation; `None` for a serial not in the ledger.
+    async fn certificate_history(&self, serial: &str) -> Result<Option<CertificateHistory>, StoreError>;
+    /// Records that `replica` (listening at `address`) is alive at `at` (an upsert):
+    /// `first_seen` and `last_seen` become the earliest and latest `at` heard, and the
+    /// address the one of the latest heartbeat (a late one does not move them back).
+    async fn replica_heartbeat(&self, replica: &str, address: &str, at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Every replica the store has heard from, by name.
+    async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
 }
 
 pub(crate) fn now_rfc3339() -> String {

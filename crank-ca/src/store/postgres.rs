@@ -7,6 +7,7 @@
 //! Migrations run under an advisory lock, so replicas starting together apply each
 //! one exactly once.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,12 +15,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use crank_security_core::rfc3339;
 
 use super::model::{
-    CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse,
-    parse_rfc3339, redact,
+    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, Renewal,
+    ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse, expiring_until,
+    parse_rfc3339, query_cursor, redact, search_range,
 };
 
 /// Versioned schema migrations; `crank_schema.version` holds how many have run.
@@ -68,6 +71,24 @@ const MIGRATIONS: &[&str] = &[
     // 2: renewal retires the certificate it replaces
     "ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
     ALTER TABLE certificates ADD COLUMN renewal_sha256 TEXT;",
+    // 3: the operator console: the ledger newest first (all rows; by status), with the
+    // status and expiry beside the order for filtered walks; status by expiry (the
+    // counts, and the valid, expiring or expired rows when they are few); prefix
+    // searches of worker ids and serials; a certificate's predecessor; the replicas'
+    // heartbeats. Text is ordered and ranged in byte order (the "C" collation) whatever
+    // the database's collation, as in SQLite, so that both stores page alike.
+    "CREATE INDEX certificates_issued ON certificates (issued_at, serial COLLATE \"C\") INCLUDE (status, not_after);
+    CREATE INDEX certificates_status_issued ON certificates (status, issued_at, serial COLLATE \"C\") INCLUDE (not_after);
+    CREATE INDEX certificates_status_not_after ON certificates (status, not_after);
+    CREATE INDEX certificates_worker_prefix ON certificates (worker_id COLLATE \"C\");
+    CREATE INDEX certificates_serial_prefix ON certificates (serial COLLATE \"C\");
+    CREATE INDEX certificates_superseded_by ON certificates (superseded_by) WHERE superseded_by IS NOT NULL;
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL
+    );",
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
@@ -476,4 +497,345 @@ impl CaStore for PostgresStore {
             .map_err(|_| db(format!("PostgreSQL at {} did not answer within {CONNECT_TIMEOUT:?}", self.url)))??;
         Ok(())
     }
+
+    async fn list_certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>, StoreError> {
+        let limit = usize::try_from(query.limit.min(MAX_PAGE)).unwrap_or(0);
+        // No worker id or serial holds a NUL (PostgreSQL cannot store one).
+        if limit == 0 || query.search.as_deref().is_some_and(|s| s.contains('\0')) {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = snapshot(&mut client).await?;
+        let rows = list(&tx, query, limit).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn certificate_counts(
+        &self,
+        now: OffsetDateTime,
+        expiring_within: time::Duration,
+    ) -> Result<CertificateCounts, StoreError> {
+        let client = self.client().await?;
+        let until = expiring_until(now, expiring_within);
+        // One statement: one snapshot. All but the total are ranges of
+        // `certificates_status_not_after`; "expired" is what remains of the total once the
+        // revoked and the unexpired (valid or superseded) are taken away.
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM certificates),
+                        (SELECT count(*) FROM certificates WHERE status = 'revoked'),
+                        (SELECT count(*) FROM certificates WHERE status = 'valid' AND not_after >= $1),
+                        (SELECT count(*) FROM certificates WHERE status = 'valid' AND not_after >= $1 AND not_after <= $2),
+                        (SELECT count(*) FROM certificates WHERE status = 'superseded' AND not_after >= $1)",
+                &[&now, &until],
+            )
+            .await?;
+        let n = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        let (total, revoked, valid, expiring, live_superseded) = (n(0), n(1), n(2), n(3), n(4));
+        let expired = total.saturating_sub(revoked).saturating_sub(valid).saturating_sub(live_superseded);
+        Ok(CertificateCounts { total, valid, expiring, revoked, expired })
+    }
+
+    async fn certificate_history(&self, serial: &str) -> Result<Option<CertificateHistory>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = snapshot(&mut client).await?;
+        let Some(row) = tx
+            .query_opt(&format!("SELECT {CERT_COLUMNS}, superseded_by FROM certificates WHERE serial = $1"), &[&serial])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record = cert_row(&row)?;
+        let superseded_by: Option<String> = row.get(14);
+        let renewed_from = tx
+            .query_opt(
+                "SELECT serial FROM certificates WHERE superseded_by = $1 ORDER BY serial COLLATE \"C\" LIMIT 1",
+                &[&serial],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0));
+        let revocation = tx
+            .query_opt(
+                "SELECT serial, worker_id, reason, revoked_at, revoked_by, not_after FROM revocations WHERE serial = $1",
+                &[&serial],
+            )
+            .await?
+            .map(|r| revocation(&r))
+            .transpose()?;
+        tx.commit().await?;
+        Ok(Some(CertificateHistory { record, renewed_from, superseded_by, revocation }))
+    }
+
+    async fn replica_heartbeat(&self, replica: &str, address: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO replicas (name, address, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+                 ON CONFLICT (name) DO UPDATE SET
+                     address = CASE WHEN EXCLUDED.last_seen >= replicas.last_seen
+                                    THEN EXCLUDED.address ELSE replicas.address END,
+                     first_seen = LEAST(replicas.first_seen, EXCLUDED.first_seen),
+                     last_seen = GREATEST(replicas.last_seen, EXCLUDED.last_seen)",
+                &[&replica, &address, &at.unix_timestamp()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT name, address, first_seen, last_seen FROM replicas ORDER BY name COLLATE \"C\"", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReplicaRecord { name: r.get(0), address: r.get(1), first_seen: r.get(2), last_seen: r.get(3) })
+            .collect())
+    }
+}
+
+/// A read-only transaction on one snapshot (repeatable read) for reads that take several
+/// statements.
+async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A statement being put together: its text and, in order, the values it binds. Every
+/// value from a query is bound; only the store's own words go into the text.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    args: Vec<Param>,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self { text: text.to_owned(), args: Vec::new() }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// A placeholder bound to `v`.
+    fn arg(&mut self, v: impl ToSql + Sync + Send + 'static) -> &mut Self {
+        self.args.push(Box::new(v));
+        let _ = write!(self.text, "${}", self.args.len());
+        self
+    }
+
+    /// ` AND (issued_at, serial) <op> (.., ..)`: one side of a keyset range, serials in
+    /// byte order.
+    fn keyset(&mut self, op: &str, at: Option<&Position>) -> &mut Self {
+        if let Some((t, serial)) = at {
+            self.push(" AND (issued_at, serial COLLATE \"C\") ").push(op).push(" (").arg(*t);
+            self.push(", ").arg(serial.clone()).push(")");
+        }
+        self
+    }
+
+    async fn rows(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = self.args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        Ok(tx.query(&self.text, &params).await?)
+    }
+}
+
+/// A place in the console's order: (issued_at, serial), newest first.
+type Position = (OffsetDateTime, String);
+
+/// A console query in the ledger's terms.
+struct Filter {
+    status: StatusFilter,
+    now: OffsetDateTime,
+    until: OffsetDateTime,
+    /// The search prefix and the bound past it.
+    search: Option<(String, Option<String>)>,
+}
+
+/// Where a console query can start besides the ordered walk: an index whose range holds
+/// every row it wants (with others, which the query's conditions drop).
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    Worker,
+    Serial,
+    Status,
+}
+
+impl Filter {
+    /// ` AND` the status condition of the query.
+    fn status(&self, sql: &mut Sql) {
+        match self.status {
+            StatusFilter::All => {}
+            StatusFilter::Valid => {
+                sql.push(" AND status = 'valid' AND not_after >= ").arg(self.now);
+            }
+            StatusFilter::Expiring => {
+                sql.push(" AND status = 'valid' AND not_after >= ").arg(self.now);
+                sql.push(" AND not_after <= ").arg(self.until);
+            }
+            StatusFilter::Revoked => {
+                sql.push(" AND status = 'revoked'");
+            }
+            StatusFilter::Expired => {
+                sql.push(" AND status IN ('valid', 'superseded') AND not_after < ").arg(self.now);
+            }
+        }
+    }
+
+    /// ` AND` `column` starts with the search, in byte order (`column` is one of the
+    /// store's names).
+    fn prefix(&self, sql: &mut Sql, column: &str) {
+        if let Some((prefix, upper)) = &self.search {
+            sql.push(" AND ").push(column).push(" COLLATE \"C\" >= ").arg(prefix.clone());
+            if let Some(upper) = upper {
+                sql.push(" AND ").push(column).push(" COLLATE \"C\" < ").arg(upper.clone());
+            }
+        }
+    }
+
+    /// ` AND` the search condition of the query (worker id or serial).
+    fn search(&self, sql: &mut Sql) {
+        if self.search.is_some() {
+            sql.push(" AND ((TRUE");
+            self.prefix(sql, "worker_id");
+            sql.push(") OR (TRUE");
+            self.prefix(sql, "serial");
+            sql.push("))");
+        }
+    }
+
+    /// The ranges that together hold every row the query wants, when the walk is not
+    /// exact.
+    fn ranges(&self) -> &'static [Range] {
+        match (&self.search, self.status) {
+            (Some(_), _) => &[Range::Worker, Range::Serial],
+            (None, StatusFilter::Valid | StatusFilter::Expiring | StatusFilter::Expired) => &[Range::Status],
+            (None, StatusFilter::All | StatusFilter::Revoked) => &[],
+        }
+    }
+
+    /// `SELECT <what> FROM certificates WHERE <the walk's status>`: the ordered walk
+    /// (`certificates_issued`, or `certificates_status_issued` for one status).
+    fn walk_select(&self, what: &str) -> Sql {
+        let mut sql = Sql::new(&format!("SELECT {what} FROM certificates WHERE TRUE"));
+        match self.status {
+            StatusFilter::All | StatusFilter::Expired => {}
+            StatusFilter::Valid | StatusFilter::Expiring => {
+                sql.push(" AND status = 'valid'");
+            }
+            StatusFilter::Revoked => {
+                sql.push(" AND status = 'revoked'");
+            }
+        }
+        sql
+    }
+
+    /// `SELECT <what> FROM certificates WHERE <range>`.
+    fn range_select(&self, range: Range, what: &str) -> Sql {
+        let mut sql = Sql::new(&format!("SELECT {what} FROM certificates WHERE TRUE"));
+        match range {
+            Range::Worker => self.prefix(&mut sql, "worker_id"),
+            Range::Serial => self.prefix(&mut sql, "serial"),
+            Range::Status => self.status(&mut sql),
+        }
+        sql
+    }
+}
+
+/// How many index entries each plan of [`list`] may read in its first round; four times
+/// as many in each further round.
+const FIRST_SCAN: i64 = 2_048;
+
+/// The console's order.
+const NEWEST_FIRST: &str = " ORDER BY issued_at DESC, serial COLLATE \"C\" DESC";
+
+/// A page for the console: the same two plans taking turns as the SQLite store's (see
+/// there): an ordered walk newest first, and a selective index range sorted, each
+/// round with a budget four times the last. PostgreSQL would pick one plan from its
+/// statistics, and a `LIMIT` over a walk is exactly where they mislead it (matches
+/// that are few, or all old).
+async fn list(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &CertificateQuery,
+    limit: usize,
+) -> Result<Vec<CertificateRecord>, StoreError> {
+    let mut pos: Option<Position> = query_cursor(q)?;
+    let f = Filter {
+        status: q.status,
+        now: q.now,
+        until: expiring_until(q.now, q.expiring_within),
+        search: search_range(q),
+    };
+    let ranges = f.ranges();
+    let select = format!("{CERT_COLUMNS}, issued_at AS sort_at");
+    let mut out: Vec<(CertificateRecord, OffsetDateTime)> = Vec::new();
+    let mut budget = FIRST_SCAN;
+    let with_time = |r: &tokio_postgres::Row| cert_row(r).map(|c| (c, r.get::<_, OffsetDateTime>(14)));
+    loop {
+        let need = i64::try_from(limit - out.len()).unwrap_or(i64::MAX);
+        if ranges.is_empty() {
+            let mut sql = f.walk_select(&select);
+            sql.keyset("<", pos.as_ref()).push(NEWEST_FIRST).push(" LIMIT ").arg(need);
+            for r in sql.rows(tx).await? {
+                out.push(with_time(&r)?);
+            }
+            break;
+        }
+        let mut in_ranges = 0;
+        for &range in ranges {
+            let inner = f.range_select(range, "1");
+            let mut sql = Sql { text: format!("SELECT count(*) FROM ({} LIMIT ", inner.text), args: inner.args };
+            sql.arg(budget).push(") AS r");
+            in_ranges += sql.rows(tx).await?.first().map_or(0, |r| r.get::<_, i64>(0));
+        }
+        if in_ranges < budget {
+            let mut found = Vec::new();
+            for &range in ranges {
+                // Materialized: the range's few rows are read by its index and sorted,
+                // whatever the planner thinks of walking newest first instead.
+                let mut inner = f.range_select(range, &select);
+                if !matches!(range, Range::Status) {
+                    f.status(&mut inner);
+                }
+                inner.keyset("<", pos.as_ref());
+                let mut sql =
+                    Sql { text: format!("WITH r AS MATERIALIZED ({}) SELECT * FROM r", inner.text), args: inner.args };
+                sql.push(NEWEST_FIRST).push(" LIMIT ").arg(need);
+                for r in sql.rows(tx).await? {
+                    found.push(with_time(&r)?);
+                }
+            }
+            found.sort_by(|(a, at), (b, bt)| (bt, &b.serial).cmp(&(at, &a.serial)));
+            found.dedup_by(|(a, _), (b, _)| a.serial == b.serial);
+            found.truncate(limit - out.len());
+            out.extend(found);
+            break;
+        }
+        let mut sql = f.walk_select("issued_at, serial");
+        sql.keyset("<", pos.as_ref()).push(NEWEST_FIRST).push(" OFFSET ").arg(budget - 1).push(" LIMIT 1");
+        let boundary: Option<Position> = sql.rows(tx).await?.first().map(|r| (r.get(0), r.get(1)));
+        let mut sql = f.walk_select(&select);
+        sql.keyset("<", pos.as_ref()).keyset(">=", boundary.as_ref());
+        f.status(&mut sql);
+        f.search(&mut sql);
+        sql.push(NEWEST_FIRST).push(" LIMIT ").arg(need);
+        for r in sql.rows(tx).await? {
+            out.push(with_time(&r)?);
+        }
+        match boundary {
+            Some(b) if out.len() < limit => pos = Some(b),
+            _ => break,
+        }
+        budget = budget.saturating_mul(4);
+    }
+    Ok(out.into_iter().map(|(r, _)| r).collect())
 }

@@ -3,19 +3,21 @@
 //! requests are waiting as one transaction (group commit), so many concurrent issuances
 //! share one fsync while each still returns only after its own row is durable.
 
-use std::fmt::Debug;
+use std::fmt::{Debug, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::model::{
-    CaStore, CertificateRecord, Renewal, Revocation, RevocationRecord, RevokeTarget, StoreError, TokenUse, now_rfc3339,
-    parse_rfc3339,
+    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, Renewal,
+    ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse, expiring_until,
+    now_rfc3339, parse_rfc3339, query_cursor, search_range,
 };
 
 /// Versioned schema migrations, applied in order at start; `PRAGMA user_version` holds
@@ -67,6 +69,47 @@ const MIGRATIONS: &[&str] = &[
     // 4: renewal retires the certificate it replaces
     "ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
     ALTER TABLE certificates ADD COLUMN renewal_sha256 TEXT;",
+    // 5: the operator console. Times as integers (Unix nanoseconds, UTC) beside the RFC
+    // 3339 text, which does not sort as time (fractional seconds of varying width,
+    // offsets); `fill_times` computes them for the rows already recorded. And the
+    // replicas' heartbeats.
+    "ALTER TABLE certificates ADD COLUMN issued_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE certificates ADD COLUMN not_after_ns INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );",
+    // 6: the console's indexes: the ledger newest first (all rows; by status); status by
+    // expiry (the counts, and the valid, expiring or expired rows when they are few);
+    // worker ids (prefix searches; it replaces `certificates_worker`); a certificate's
+    // predecessor; serials (prefix searches). Each carries the order and the filters'
+    // columns, so that a page reads only index entries until it knows its rows.
+    "CREATE INDEX certificates_issued ON certificates(issued_ns, serial, status, not_after_ns);
+    CREATE INDEX certificates_status_issued ON certificates(status, issued_ns, serial, not_after_ns);
+    CREATE INDEX certificates_status_not_after ON certificates(status, not_after_ns, issued_ns, serial);
+    CREATE INDEX certificates_worker_issued ON certificates(worker_id, issued_ns, serial, status, not_after_ns);
+    CREATE INDEX certificates_serial_issued ON certificates(serial, issued_ns, status, not_after_ns);
+    DROP INDEX certificates_worker;
+    CREATE INDEX certificates_superseded_by ON certificates(superseded_by) WHERE superseded_by IS NOT NULL;",
+    // 7: how many rows each status has, kept by triggers, so that the console's counts
+    // need not scan the ledger (an upsert of one small row per issuance).
+    "CREATE TABLE certificate_tally (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO certificate_tally (status, n) SELECT status, count(*) FROM certificates GROUP BY status;
+    CREATE TRIGGER certificates_tally_insert AFTER INSERT ON certificates BEGIN
+        INSERT INTO certificate_tally (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER certificates_tally_status AFTER UPDATE OF status ON certificates
+    WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE certificate_tally SET n = n - 1 WHERE status = OLD.status;
+        INSERT INTO certificate_tally (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER certificates_tally_delete AFTER DELETE ON certificates BEGIN
+        UPDATE certificate_tally SET n = n - 1 WHERE status = OLD.status;
+    END;",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -191,10 +234,53 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
+        if i + 1 == TIME_COLUMNS_MIGRATION {
+            fill_times(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
         tx.commit()?;
     }
     Ok(())
+}
+
+/// The migration that adds `issued_ns` and `not_after_ns`.
+const TIME_COLUMNS_MIGRATION: usize = 5;
+
+/// Computes `issued_ns` and `not_after_ns` of the rows recorded before they existed. A
+/// time that does not parse (the CA never writes one) counts as 1970, with a warning:
+/// the console lists such a row last, as expired, rather than the CA refusing to start.
+fn fill_times(c: &Connection) -> Result<(), StoreError> {
+    let mut times = Vec::new();
+    {
+        let mut stmt = c.prepare("SELECT rowid, serial, issued_at, not_after FROM certificates")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let serial: String = r.get(1)?;
+            let time = |what: &str, text: String| {
+                ledger_nanos(what, &text).unwrap_or_else(|e| {
+                    tracing::warn!(serial, "{e}; the console counts it as 1970-01-01");
+                    0
+                })
+            };
+            times.push((r.get::<_, i64>(0)?, time("issued_at", r.get(2)?), time("not_after", r.get(3)?)));
+        }
+    }
+    let mut update = c.prepare("UPDATE certificates SET issued_ns = ?1, not_after_ns = ?2 WHERE rowid = ?3")?;
+    for (rowid, issued, not_after) in times {
+        update.execute(params![issued, not_after, rowid])?;
+    }
+    Ok(())
+}
+
+/// `t` as Unix nanoseconds, the integer the ledger's indexes order by (saturating past
+/// the year 2262, which only a "no expiry" notAfter of 9999 reaches).
+fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(if t.unix_timestamp() < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// An RFC 3339 time of a record as [`nanos`].
+fn ledger_nanos(what: &str, text: &str) -> Result<i64, StoreError> {
+    parse_rfc3339(what, text).map(nanos)
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
@@ -245,6 +331,9 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Result<(), S
 
 fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let now = now_rfc3339();
+    // Refused as PostgreSQL refuses them: the console orders and filters by these.
+    let issued_ns = ledger_nanos("issued_at", &job.cert.issued_at)?;
+    let not_after_ns = ledger_nanos("not_after", &job.cert.not_after)?;
     if let Some(r) = &job.renewal {
         let n = conn
             .prepare_cached(
@@ -270,8 +359,8 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let c = &job.cert;
     let res = conn
         .prepare_cached(
-            "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status, pem)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, issued_by, kind, correlation_id, issued_at, status, pem, issued_ns, not_after_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?
         .execute(params![
             c.serial,
@@ -287,7 +376,9 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             c.correlation_id,
             c.issued_at,
             c.status.as_str(),
-            c.pem
+            c.pem,
+            issued_ns,
+            not_after_ns
         ]);
     match res {
         Ok(_) => Ok(()),
@@ -458,6 +549,369 @@ impl CaStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
+
+    async fn list_certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>, StoreError> {
+        let query = query.clone();
+        self.with_conn(move |c| read_snapshot(c, |c| list(c, &query, FIRST_SCAN))).await
+    }
+
+    async fn certificate_counts(
+        &self,
+        now: OffsetDateTime,
+        expiring_within: time::Duration,
+    ) -> Result<CertificateCounts, StoreError> {
+        let (now, until) = (nanos(now), nanos(expiring_until(now, expiring_within)));
+        self.with_conn(move |c| read_snapshot(c, |c| counts(c, now, until))).await
+    }
+
+    async fn certificate_history(&self, serial: &str) -> Result<Option<CertificateHistory>, StoreError> {
+        let serial = serial.to_owned();
+        self.with_conn(move |c| {
+            read_snapshot(c, |c| {
+                let Some((record, superseded_by)) = c
+                    .prepare_cached(&format!(
+                        "SELECT {CERT_COLUMNS}, superseded_by FROM certificates WHERE serial = ?1"
+                    ))?
+                    .query_row([&serial], |r| Ok((cert_row(r)?, r.get::<_, Option<String>>(14)?)))
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                let renewed_from = c
+                    .prepare_cached("SELECT serial FROM certificates WHERE superseded_by = ?1 ORDER BY serial LIMIT 1")?
+                    .query_row([&serial], |r| r.get::<_, String>(0))
+                    .optional()?;
+                let revocation = c
+                    .prepare_cached(
+                        "SELECT serial, worker_id, reason, revoked_at, revoked_by, not_after FROM revocations
+                         WHERE serial = ?1",
+                    )?
+                    .query_row([&serial], revocation_row)
+                    .optional()?
+                    .transpose()?;
+                Ok(Some(CertificateHistory { record, renewed_from, superseded_by, revocation }))
+            })
+        })
+        .await
+    }
+
+    async fn replica_heartbeat(&self, replica: &str, address: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        let (replica, address, at) = (replica.to_owned(), address.to_owned(), at.unix_timestamp());
+        // A write, but a rare and small one: like revocations it goes through the reader
+        // connection (its busy timeout waits out a group commit in progress).
+        self.with_conn(move |c| {
+            c.prepare_cached(
+                "INSERT INTO replicas (name, address, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (name) DO UPDATE SET
+                     address = CASE WHEN excluded.last_seen >= last_seen THEN excluded.address ELSE address END,
+                     first_seen = min(first_seen, excluded.first_seen),
+                     last_seen = max(last_seen, excluded.last_seen)",
+            )?
+            .execute(params![replica, address, at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT name, address, first_seen, last_seen FROM replicas ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ReplicaRecord { name: r.get(0)?, address: r.get(1)?, first_seen: r.get(2)?, last_seen: r.get(3)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+/// Runs the reads of `f` in one read transaction: one snapshot of the ledger.
+fn read_snapshot<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The console's counts: the total and the revoked from `certificate_tally`, the others
+/// ranges of `certificates_status_not_after` (as many entries as there are unexpired
+/// certificates); "expired" is what remains of the total once the revoked and the
+/// unexpired (valid or superseded) are taken away.
+fn counts(c: &Connection, now: i64, until: i64) -> Result<CertificateCounts, StoreError> {
+    let count = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+        let n: i64 = c.prepare_cached(sql)?.query_row(args, |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let total = count("SELECT coalesce(sum(n), 0) FROM certificate_tally", &[])?;
+    let revoked = count("SELECT coalesce(sum(n), 0) FROM certificate_tally WHERE status = 'revoked'", &[])?;
+    let in_status = "SELECT count(*) FROM certificates INDEXED BY certificates_status_not_after WHERE status = ";
+    let valid = count(&format!("{in_status}'valid' AND not_after_ns >= ?1"), &[&now])?;
+    let expiring =
+        count(&format!("{in_status}'valid' AND not_after_ns >= ?1 AND not_after_ns <= ?2"), &[&now, &until])?;
+    let live_superseded = count(&format!("{in_status}'superseded' AND not_after_ns >= ?1"), &[&now])?;
+    let expired = total.saturating_sub(revoked).saturating_sub(valid).saturating_sub(live_superseded);
+    Ok(CertificateCounts { total, valid, expiring, revoked, expired })
+}
+
+/// A statement being put together: its text and, in order, the values it binds. Every
+/// value from a query is bound; only the store's own words go into the text.
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    args: Vec<Value>,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self { text: text.to_owned(), args: Vec::new() }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// A placeholder bound to `v`.
+    fn arg(&mut self, v: impl Into<Value>) -> &mut Self {
+        self.args.push(v.into());
+        let _ = write!(self.text, "?{}", self.args.len());
+        self
+    }
+
+    /// ` AND (issued_ns, serial) <op> (.., ..)`: one side of a keyset range.
+    fn keyset(&mut self, op: &str, at: Option<&Position>) -> &mut Self {
+        if let Some((ns, serial)) = at {
+            self.push(" AND (issued_ns, serial) ")
+                .push(op)
+                .push(" (")
+                .arg(*ns)
+                .push(", ")
+                .arg(serial.clone())
+                .push(")");
+        }
+        self
+    }
+
+    fn rows<T>(
+        &self,
+        c: &Connection,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = c.prepare_cached(&self.text)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(&self.args), f)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn count(&self, c: &Connection) -> Result<i64, StoreError> {
+        Ok(c.prepare_cached(&self.text)?.query_row(rusqlite::params_from_iter(&self.args), |r| r.get(0))?)
+    }
+}
+
+/// A place in the console's order: (issued_ns, serial), newest first.
+type Position = (i64, String);
+
+/// A console query in the ledger's terms.
+#[derive(Debug)]
+struct Filter {
+    status: StatusFilter,
+    now: i64,
+    until: i64,
+    /// The search prefix and the bound past it.
+    search: Option<(String, Option<String>)>,
+}
+
+/// Where a console query can start besides the ordered walk: an index whose range holds
+/// every row it wants (with others, which the query's conditions drop).
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    Worker,
+    Serial,
+    Status,
+}
+
+impl Filter {
+    /// ` AND` the status condition of the query.
+    fn status(&self, sql: &mut Sql) {
+        match self.status {
+            StatusFilter::All => {}
+            StatusFilter::Valid => {
+                sql.push(" AND status = 'valid' AND not_after_ns >= ").arg(self.now);
+            }
+            StatusFilter::Expiring => {
+                sql.push(" AND status = 'valid' AND not_after_ns >= ").arg(self.now);
+                sql.push(" AND not_after_ns <= ").arg(self.until);
+            }
+            StatusFilter::Revoked => {
+                sql.push(" AND status = 'revoked'");
+            }
+            StatusFilter::Expired => {
+                sql.push(" AND status IN ('valid', 'superseded') AND not_after_ns < ").arg(self.now);
+            }
+        }
+    }
+
+    /// ` AND` `column` starts with the search (`column` is one of the store's names).
+    fn prefix(&self, sql: &mut Sql, column: &str) {
+        if let Some((prefix, upper)) = &self.search {
+            sql.push(" AND ").push(column).push(" >= ").arg(prefix.clone());
+            if let Some(upper) = upper {
+                sql.push(" AND ").push(column).push(" < ").arg(upper.clone());
+            }
+        }
+    }
+
+    /// ` AND` the search condition of the query (worker id or serial).
+    fn search(&self, sql: &mut Sql) {
+        if self.search.is_some() {
+            sql.push(" AND ((1");
+            self.prefix(sql, "worker_id");
+            sql.push(") OR (1");
+            self.prefix(sql, "serial");
+            sql.push("))");
+        }
+    }
+
+    /// The ranges that together hold every row the query wants, when the walk is not
+    /// exact.
+    fn ranges(&self) -> &'static [Range] {
+        match (&self.search, self.status) {
+            (Some(_), _) => &[Range::Worker, Range::Serial],
+            (None, StatusFilter::Valid | StatusFilter::Expiring | StatusFilter::Expired) => &[Range::Status],
+            (None, StatusFilter::All | StatusFilter::Revoked) => &[],
+        }
+    }
+
+    /// The index of the ordered walk, and the status it is restricted to.
+    fn walk(&self) -> (&'static str, Option<&'static str>) {
+        match self.status {
+            StatusFilter::All | StatusFilter::Expired => ("certificates_issued", None),
+            StatusFilter::Valid | StatusFilter::Expiring => ("certificates_status_issued", Some("valid")),
+            StatusFilter::Revoked => ("certificates_status_issued", Some("revoked")),
+        }
+    }
+
+    /// `SELECT <what> FROM certificates INDEXED BY <walk index> WHERE <walk status>`.
+    fn walk_select(&self, what: &str) -> Sql {
+        let (index, status) = self.walk();
+        let mut sql = Sql::new(&format!("SELECT {what} FROM certificates INDEXED BY {index} WHERE 1"));
+        if let Some(status) = status {
+            sql.push(" AND status = '").push(status).push("'");
+        }
+        sql
+    }
+
+    /// `SELECT <what> FROM certificates INDEXED BY <range's index> WHERE <range>`.
+    fn range_select(&self, range: Range, what: &str) -> Sql {
+        let (index, column) = match range {
+            Range::Worker => ("certificates_worker_issued", Some("worker_id")),
+            Range::Serial => ("certificates_serial_issued", Some("serial")),
+            Range::Status => ("certificates_status_not_after", None),
+        };
+        let mut sql = Sql::new(&format!("SELECT {what} FROM certificates INDEXED BY {index} WHERE 1"));
+        match column {
+            Some(column) => self.prefix(&mut sql, column),
+            None => self.status(&mut sql),
+        }
+        sql
+    }
+}
+
+/// How many index entries the walk of [`list`] may read in its first round; four times
+/// as many in each further round.
+const FIRST_SCAN: i64 = 2_048;
+
+/// How many more entries a range may hold than the walk reads in the same round, and
+/// still be read: a range's entries cost less (read from its index alone, sorted as
+/// small keys) than the walk's (which reads a row for each when searching worker ids).
+const RANGE_WEIGHT: i64 = 8;
+
+/// A page for the console.
+///
+/// Two plans answer a filtered query, and which is fast depends on the data: walking the
+/// ledger newest first and keeping the rows that match (fast when matches are dense
+/// among recent rows), or reading the few rows of a selective index range (worker id or
+/// serial prefix; status by expiry) and sorting them (fast when that range is small).
+/// Neither alone is safe on a large ledger (a prefix matching most rows; a prefix whose
+/// rows are all a year old), so they take turns with a budget of index entries that
+/// grows fourfold: a round counts the range's entries up to [`RANGE_WEIGHT`] times the
+/// budget and, if fewer, reads them; else it walks the next budget of entries. The cost
+/// is within a small factor of the cheaper plan. All rounds read one snapshot (the
+/// caller's transaction).
+fn list(c: &Connection, q: &CertificateQuery, first_scan: i64) -> Result<Vec<CertificateRecord>, StoreError> {
+    let limit = usize::try_from(q.limit.min(MAX_PAGE)).unwrap_or(0);
+    // No worker id or serial holds a NUL (PostgreSQL cannot store one).
+    if limit == 0 || q.search.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Ok(Vec::new());
+    }
+    let mut pos: Option<Position> = query_cursor(q)?.map(|(t, serial)| (nanos(t), serial));
+    let f = Filter {
+        status: q.status,
+        now: nanos(q.now),
+        until: nanos(expiring_until(q.now, q.expiring_within)),
+        search: search_range(q),
+    };
+    let ranges = f.ranges();
+    let select = format!("{CERT_COLUMNS}, issued_ns");
+    let row = |r: &rusqlite::Row<'_>| Ok((cert_row(r)?, r.get::<_, i64>(14)?));
+    let mut out: Vec<(CertificateRecord, i64)> = Vec::new();
+    let mut budget = first_scan.max(1);
+    loop {
+        let need = i64::try_from(limit - out.len()).unwrap_or(i64::MAX);
+        if ranges.is_empty() {
+            // The walk's index holds exactly the rows wanted: the page is its next rows.
+            let mut sql = f.walk_select(&select);
+            sql.keyset("<", pos.as_ref()).push(" ORDER BY issued_ns DESC, serial DESC LIMIT ").arg(need);
+            out.extend(sql.rows(c, row)?);
+            break;
+        }
+        let cap = budget.saturating_mul(RANGE_WEIGHT);
+        let mut in_ranges = 0;
+        for &range in ranges {
+            let mut sql = f.range_select(range, "1");
+            sql.text = format!("SELECT count(*) FROM ({} LIMIT ?{})", sql.text, sql.args.len() + 1);
+            sql.args.push(Value::Integer(cap));
+            in_ranges += sql.count(c)?;
+        }
+        if in_ranges < cap {
+            let mut found = Vec::new();
+            for &range in ranges {
+                // The range's page by its index entries alone, then those rows: sorting
+                // whole rows (PEM and all) would cost more than finding them.
+                let mut inner = f.range_select(range, "rowid");
+                if !matches!(range, Range::Status) {
+                    f.status(&mut inner);
+                }
+                inner.keyset("<", pos.as_ref()).push(" ORDER BY issued_ns DESC, serial DESC LIMIT ").arg(need);
+                let sql = Sql {
+                    text: format!("SELECT {select} FROM certificates WHERE rowid IN ({})", inner.text),
+                    args: inner.args,
+                };
+                found.extend(sql.rows(c, row)?);
+            }
+            found.sort_by(|(a, an), (b, bn)| (bn, &b.serial).cmp(&(an, &a.serial)));
+            found.dedup_by(|(a, _), (b, _)| a.serial == b.serial);
+            found.truncate(limit - out.len());
+            out.extend(found);
+            break;
+        }
+        // The walk's next `budget` entries: the last of them bounds this round.
+        let mut sql = f.walk_select("issued_ns, serial");
+        sql.keyset("<", pos.as_ref()).push(" ORDER BY issued_ns DESC, serial DESC LIMIT 1 OFFSET ").arg(budget - 1);
+        let boundary = sql.rows(c, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?.pop();
+        let mut sql = f.walk_select(&select);
+        sql.keyset("<", pos.as_ref()).keyset(">=", boundary.as_ref());
+        f.status(&mut sql);
+        f.search(&mut sql);
+        sql.push(" ORDER BY issued_ns DESC, serial DESC LIMIT ").arg(need);
+        out.extend(sql.rows(c, row)?);
+        match boundary {
+            Some(b) if out.len() < limit => pos = Some(b),
+            _ => break,
+        }
+        budget = budget.saturating_mul(4);
+    }
+    Ok(out.into_iter().map(|(r, _)| r).collect())
 }
 
 const CERT_COLUMNS: &str = "serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after, fingerprint, \
@@ -641,5 +1095,628 @@ mod tests {
             h.await.unwrap().unwrap();
         }
         assert_eq!(s.certificate_count().await.unwrap(), 200);
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    //! The console's reads: every page against a plain model of the query (filter the
+    //! rows, sort them by time), under budgets that force every round of [`list`]; the
+    //! migration of an existing ledger; and, ignored by default, timings on 1,000,000
+    //! rows.
+
+    use std::collections::HashSet;
+
+    use time::format_description::well_known::Rfc3339;
+    use time::{Duration, UtcOffset};
+
+    use super::*;
+    use crate::store::model::{CertKind, CertStatus, RevocationReason};
+
+    fn at(t: OffsetDateTime) -> String {
+        t.format(&Rfc3339).unwrap()
+    }
+
+    fn parse(s: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(s, &Rfc3339).unwrap()
+    }
+
+    fn serial(i: u64) -> String {
+        let bytes = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555).to_be_bytes();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    fn record(serial: String, worker: &str, issued: OffsetDateTime, not_after: OffsetDateTime) -> CertificateRecord {
+        CertificateRecord {
+            serial: serial.clone(),
+            worker_id: worker.into(),
+            spiffe_id: format!("spiffe://crank.local/worker/{worker}"),
+            sans: vec![worker.into()],
+            capabilities: vec![],
+            not_before: at(issued),
+            not_after: at(not_after),
+            fingerprint: format!("fp-{serial}"),
+            issued_by: "replica-a".into(),
+            kind: CertKind::Issue,
+            correlation_id: format!("req_{serial}"),
+            issued_at: at(issued),
+            status: CertStatus::Valid,
+            pem: String::new(),
+        }
+    }
+
+    /// What a query should answer: the rows it matches, newest first.
+    fn expected(all: &[CertificateRecord], q: &CertificateQuery) -> Vec<CertificateRecord> {
+        let until = q.now.saturating_add(q.expiring_within);
+        let mut out: Vec<CertificateRecord> = all
+            .iter()
+            .filter(|r| {
+                let na = parse(&r.not_after);
+                let status = match q.status {
+                    StatusFilter::All => true,
+                    StatusFilter::Valid => r.status == CertStatus::Valid && na >= q.now,
+                    StatusFilter::Expiring => r.status == CertStatus::Valid && na >= q.now && na <= until,
+                    StatusFilter::Revoked => r.status == CertStatus::Revoked,
+                    StatusFilter::Expired => r.status != CertStatus::Revoked && na < q.now,
+                };
+                let search = match q.search.as_deref() {
+                    None | Some("") => true,
+                    Some(p) => r.worker_id.starts_with(p) || r.serial.starts_with(p),
+                };
+                status && search
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (parse(&b.issued_at), &b.serial).cmp(&(parse(&a.issued_at), &a.serial)));
+        out
+    }
+
+    /// Every page of `q`, following the cursor.
+    fn pages(c: &Connection, mut q: CertificateQuery, page: u32, budget: i64) -> Vec<CertificateRecord> {
+        q.limit = page;
+        let mut out = Vec::new();
+        loop {
+            let rows = read_snapshot(c, |c| list(c, &q, budget)).unwrap();
+            assert!(rows.len() <= page as usize);
+            let Some(last) = rows.last() else { break };
+            q.after = Some((last.issued_at.clone(), last.serial.clone()));
+            let full = rows.len() == page as usize;
+            out.extend(rows);
+            if !full {
+                break;
+            }
+        }
+        out
+    }
+
+    const FILTERS: [StatusFilter; 5] =
+        [StatusFilter::All, StatusFilter::Valid, StatusFilter::Expiring, StatusFilter::Revoked, StatusFilter::Expired];
+
+    /// A ledger with what makes ordering and filtering hard: times with fractional seconds
+    /// of every width and with offsets (text order is not time order), equal instants
+    /// (the serial decides), renewals, revocations, expired and expiring rows, prefixes
+    /// of one another as worker ids, non-ASCII ids.
+    async fn sample(s: &SqliteStore, now: OffsetDateTime) -> Vec<CertificateRecord> {
+        let workers = ["alpha-1", "alpha-2", "alpha-10", "al", "beta", "ünï-1", "ünï-2", "z\u{10FFFF}", "\u{10FFFF}"];
+        let offsets = [UtcOffset::UTC, UtcOffset::from_hms(2, 0, 0).unwrap(), UtcOffset::from_hms(-5, -30, 0).unwrap()];
+        let mut serials = Vec::new();
+        for i in 0..360u64 {
+            let worker = workers[(i % workers.len() as u64) as usize];
+            // Several rows share an instant; sub-second parts of every width.
+            let secs = i64::try_from(i / 3).unwrap() * 600 - 40 * 86_400;
+            let nanos = [0, 500_000_000, 50_000_000, 123_456_789, 1][(i % 5) as usize];
+            let issued =
+                (now + Duration::seconds(secs) + Duration::nanoseconds(nanos)).to_offset(offsets[(i % 3) as usize]);
+            let life =
+                [Duration::hours(1), Duration::hours(20), Duration::days(30), Duration::days(400)][(i % 4) as usize];
+            let r = record(serial(i), worker, issued, (issued + life).replace_nanosecond(0).unwrap());
+            s.record_issuance(None, r).await.unwrap();
+            serials.push(serial(i));
+        }
+        // Renewals: every 7th row renews the one before it (a valid one only).
+        for i in (7..360u64).step_by(7) {
+            let prev = s.certificate(&serial(i - 1)).await.unwrap().unwrap();
+            if prev.status != CertStatus::Valid {
+                continue;
+            }
+            let issued = parse(&prev.issued_at) + Duration::seconds(1);
+            let mut r = record(serial(10_000 + i), &prev.worker_id, issued, issued + Duration::hours(20));
+            r.kind = CertKind::Renew;
+            let renewal = Renewal { previous_serial: prev.serial.clone(), request_sha256: format!("h{i}") };
+            s.record_renewal(renewal, r).await.unwrap();
+            serials.push(serial(10_000 + i));
+        }
+        // Revocations: a few serials, and one worker's live certificates.
+        for i in [5u64, 50, 51, 200, 10_000 + 14] {
+            let rev = Revocation {
+                target: RevokeTarget::Serial(serial(i)),
+                reason: RevocationReason::KeyCompromise,
+                revoked_by: "admin/alice".into(),
+                at: now,
+            };
+            s.revoke(&rev).await.unwrap();
+        }
+        let rev = Revocation {
+            target: RevokeTarget::Worker("beta".into()),
+            reason: RevocationReason::CessationOfOperation,
+            revoked_by: "admin/alice".into(),
+            at: now,
+        };
+        s.revoke(&rev).await.unwrap();
+        let mut all = Vec::new();
+        for serial in serials {
+            all.push(s.certificate(&serial).await.unwrap().unwrap());
+        }
+        all
+    }
+
+    fn searches(all: &[CertificateRecord]) -> Vec<Option<String>> {
+        let mut out: Vec<Option<String>> = [
+            None,
+            Some(""),
+            Some("al"),
+            Some("alpha"),
+            Some("alpha-1"),
+            Some("beta"),
+            Some("ü"),
+            Some("ünï-"),
+            Some("z"),
+            Some("\u{10FFFF}"),
+            Some("nobody"),
+            Some("a"),
+        ]
+        .into_iter()
+        .map(|s| s.map(str::to_owned))
+        .collect();
+        // Serial prefixes (one also a prefix of a worker id: "a" above).
+        out.push(Some(all[0].serial[..2].to_owned()));
+        out.push(Some(all[17].serial[..5].to_owned()));
+        out.push(Some(all[42].serial.clone()));
+        out
+    }
+
+    #[tokio::test]
+    async fn pages_match_the_model_under_every_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let all = sample(&s, now).await;
+        let c = open_conn(&path).unwrap();
+        let mut checked = 0;
+        for status in FILTERS {
+            for search in searches(&all) {
+                let q = CertificateQuery {
+                    search: search.clone(),
+                    status,
+                    after: None,
+                    limit: 0,
+                    now,
+                    expiring_within: Duration::days(1),
+                };
+                let want = expected(&all, &q);
+                for (page, budget) in [(1, 2), (7, 1), (7, 5), (13, 64), (500, FIRST_SCAN)] {
+                    let got = pages(&c, q.clone(), page, budget);
+                    let serials = |v: &[CertificateRecord]| v.iter().map(|r| r.serial.clone()).collect::<Vec<_>>();
+                    assert_eq!(
+                        serials(&got),
+                        serials(&want),
+                        "{status:?} search {search:?}, pages of {page}, budget {budget}"
+                    );
+                    assert_eq!(got, want);
+                    checked += got.len();
+                }
+            }
+        }
+        assert!(checked > 10_000, "the sample exercises the filters ({checked} rows checked)");
+        // Through the store, too.
+        let q = CertificateQuery {
+            search: None,
+            status: StatusFilter::All,
+            after: None,
+            limit: 50,
+            now,
+            expiring_within: Duration::days(1),
+        };
+        assert_eq!(s.list_certificates(&q).await.unwrap(), expected(&all, &q)[..50]);
+    }
+
+    #[tokio::test]
+    async fn counts_match_the_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let all = sample(&s, now).await;
+        // Refused writes (rolled back to their savepoint) leave the tally alone.
+        let e = s.record_issuance(None, all[0].clone()).await.unwrap_err();
+        assert!(matches!(e, StoreError::DuplicateSerial(_)), "{e}");
+        let retired = all.iter().find(|r| r.status == CertStatus::Superseded).unwrap();
+        let renewal = Renewal { previous_serial: retired.serial.clone(), request_sha256: "h".into() };
+        let e = s.record_renewal(renewal, record("ee:ee".into(), "w", now, now)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Superseded(_)), "{e}");
+        let c = open_conn(&path).unwrap();
+        let by_status = |sql: &str| {
+            let mut stmt = c.prepare(sql).unwrap();
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            by_status("SELECT status, n FROM certificate_tally WHERE n > 0 ORDER BY status"),
+            by_status("SELECT status, count(*) FROM certificates GROUP BY status ORDER BY status")
+        );
+        for within in [Duration::ZERO, Duration::hours(1), Duration::days(1), Duration::days(90), Duration::MAX] {
+            let n = |status| {
+                let q = CertificateQuery { search: None, status, after: None, limit: 0, now, expiring_within: within };
+                expected(&all, &q).len() as u64
+            };
+            let counts = s.certificate_counts(now, within).await.unwrap();
+            let want = CertificateCounts {
+                total: all.len() as u64,
+                valid: n(StatusFilter::Valid),
+                expiring: n(StatusFilter::Expiring),
+                revoked: n(StatusFilter::Revoked),
+                expired: n(StatusFilter::Expired),
+            };
+            assert_eq!(counts, want, "expiring within {within}");
+            assert!(want.valid > 0 && want.revoked > 0 && want.expired > 0, "{want:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_and_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        for i in 0..620u64 {
+            let issued = now - Duration::seconds(i64::try_from(i).unwrap());
+            s.record_issuance(None, record(serial(i), "w", issued, issued + Duration::hours(1))).await.unwrap();
+        }
+        let mut q = CertificateQuery {
+            search: None,
+            status: StatusFilter::All,
+            after: None,
+            limit: 10_000,
+            now,
+            expiring_within: Duration::days(1),
+        };
+        assert_eq!(s.list_certificates(&q).await.unwrap().len(), MAX_PAGE as usize);
+        q.search = Some("w".into());
+        assert_eq!(s.list_certificates(&q).await.unwrap().len(), MAX_PAGE as usize);
+        q.limit = 0;
+        assert!(s.list_certificates(&q).await.unwrap().is_empty());
+        q.limit = 5;
+        q.search = Some("w\0".into());
+        assert!(s.list_certificates(&q).await.unwrap().is_empty());
+        q.search = None;
+        q.after = Some(("yesterday".into(), "01".into()));
+        let e = s.list_certificates(&q).await.unwrap_err();
+        assert!(matches!(e, StoreError::InvalidQuery(ref m) if m.contains("yesterday")), "{e}");
+        // A cursor past the oldest row: nothing more.
+        q.after = Some((at(now - Duration::days(1)), String::new()));
+        assert!(s.list_certificates(&q).await.unwrap().is_empty());
+        // A cursor in another offset than the row's: the same instant.
+        let first = s.list_certificates(&CertificateQuery { after: None, ..q.clone() }).await.unwrap();
+        let shifted = parse(&first[1].issued_at).to_offset(UtcOffset::from_hms(9, 0, 0).unwrap());
+        q.after = Some((at(shifted), first[1].serial.clone()));
+        assert_eq!(s.list_certificates(&q).await.unwrap()[0], first[2]);
+    }
+
+    #[tokio::test]
+    async fn history_and_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        s.record_issuance(None, record("01".into(), "w", now, now + Duration::hours(1))).await.unwrap();
+        let mut renewed = record("02".into(), "w", now + Duration::seconds(1), now + Duration::hours(2));
+        renewed.kind = CertKind::Renew;
+        s.record_renewal(Renewal { previous_serial: "01".into(), request_sha256: "h".into() }, renewed).await.unwrap();
+        let rev = Revocation {
+            target: RevokeTarget::Serial("02".into()),
+            reason: RevocationReason::KeyCompromise,
+            revoked_by: "admin/alice".into(),
+            at: now,
+        };
+        s.revoke(&rev).await.unwrap();
+        let h1 = s.certificate_history("01").await.unwrap().unwrap();
+        assert_eq!((h1.renewed_from, h1.superseded_by.as_deref()), (None, Some("02")));
+        assert_eq!(h1.record.status, CertStatus::Superseded);
+        assert!(h1.revocation.is_none());
+        let h2 = s.certificate_history("02").await.unwrap().unwrap();
+        assert_eq!((h2.renewed_from.as_deref(), h2.superseded_by), (Some("01"), None));
+        assert_eq!(h2.revocation.unwrap().reason, RevocationReason::KeyCompromise);
+        assert!(s.certificate_history("03").await.unwrap().is_none());
+
+        assert!(s.replicas().await.unwrap().is_empty());
+        let t = |secs| OffsetDateTime::from_unix_timestamp(secs).unwrap();
+        s.replica_heartbeat("b", "10.0.0.2:8443", t(100)).await.unwrap();
+        s.replica_heartbeat("a", "10.0.0.1:8443", t(105)).await.unwrap();
+        s.replica_heartbeat("b", "10.0.0.3:8443", t(110)).await.unwrap();
+        // A late heartbeat moves neither last_seen nor the address back.
+        s.replica_heartbeat("b", "10.0.0.9:8443", t(90)).await.unwrap();
+        let r = |name: &str, address: &str, first_seen, last_seen| ReplicaRecord {
+            name: name.into(),
+            address: address.into(),
+            first_seen,
+            last_seen,
+        };
+        assert_eq!(s.replicas().await.unwrap(), [r("a", "10.0.0.1:8443", 105, 105), r("b", "10.0.0.3:8443", 90, 110)]);
+    }
+
+    /// A ledger written by the previous schema (version 4) gets its integer times at
+    /// migration, and lists and counts right.
+    #[tokio::test]
+    async fn an_existing_ledger_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let mut all = Vec::new();
+        {
+            let c = open_conn(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            for i in 0..40u64 {
+                let issued = (now - Duration::minutes(i64::try_from(i).unwrap()) + Duration::nanoseconds(i as i64 * 7))
+                    .to_offset(UtcOffset::from_hms(if i % 2 == 0 { 0 } else { 3 }, 0, 0).unwrap());
+                let r =
+                    record(serial(i), if i % 3 == 0 { "old" } else { "new" }, issued, issued + Duration::minutes(15));
+                c.execute(
+                    "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after,
+                         fingerprint, issued_by, kind, correlation_id, issued_at, status, pem)
+                     VALUES (?1, ?2, ?3, '[]', '[]', ?4, ?5, ?6, ?7, 'issue', ?8, ?9, 'valid', '')",
+                    params![
+                        r.serial,
+                        r.worker_id,
+                        r.spiffe_id,
+                        r.not_before,
+                        r.not_after,
+                        r.fingerprint,
+                        r.issued_by,
+                        r.correlation_id,
+                        r.issued_at
+                    ],
+                )
+                .unwrap();
+                all.push(CertificateRecord { sans: vec![], ..r });
+            }
+            c.execute(
+                "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after,
+                     fingerprint, issued_by, kind, correlation_id, issued_at, status, pem)
+                 VALUES ('ff', 'broken', '', '[]', '[]', '', 'never', '', '', 'issue', '', 'sometime', 'valid', '')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let q = CertificateQuery {
+            search: None,
+            status: StatusFilter::All,
+            after: None,
+            limit: 100,
+            now,
+            expiring_within: Duration::minutes(10),
+        };
+        let got = s.list_certificates(&q).await.unwrap();
+        // The row whose times do not parse lists last.
+        assert_eq!(got.last().unwrap().serial, "ff");
+        assert_eq!(got[..got.len() - 1], expected(&all, &q));
+        for status in FILTERS {
+            let q = CertificateQuery { status, search: Some("new".into()), ..q.clone() };
+            assert_eq!(s.list_certificates(&q).await.unwrap(), expected(&all, &q), "{status:?}");
+        }
+        let counts = s.certificate_counts(now, Duration::minutes(10)).await.unwrap();
+        let expired = expected(&all, &CertificateQuery { status: StatusFilter::Expired, ..q.clone() }).len() as u64;
+        // The row whose times do not parse counts as expired.
+        assert_eq!((counts.total, counts.expired), (41, expired + 1));
+        assert_eq!(expired, 24);
+        let served: HashSet<String> = got.iter().map(|r| r.serial.clone()).collect();
+        assert_eq!(served.len(), 41);
+    }
+
+    /// Timings on 1,000,000 rows. Ignored by default (filling the ledger takes a minute);
+    /// run it optimised:
+    ///
+    /// `cargo test -p crank-ca --release --lib console_tests::million -- --ignored --nocapture`
+    ///
+    /// A year of a fleet of 2,000 workers renewing 24-hour certificates every ~17.5 hours
+    /// (the latest of each valid, the rest superseded; 1% revoked; a tenth of the workers
+    /// gone, their last certificate expired), 20,000 certificates of a retired service
+    /// ("legacy-...", all from the first month), and 1,000 administrators' certificates
+    /// valid for a year.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "fills a 1,000,000-row ledger (about a minute, 1.5 GB); run it with --ignored --release"]
+    async fn million() {
+        use std::time::Instant;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let start = now - Duration::days(365);
+        let fill = Instant::now();
+        let serials = fill_million(&path, start, now);
+        println!("filled 1,000,000 rows in {:.1} s", fill.elapsed().as_secs_f64());
+        let base = CertificateQuery {
+            search: None,
+            status: StatusFilter::All,
+            after: None,
+            limit: 51,
+            now,
+            expiring_within: Duration::hours(24),
+        };
+        let time = |what: String, q: CertificateQuery| {
+            let s = s.clone();
+            async move {
+                let mut samples = Vec::new();
+                let mut n = 0;
+                for _ in 0..5 {
+                    let t = Instant::now();
+                    n = s.list_certificates(&q).await.unwrap().len();
+                    samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                let first = samples[0];
+                samples.sort_by(f64::total_cmp);
+                println!("{what:<58} {n:>3} rows  first {first:>7.2} ms  median {:>7.2} ms", samples[2]);
+            }
+        };
+        // A cursor deep in: the row half-way down the ledger.
+        let mid = s.certificate(&serials[500_000]).await.unwrap().unwrap();
+        let deep = Some((mid.issued_at.clone(), mid.serial.clone()));
+        for status in FILTERS {
+            time(format!("{status:?}: first page"), CertificateQuery { status, ..base.clone() }).await;
+            time(
+                format!("{status:?}: page half-way down"),
+                CertificateQuery { status, after: deep.clone(), ..base.clone() },
+            )
+            .await;
+        }
+        for (what, search) in [
+            ("worker prefix, one worker (svc-042-07)", "svc-042-07"),
+            ("worker prefix, one service (svc-042-)", "svc-042-"),
+            ("worker prefix, nearly all rows (svc)", "svc"),
+            ("worker prefix, 20,000 rows all a year old (legacy)", "legacy"),
+            ("worker prefix, no match (nobody)", "nobody"),
+        ] {
+            time(format!("search {what}"), CertificateQuery { search: Some(search.into()), ..base.clone() }).await;
+        }
+        let short = serials[42][..2].to_owned();
+        time(
+            format!("search serial prefix, 1/256 of the rows ({short})"),
+            CertificateQuery { search: Some(short), ..base.clone() },
+        )
+        .await;
+        let serial_prefix = serials[123_456][..5].to_owned();
+        time(
+            format!("search serial prefix ({serial_prefix})"),
+            CertificateQuery { search: Some(serial_prefix), ..base.clone() },
+        )
+        .await;
+        let whole = serials[654_321].clone();
+        time("search whole serial".into(), CertificateQuery { search: Some(whole), ..base.clone() }).await;
+        time(
+            "search svc-042- + Valid".into(),
+            CertificateQuery { search: Some("svc-042-".into()), status: StatusFilter::Valid, ..base.clone() },
+        )
+        .await;
+        time(
+            "search legacy + Expired, half-way down".into(),
+            CertificateQuery {
+                search: Some("legacy".into()),
+                status: StatusFilter::Expired,
+                after: deep.clone(),
+                ..base.clone()
+            },
+        )
+        .await;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let counts = s.certificate_counts(now, Duration::hours(24)).await.unwrap();
+            println!("certificate_counts {counts:?}  {:.2} ms", t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let t = Instant::now();
+        let h = s.certificate_history(&serials[500_000]).await.unwrap().unwrap();
+        println!(
+            "certificate_history  {:.2} ms ({:?} <- {:?})",
+            t.elapsed().as_secs_f64() * 1000.0,
+            h.superseded_by,
+            h.renewed_from
+        );
+    }
+
+    /// Writes the rows of [`million`] in one transaction, straight into the tables.
+    fn fill_million(path: &Path, start: OffsetDateTime, now: OffsetDateTime) -> Vec<String> {
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut c = open_conn(path).unwrap();
+        c.pragma_update(None, "synchronous", "OFF").unwrap();
+        c.pragma_update(None, "cache_size", -1_000_000).unwrap();
+        let tx = c.transaction().unwrap();
+        let pem: String = format!(
+            "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
+            "MIIBkTCCATegAwIBAgIQQUJDREVGR0hJSktMTU5PUDAKBggqhkjOPQQDAjAUMRIwEAYDVQQDEwljcmFuay1jYTAeFw0y\n".repeat(9)
+        );
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after,
+                     fingerprint, issued_by, kind, correlation_id, issued_at, status, pem, superseded_by, issued_ns,
+                     not_after_ns)
+                 VALUES (?1, ?2, ?3, ?4, '[]', ?5, ?6, ?7, 'replica-a', ?8, ?9, ?5, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .unwrap();
+        let workers = 2_000u64;
+        let fleet = 960_000u64;
+        let gone_at: Vec<u64> =
+            (0..workers).map(|w| if w % 10 == 3 { rng.random_range(0..fleet) } else { fleet }).collect();
+        let mut serials = Vec::with_capacity(1_000_000);
+        // (serial, issued_at, not_after, worker, kind) for the whole ledger, then statuses.
+        let mut rows: Vec<(String, OffsetDateTime, OffsetDateTime, String, &str)> = Vec::with_capacity(1_000_000);
+        let step = (now - start) / 1_000_000;
+        for i in 0..1_000_000u64 {
+            let issued =
+                start + step * u32::try_from(i).unwrap() + Duration::nanoseconds(rng.random_range(0..1_000_000_000));
+            let bytes: [u8; 16] = rng.random();
+            let serial = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let (worker, life, kind) = if i % 1_000 == 500 {
+                (format!("admin-{:04}", i / 1_000), Duration::days(365), "admin")
+            } else if i % 4 == 1 && issued < start + Duration::days(30) {
+                (format!("legacy-{:03}", i % 997), Duration::hours(24), "renew")
+            } else {
+                let w = i % workers;
+                if i >= gone_at[usize::try_from(w).unwrap()] {
+                    // A gone worker's rows go to one still running.
+                    (format!("svc-{:03}-{:02}", (w + 1) / 10 % 200, (w + 1) % 10), Duration::hours(24), "renew")
+                } else {
+                    (format!("svc-{:03}-{:02}", w / 10 % 200, w % 10), Duration::hours(24), "renew")
+                }
+            };
+            serials.push(serial.clone());
+            rows.push((serial, issued, (issued + life).replace_nanosecond(0).unwrap(), worker, kind));
+        }
+        // The latest certificate of each worker is valid and the earlier ones superseded
+        // by the next; 1% revoked.
+        let mut next_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut superseded_by: Vec<Option<String>> = vec![None; rows.len()];
+        for (i, row) in rows.iter().enumerate().rev() {
+            if let Some(&next) = next_of.get(row.3.as_str()) {
+                superseded_by[i] = Some(rows[next].0.clone());
+            }
+            next_of.insert(row.3.as_str(), i);
+        }
+        for (i, (serial, issued, not_after, worker, kind)) in rows.iter().enumerate() {
+            let status = if rng.random_range(0..100) == 0 {
+                "revoked"
+            } else if superseded_by[i].is_some() {
+                "superseded"
+            } else {
+                "valid"
+            };
+            insert
+                .execute(params![
+                    serial,
+                    worker,
+                    format!("spiffe://crank.local/worker/{worker}"),
+                    format!("[\"spiffe://crank.local/worker/{worker}\"]"),
+                    at(*issued),
+                    at(*not_after),
+                    format!("{:064x}", i),
+                    kind,
+                    format!("req_{i:016x}"),
+                    status,
+                    pem,
+                    superseded_by[i],
+                    nanos(*issued),
+                    nanos(*not_after),
+                ])
+                .unwrap();
+        }
+        drop(insert);
+        tx.commit().unwrap();
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        serials
     }
 }
