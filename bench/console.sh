@@ -12,8 +12,9 @@
 #      ledger), the first page, a page a million rows deep (through the cursor), a
 #      worker-id search, a serial search, the revoked filter, a certificate's page;
 #   2. issuance with a fresh join token per request (bench-driver sign), alone and while
-#      an administrator pages through the console, RUNS rounds alternating; the figure
-#      is the median of each round's ratio (issuance with the console ÷ without).
+#      administrators page through the console (20 pages a second, a page a million
+#      rows deep each time), RUNS rounds alternating; the figure is the median of each
+#      round's ratio (issuance with the console ÷ without).
 set -euo pipefail
 
 ROWS=1000000
@@ -128,10 +129,10 @@ issue() {
         --client "$CLIENT" --concurrency "$CONC" --seconds "$SECS" 2>>"$WORK/driver.err" \
         | tr ' ' '\n' | awk -F= '$1 == "rate" {print $2}'
 }
-log "issuance (bench-driver sign, $CONC tasks, ${SECS}s) alone and while the console is paged, $RUNS rounds"
+log "issuance (bench-driver sign, $CONC tasks, ${SECS}s) alone and while the console is paged (20 pages/s), $RUNS rounds"
 for ((r = 1; r <= RUNS; r++)); do
     alone=$(issue)
-    oha --no-tui -c 2 -z "$((SECS + 2))s" --cert "$CLIENT/client.crt" --key "$CLIENT/client.key" \
+    oha --no-tui -c 2 -q 20 -z "$((SECS + 2))s" --cert "$CLIENT/client.crt" --key "$CLIENT/client.key" \
         --cacert "$CLIENT/ca.crt" "$CA_URL${PAGE[deep_page]}" >/dev/null 2>&1 &
     load=$!
     sleep 1

@@ -1,19 +1,15 @@
 # Shared by build-images.sh and test-images.sh (sourced): installs what podman needs on
 # Debian when missing, and sets PODMAN to a podman that works without a system service:
 # vfs storage, runc, and a containers.conf with no default ulimits.
-sudo_cmd=""
-[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 missing=()
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v file >/dev/null 2>&1 || missing+=(file)
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing ${missing[*]}"
-    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq
-    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq "${missing[@]}"
-fi
+apt_install "${missing[@]}"
 podman_conf_dir=$(mktemp -d)
 printf '[containers]\ndefault_ulimits = []\n' >"$podman_conf_dir/containers.conf"
 export CONTAINERS_CONF="$podman_conf_dir/containers.conf"
