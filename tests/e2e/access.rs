@@ -435,7 +435,7 @@ async fn grants_that_the_ca_did_not_write_get_nothing_on_the_real_binaries() {
 /// Limits on the real binaries. `hello-world` with `CRANK_RATE_LIMITS` answers a caller
 /// past its rate 429 with `Retry-After` (another caller has its own bucket). `caller`
 /// with `CRANK_MAX_IN_FLIGHT=1`, while its one request waits on a `hello-world` that
-/// stopped answering (SIGSTOP), sheds the next at once (503, `Retry-After`, counted),
+/// stopped answering (SIGSTOP), sheds the next ones at once (503, `Retry-After`, counted),
 /// and serves again once `hello-world` answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_rate_429_and_past_the_in_flight_bound_503_on_the_real_binaries() {
@@ -468,7 +468,14 @@ async fn past_the_rate_429_and_past_the_in_flight_bound_503_on_the_real_binaries
         let (user, call) = (user.clone(), call.clone());
         async move { user.get(&call).send().await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait until the waiting call is in flight: until then `/health` is served; from
+    // then on it is shed too. (A fixed sleep raced on a loaded machine: the second call
+    // could be admitted first and hang on the stopped hello-world.)
+    let health = format!("https://127.0.0.1:{}/health", caller_addr.port());
+    crank_tests::eventually("the first call is in flight at the caller", Duration::from_secs(20), || async {
+        status(&user, &health).await.0 == 503
+    })
+    .await;
     let r = user.get(&call).send().await.unwrap();
     let shed = (r.status().as_u16(), r.headers().get("retry-after").cloned());
     let body: Value = r.json().await.unwrap_or(Value::Null);
@@ -482,7 +489,7 @@ async fn past_the_rate_429_and_past_the_in_flight_bound_503_on_the_real_binaries
     })
     .await;
     let caller_metrics = status_text(&admin, &format!("https://127.0.0.1:{}/metrics", caller_addr.port())).await;
-    assert!(caller_metrics.contains("crank_requests_shed_total 1"), "{caller_metrics}");
+    assert!(caller_metrics.contains("crank_requests_shed_total 2"), "one /health and one /call: {caller_metrics}");
 }
 
 async fn status_text(client: &reqwest::Client, url: &str) -> String {
