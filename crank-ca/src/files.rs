@@ -70,6 +70,11 @@ impl CaDir {
     pub fn token_key(&self) -> PathBuf {
         self.dir.join("token.key")
     }
+    /// The join-token key's certificate, issued by the signing key (see
+    /// [`crate::token_key`]): its age and the proof replicas check.
+    pub fn token_cert(&self) -> PathBuf {
+        self.dir.join("token.crt")
+    }
     /// Trust domain of this CA.
     pub fn trust_domain_file(&self) -> PathBuf {
         self.dir.join("trust-domain")
@@ -343,7 +348,16 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     write_file_atomic(&dir.root_cert(), root.pem().as_bytes(), 0o644)?;
     write_file_atomic(&dir.server_key(), server_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.server_cert(), format!("{}{}", server.pem(), root.pem()).as_bytes(), 0o644)?;
+    let token_cert = crate::token_cert::certificate_for(
+        &token_key,
+        &opts.trust_domain,
+        &issuer,
+        None,
+        now,
+        crate::token_cert::DEFAULT_TOKEN_KEY_MAX_AGE,
+    )?;
     write_file_atomic(&dir.token_key(), token_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file_atomic(&dir.token_cert(), token_cert.as_bytes(), 0o644)?;
     write_file_atomic(&dir.trust_domain_file(), format!("{}\n", opts.trust_domain).as_bytes(), 0o644)?;
     seed_policy_dir(dir)?;
     Ok(())
@@ -384,6 +398,7 @@ fn clear(dir: &CaDir) {
         dir.intermediate_csr(),
         dir.intermediate_cert(),
         dir.server_sans_file(),
+        dir.token_cert(),
     ] {
         let _ = std::fs::remove_file(p);
     }

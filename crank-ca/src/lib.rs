@@ -27,6 +27,8 @@ mod serial;
 mod service_tls;
 mod signer;
 mod token;
+mod token_cert;
+pub mod token_key;
 
 pub use authority::{BACKDATE, LocalCa, LocalCaConfig};
 pub use builder::{LocalCaBuilder, open_store};
@@ -37,4 +39,7 @@ pub use error::{CaError, SetupError};
 pub use files::{CaDir, DEFAULT_CA_SANS, InitOptions, SERVER_VALIDITY, init_ca};
 pub use serial::random_serial;
 pub use signer::{LocalSigner, leaf_params};
-pub use token::{DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, TOKEN_AUDIENCE, TokenAuthority, TokenError, create_token};
+pub use token::{
+    DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, TOKEN_AUDIENCE, TOKEN_KEY_PURPOSE_OID, TokenAuthority, TokenError, key_id,
+};
+pub use token_key::create_token;

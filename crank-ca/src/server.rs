@@ -117,6 +117,9 @@ pub struct ServeOptions {
     pub tls_validity: Option<time::Duration>,
     /// Where the console finds the platform registry's workers.
     pub platform: Option<crate::console::PlatformSource>,
+    /// Age at which the join-token key is replaced (`--token-key-max-age`; default
+    /// [`DEFAULT_TOKEN_KEY_MAX_AGE`](crate::token_key::DEFAULT_TOKEN_KEY_MAX_AGE)).
+    pub token_key_max_age: Option<std::time::Duration>,
 }
 
 /// The CA service: its mTLS listener and, if asked for, its probe listener.
@@ -139,7 +142,8 @@ impl CaService {
 }
 
 /// Starts the CA service on `listener` within `limits`, with what `options` add. Its TLS
-/// certificate is renewed before it expires and swapped in without a restart.
+/// certificate is renewed before it expires and swapped in without a restart, and its
+/// join-token key is replaced when it reaches its maximum age.
 pub fn spawn_service(
     dir: &CaDir,
     listener: tokio::net::TcpListener,
@@ -163,6 +167,8 @@ pub fn spawn_service(
     let config = server_config(&trust, false, creds.clone(), Resumption::On)?;
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     tokio::spawn(crate::service_tls::keep_fresh(dir.clone(), ca.clone(), Arc::downgrade(&creds), validity));
+    let token_key_max_age = options.token_key_max_age.unwrap_or(crate::token_key::DEFAULT_TOKEN_KEY_MAX_AGE);
+    tokio::spawn(crate::token_key::keep_fresh(dir.clone(), Arc::downgrade(&ca), token_key_max_age));
     let metrics = ca.metrics().connections();
     let router = routes(ca.clone(), Some(trust.changes()), options.platform);
     let server = ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust.clone()))

@@ -1,27 +1,59 @@
 //! Join tokens: ES256 JWTs signed by the CA's token key.
+//!
+//! The token key rotates (`crank ca serve --token-key-max-age`). Each key has an id, the
+//! `kid` of the tokens it signs, and a certificate (`token.crt`) that the CA's signing
+//! key issued for it, with crank's join-token key purpose. The certificate is published
+//! in the CA's store, so that every replica accepts the tokens any replica's key signed,
+//! while the certificate is valid (the key's rotation age plus the longest token
+//! lifetime). The store is not trusted to vouch for a key: a replica accepts a published
+//! key only if its certificate verifies to the CA's trust bundle with that purpose.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crank_security_core::{ADMIN_CAPABILITY, JoinTokenClaims, TrustDomain, WorkerId, validate_host_name};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::KeyPair;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use time::OffsetDateTime;
 
 use crate::error::SetupError;
+pub use crate::token_cert::{MAX_TOKEN_TTL, TOKEN_KEY_PURPOSE_OID, key_id};
+use crate::token_cert::{TOKEN_KEY_PURPOSE_DER, kid_of};
 
 /// The `aud` of every join token.
 pub const TOKEN_AUDIENCE: &str = "crank-join";
 /// Default token lifetime: 15 minutes.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
-/// Longest token lifetime accepted at creation: 7 days.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The prefix of a capability that lets a worker ask for one more DNS name or IP address.
 pub(crate) const SAN_CAPABILITY: &str = "san:";
+/// The key tokens are signed with now.
+struct Signing {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// A key whose tokens are still accepted: a retired one of this process, or one
+/// published by a replica, until its certificate ends.
+struct Accepted {
+    decoding: DecodingKey,
+    not_after: OffsetDateTime,
+}
+
+/// What a published token key's certificate must verify to.
+struct KeyTrust {
+    anchors: Vec<TrustAnchor<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+}
 
 /// Signs and verifies join tokens.
 pub struct TokenAuthority {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    current: RwLock<Arc<Signing>>,
+    accepted: RwLock<HashMap<String, Accepted>>,
+    key_trust: Option<KeyTrust>,
     validation: Validation,
     trust_domain: TrustDomain,
     root_fingerprint: String,
@@ -29,7 +61,11 @@ pub struct TokenAuthority {
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuthority").field("trust_domain", &self.trust_domain).field("key", &"<redacted>").finish()
+        f.debug_struct("TokenAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("kid", &self.current_kid())
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -46,20 +82,120 @@ pub enum TokenError {
     /// Issued for another CA or trust domain.
     #[error("join token was issued for another CA ({0})")]
     ForeignCa(String),
+    /// Signed by a key this process does not know (yet): the store may have it.
+    #[error(
+        "join token is signed by a join-token key this CA does not know (kid {0}); create a new one with `crank token create` against the CA's directory"
+    )]
+    UnknownKey(String),
+    /// Signed by a key whose certificate has ended.
+    #[error(
+        "join token is signed by a retired join-token key (kid {0}); create a new one with `crank token create` against the CA's directory"
+    )]
+    RetiredKey(String),
+}
+
+fn signing(key: &KeyPair) -> Result<Signing, SetupError> {
+    let unusable = || SetupError::certificate("the join-token key is not a usable ES256 (P-256) key");
+    let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).map_err(unusable())?;
+    let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(unusable())?;
+    Ok(Signing { kid: kid_of(key), encoding, decoding })
 }
 
 impl TokenAuthority {
     /// A token authority using `key` (P-256) for the CA with this trust domain and root.
+    /// It accepts tokens of other keys only once told of them ([`Self::rotate_to`],
+    /// [`Self::learn`] with [`Self::with_key_trust`]).
     pub fn new(key: &KeyPair, trust_domain: TrustDomain, root_fingerprint: String) -> Result<Self, SetupError> {
-        let unusable = || SetupError::certificate("the join-token key is not a usable ES256 (P-256) key");
-        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).map_err(unusable())?;
-        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(unusable())?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_audience(&[TOKEN_AUDIENCE]);
         validation.set_issuer(&[issuer(&trust_domain)]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.leeway = 0;
-        Ok(Self { encoding, decoding, validation, trust_domain, root_fingerprint })
+        Ok(Self {
+            current: RwLock::new(Arc::new(signing(key)?)),
+            accepted: RwLock::new(HashMap::new()),
+            key_trust: None,
+            validation,
+            trust_domain,
+            root_fingerprint,
+        })
+    }
+
+    /// Accept keys published by replicas whose certificates verify to `anchors` (the
+    /// CA's trust bundle) through `intermediates`, with the join-token key purpose.
+    pub fn with_key_trust(
+        mut self,
+        anchors: &[CertificateDer<'static>],
+        intermediates: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, SetupError> {
+        let anchors = anchors
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SetupError::invalid(format!("a certificate of the trust bundle is not a usable anchor: {e:?}"))
+            })?;
+        self.key_trust = Some(KeyTrust { anchors, intermediates });
+        Ok(self)
+    }
+
+    /// The id of the key tokens are signed with now.
+    pub fn current_kid(&self) -> String {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).kid.clone()
+    }
+
+    /// Signs with `key` from now on. The key it replaces is still accepted until
+    /// `retired_until` (the end of its certificate).
+    pub fn rotate_to(&self, key: &KeyPair, retired_until: OffsetDateTime) -> Result<(), SetupError> {
+        let next = Arc::new(signing(key)?);
+        let old =
+            std::mem::replace(&mut *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner), next);
+        self.accept(old.kid.clone(), Accepted { decoding: old.decoding.clone(), not_after: retired_until });
+        Ok(())
+    }
+
+    fn accept(&self, kid: String, key: Accepted) {
+        let now = OffsetDateTime::now_utc();
+        let mut accepted = self.accepted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        accepted.retain(|_, k| k.not_after > now);
+        accepted.insert(kid, key);
+    }
+
+    /// Accepts the key `kid` that a replica published with `certificate_pem`, if that
+    /// certificate verifies to the CA now with the join-token key purpose and certifies
+    /// a key whose id is `kid`. Else an error saying why.
+    pub fn learn(&self, kid: &str, certificate_pem: &str) -> Result<(), String> {
+        let trust = self.key_trust.as_ref().ok_or("this CA accepts no published join-token keys")?;
+        let der = pem::parse(certificate_pem).map_err(|e| format!("its certificate is not PEM: {e}"))?;
+        if der.tag() != "CERTIFICATE" {
+            return Err(format!("its certificate is a PEM {:?}, not a CERTIFICATE", der.tag()));
+        }
+        let der = CertificateDer::from(der.into_contents());
+        let ee = webpki::EndEntityCert::try_from(&der).map_err(|e| format!("its certificate does not parse: {e:?}"))?;
+        let now = UnixTime::now();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &trust.anchors,
+            &trust.intermediates,
+            now,
+            webpki::KeyUsage::required(&TOKEN_KEY_PURPOSE_DER),
+            None,
+            None,
+        )
+        .map_err(|e| format!("its certificate is not a join-token key certificate of this CA: {e:?}"))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| format!("its certificate does not parse: {e}"))?;
+        let spki = cert.public_key().raw;
+        if key_id(spki) != kid {
+            return Err(format!("its certificate is for the key {}, not {kid}", key_id(spki)));
+        }
+        let public_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki.to_vec()));
+        let decoding = DecodingKey::from_ec_pem(public_pem.as_bytes())
+            .map_err(|e| format!("its key is not a usable ES256 (P-256) key: {e}"))?;
+        let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+            .map_err(|e| format!("its certificate's notAfter: {e}"))?;
+        self.accept(kid.to_owned(), Accepted { decoding, not_after });
+        Ok(())
     }
 
     /// A new single-use token for `worker_id`. Each `san:<name>` capability must name one
@@ -85,21 +221,46 @@ impl TokenAuthority {
             ca_fp: self.root_fingerprint.clone(),
             td: self.trust_domain.to_string(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(current.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &current.encoding)
             .map_err(SetupError::certificate("signing the join token"))
     }
 
+    /// The key that verifies a token signed by `kid` (none: the current key, as before
+    /// keys had ids).
+    fn decoding_key(&self, kid: Option<&str>) -> Result<DecodingKey, TokenError> {
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(kid) = kid.filter(|k| *k != current.kid) else {
+            return Ok(current.decoding.clone());
+        };
+        match self.accepted.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(kid) {
+            Some(k) if k.not_after > OffsetDateTime::now_utc() => Ok(k.decoding.clone()),
+            Some(_) => Err(TokenError::RetiredKey(kid.to_owned())),
+            None => Err(TokenError::UnknownKey(kid.to_owned())),
+        }
+    }
+
     /// Verifies signature, audience, issuer, expiry and CA binding.
+    /// [`TokenError::UnknownKey`] when the token names a key this authority was not told
+    /// of: look it up in the store and [`Self::learn`] it.
     pub fn verify(&self, token: &str) -> Result<JoinTokenClaims, TokenError> {
-        let data = jsonwebtoken::decode::<JoinTokenClaims>(token.trim(), &self.decoding, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                    TokenError::ForeignCa("issuer does not match this CA's trust domain".into())
-                }
-                _ => TokenError::Invalid(e.to_string()),
-            },
-        )?;
+        let token = token.trim();
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if header.kid.as_ref().is_some_and(|k| k.len() > 64 || !k.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(TokenError::Invalid("its key id (kid) is not a crank key id".into()));
+        }
+        let decoding = self.decoding_key(header.kid.as_deref())?;
+        let data = jsonwebtoken::decode::<JoinTokenClaims>(token, &decoding, &self.validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                TokenError::ForeignCa("issuer does not match this CA's trust domain".into())
+            }
+            _ => TokenError::Invalid(e.to_string()),
+        })?;
         let c = data.claims;
         if c.ca_fp != self.root_fingerprint || c.td != self.trust_domain.as_str() {
             return Err(TokenError::ForeignCa("root fingerprint or trust domain does not match".into()));
@@ -141,28 +302,6 @@ fn issuer(td: &TrustDomain) -> String {
     format!("crank-ca:{td}")
 }
 
-/// Creates a join token for `worker` with the token key of the CA in `dir` (what
-/// `crank token create` does). A worker id that is one of the CA service's names is
-/// refused.
-pub fn create_token(
-    dir: &crate::files::CaDir,
-    worker: &WorkerId,
-    ttl: Duration,
-    capabilities: Vec<String>,
-) -> Result<String, SetupError> {
-    dir.recover()?;
-    let key = crate::files::CaDir::read_key(&dir.token_key()).map_err(|e| {
-        SetupError::not_ready(format!("is {} a CA directory made by `crank ca init`?", dir.dir.display())).because(e)
-    })?;
-    if dir.service_names().iter().any(|n| n == worker.as_str()) {
-        return Err(SetupError::invalid(format!(
-            "worker id {worker:?} is a name of the CA service itself; a worker may not carry the CA's names: choose another worker id"
-        )));
-    }
-    let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
-    authority.create(worker, ttl, capabilities)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +309,101 @@ mod tests {
     fn authority() -> TokenAuthority {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         TokenAuthority::new(&key, TrustDomain::default(), "ab".repeat(32)).unwrap()
+    }
+
+    fn p256() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+    }
+
+    /// A root CA: its certificate and an issuer.
+    fn ca() -> (CertificateDer<'static>, rcgen::Issuer<'static, KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = p256();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().clone(), rcgen::Issuer::new(params, key))
+    }
+
+    fn at(key: &KeyPair) -> TokenAuthority {
+        TokenAuthority::new(key, TrustDomain::default(), "ab".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_rotated_key_keeps_its_tokens_until_its_certificate_ends() {
+        let (k1, k2, k3) = (p256(), p256(), p256());
+        let a = at(&k1);
+        let w = WorkerId::new("w1").unwrap();
+        let t1 = a.create(&w, Duration::from_secs(60), vec![]).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&t1).unwrap().kid.unwrap(), kid_of(&k1));
+        a.rotate_to(&k2, OffsetDateTime::now_utc() + time::Duration::minutes(1)).unwrap();
+        assert_eq!(a.current_kid(), kid_of(&k2));
+        assert_eq!(a.verify(&t1).unwrap().sub, "w1", "the old key's token is still accepted");
+        let t2 = a.create(&w, Duration::from_secs(60), vec![]).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&t2).unwrap().kid.unwrap(), kid_of(&k2));
+        // k2 retired with a certificate that has ended.
+        a.rotate_to(&k3, OffsetDateTime::now_utc() - time::Duration::seconds(1)).unwrap();
+        assert_eq!(a.verify(&t2), Err(TokenError::RetiredKey(kid_of(&k2))));
+        assert!(a.verify(&t1).is_ok());
+        // A token of a key it was never told of.
+        let stranger = at(&p256());
+        let t = stranger.create(&w, Duration::from_secs(60), vec![]).unwrap();
+        assert!(matches!(a.verify(&t), Err(TokenError::UnknownKey(_))));
+        // A kid that is not a key id is refused before any lookup.
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("../../etc/passwd".into());
+        let claims = a.verify(&t1).unwrap();
+        let forged =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(k1.serialize_pem().as_bytes()).unwrap())
+                .unwrap();
+        assert!(matches!(a.verify(&forged), Err(TokenError::Invalid(_))), "{:?}", a.verify(&forged));
+    }
+
+    #[test]
+    fn a_published_key_is_accepted_only_if_the_ca_certified_it_for_tokens() {
+        let (root, issuer) = ca();
+        let now = OffsetDateTime::now_utc();
+        let td = TrustDomain::default();
+        let replica = || at(&p256()).with_key_trust(std::slice::from_ref(&root), vec![]).unwrap();
+        let w = WorkerId::new("w1").unwrap();
+        let day = Duration::from_secs(86_400);
+
+        // Another replica's key, certified by the CA: learnt, then its tokens verify.
+        let other = p256();
+        let cert = crate::token_cert::certificate_for(&other, &td, &issuer, None, now, day).unwrap();
+        let token = at(&other).create(&w, Duration::from_secs(60), vec![]).unwrap();
+        let b = replica();
+        assert_eq!(b.verify(&token), Err(TokenError::UnknownKey(kid_of(&other))));
+        b.learn(&kid_of(&other), &cert).unwrap();
+        assert_eq!(b.verify(&token).unwrap().sub, "w1");
+
+        // An attacker who can write the store, with a key of their own:
+        let evil = p256();
+        let kid = kid_of(&evil);
+        let refused = |pem: &str, kid: &str| replica().learn(kid, pem).unwrap_err();
+        // certified by a CA of their own;
+        let (_, own_issuer) = ca();
+        let e = refused(&crate::token_cert::certificate_for(&evil, &td, &own_issuer, None, now, day).unwrap(), &kid);
+        assert!(e.contains("not a join-token key certificate of this CA"), "{e}");
+        // a worker's certificate from this CA (for a key the attacker holds);
+        let mut leaf = rcgen::CertificateParams::new(vec!["w1.example".to_owned()]).unwrap();
+        leaf.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let e = refused(&leaf.signed_by(&evil, &issuer).unwrap().pem(), &kid);
+        assert!(e.contains("RequiredEkuNotFound"), "{e}");
+        // this CA's certificate of another key, listed under the attacker's key id;
+        let e = refused(&cert, &kid);
+        assert!(e.contains("is for the key"), "{e}");
+        // a key certificate that has ended;
+        let old = now - time::Duration::days(30);
+        let e = refused(&crate::token_cert::certificate_for(&evil, &td, &issuer, None, old, day).unwrap(), &kid);
+        assert!(e.contains("CertExpired"), "{e}");
+        // not a certificate at all.
+        assert!(
+            refused("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", &kid).contains("not a CERTIFICATE")
+        );
+        // A replica that trusts no published keys refuses them all.
+        assert!(at(&p256()).learn(&kid_of(&other), &cert).is_err());
     }
 
     #[test]

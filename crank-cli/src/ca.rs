@@ -130,6 +130,11 @@ pub(crate) struct ServiceArgs {
     /// start, one valid for longer is reissued.
     #[arg(long, env = "CRANK_CA_TLS_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
     pub(crate) tls_validity: Duration,
+    /// Age at which the join-token key is replaced, e.g. `30d`. Tokens signed by the
+    /// old key stay valid until they expire; every replica accepts the new key's
+    /// tokens (its certificate is published in the store).
+    #[arg(long, env = "CRANK_CA_TOKEN_KEY_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub(crate) token_key_max_age: Duration,
     /// The platform registry whose workers the console lists (`/console/workers`).
     #[arg(long, env = "CRANK_CONSOLE_PLATFORM_URL", requires = "platform_client_dir")]
     pub(crate) platform_url: Option<url::Url>,
@@ -308,7 +313,11 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             connections,
             service,
         } => {
-            let ServiceArgs { probe_port, tls_validity, platform_url, platform_client_dir } = *service;
+            let ServiceArgs { probe_port, tls_validity, token_key_max_age, platform_url, platform_client_dir } =
+                *service;
+            if token_key_max_age < crank_ca::token_key::MIN_TOKEN_KEY_MAX_AGE {
+                anyhow::bail!("--token-key-max-age {token_key_max_age:?} is below 2 s");
+            }
             if let Some(url) = &platform_url
                 && url.scheme() != "https"
             {
@@ -345,7 +354,7 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             if let Some(url) = store {
                 builder = builder.store_url(url);
             }
-            let options = ServeExtras { probe_port, tls_validity, platform };
+            let options = ServeExtras { probe_port, tls_validity, token_key_max_age, platform };
             crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits(), options))
         }
         CaCommand::AdminCert { dir, name, out, validity, store } => {
@@ -359,6 +368,7 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
 struct ServeExtras {
     probe_port: Option<u16>,
     tls_validity: time::Duration,
+    token_key_max_age: Duration,
     platform: Option<crank_ca::console::PlatformSource>,
 }
 
@@ -369,7 +379,7 @@ async fn serve(
     limits: ConnectionLimits,
     extras: ServeExtras,
 ) -> anyhow::Result<()> {
-    let ServeExtras { probe_port, tls_validity, platform } = extras;
+    let ServeExtras { probe_port, tls_validity, token_key_max_age, platform } = extras;
     let ca = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let probe = match probe_port {
@@ -383,7 +393,12 @@ async fn serve(
         }
         None => None,
     };
-    let options = crank_ca::server::ServeOptions { probe, tls_validity: Some(tls_validity), platform };
+    let options = crank_ca::server::ServeOptions {
+        probe,
+        tls_validity: Some(tls_validity),
+        platform,
+        token_key_max_age: Some(token_key_max_age),
+    };
     let server = crank_ca::server::spawn_service(&dir, listener, ca.clone(), limits, options)?;
     tracing::info!(
         addr = %server.server.addr(),

@@ -350,3 +350,76 @@ async fn postgres_restarted_mid_issuance_loses_no_row_and_repeats_no_serial() {
         .sum();
     assert!(failures > 0, "the replicas logged the failed requests as CSR_FAILED events");
 }
+
+/// The join-token key rotates by age on the real binaries, each replica with its own
+/// copy of the CA directory (as images mount it). r1 rotates every 3 s; r2 keeps its
+/// key. A token of r1's new key is accepted at r2, which finds the key's certificate in
+/// the store; a token of r1's old key is still accepted at r1 after the rotation. Someone
+/// who can write the store cannot mint tokens: a key listed there with a certificate of
+/// their own CA is refused, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_key_rotates_by_age_and_every_replica_accepts_the_new_one() {
+    let pg = PgServer::start();
+    let db = pg.create_db("token_keys");
+    let (tmp, dir) = new_ca();
+    let copy = |name: &str| {
+        let to = tmp.path().join(name);
+        let ok = std::process::Command::new("cp").arg("-a").arg(&dir.dir).arg(&to).status().unwrap();
+        assert!(ok.success());
+        CaDir::new(to)
+    };
+    let (dir1, dir2) = (copy("r1"), copy("r2"));
+    let first = crank_ca::token_key::read(&dir1).unwrap();
+    let (_r1, a1) =
+        serve_ca_process(&dir1.dir, &["--store", &db, "--replica", "r1", "--token-key-max-age", "3s"]).await.unwrap();
+    let (_r2, a2) = serve_ca_process(&dir2.dir, &["--store", &db, "--replica", "r2"]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let at1 = CaClient::pinned(vec![url(a1)], &fp, &TrustDomain::default()).unwrap();
+    let at2 = CaClient::pinned(vec![url(a2)], &fp, &TrustDomain::default()).unwrap();
+
+    let old = bootstrap_request(&dir1, "before-rotation");
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    assert_eq!(kid(&old.token), first.kid);
+    let mut rotated = first.kid.clone();
+    eventually("r1 rotates its token key", Duration::from_secs(30), || {
+        rotated = crank_ca::token_key::read(&dir1).map(|k| k.kid).unwrap_or_default();
+        let changed = !rotated.is_empty() && rotated != first.kid;
+        async move { changed }
+    })
+    .await;
+    let new = bootstrap_request(&dir1, "after-rotation");
+    assert_ne!(kid(&new.token), first.kid);
+    let issued = submit(&at2, &new).await.expect("r2 accepts a token of r1's new key");
+    let der = parse_pem_certs("certificate", issued.certificate_chain.as_bytes()).unwrap().remove(0);
+    assert_eq!(CertMetadata::from_der(&der).unwrap().spiffe().unwrap().worker_id.as_str(), "after-rotation");
+    submit(&at1, &old).await.expect("r1 still accepts a token of the key it retired");
+    // r2's own key was not rotated.
+    assert_eq!(crank_ca::token_key::read(&dir2).unwrap().kid, first.kid);
+
+    // A store writer lists a key of their own, certified by a CA of their own.
+    let evil = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let evil_kid = crank_ca::key_id(&rcgen::PublicKeyData::subject_public_key_info(&evil));
+    let mut own_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    own_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let own_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let own_issuer = rcgen::Issuer::new(own_ca, own_key);
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(crank_ca::TOKEN_KEY_PURPOSE_OID.to_vec())];
+    let forged = forged.signed_by(&evil, &own_issuer).unwrap().pem();
+    let store = PostgresStore::connect(&db).await.unwrap();
+    store.publish_token_key(&evil_kid, &forged).await.unwrap();
+    let minted = crank_ca::TokenAuthority::new(&evil, TrustDomain::default(), fp.clone())
+        .unwrap()
+        .create(&WorkerId::new("minted").unwrap(), Duration::from_secs(60), vec![])
+        .unwrap();
+    let key = generate_key(KeyType::default()).unwrap();
+    let b = Bootstrap { token: minted, csr: build_csr(&key, &WorkerId::new("minted").unwrap(), &[]).unwrap() };
+    for client in [&at1, &at2] {
+        match submit(client, &b).await {
+            Err(ProviderError::Unauthorized(m)) => {
+                assert!(m.contains(&evil_kid) && m.contains("did not certify"), "{m}")
+            }
+            other => panic!("a token of a key the CA did not certify must be refused: {other:?}"),
+        }
+    }
+}

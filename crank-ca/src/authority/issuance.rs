@@ -11,6 +11,7 @@ use crank_security_core::{
 use time::OffsetDateTime;
 
 use super::{BACKDATE, LocalCa};
+use crate::TokenError;
 use crate::csr::{ParsedCsr, parse_csr};
 use crate::store::{CertKind, CertStatus, CertificateRecord, Renewal, StoreError, TokenUse};
 
@@ -102,12 +103,34 @@ impl LocalCa {
         token: &str,
         request_sha256: &str,
     ) -> Result<Result<JoinTokenClaims, IssuedCertificate>, ProviderError> {
-        let claims = self.tokens.verify(token).map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
+        let claims = match self.tokens.verify(token) {
+            Err(TokenError::UnknownKey(kid)) => {
+                self.learn_token_key(&kid).await?;
+                self.tokens.verify(token)
+            }
+            verified => verified,
+        }
+        .map_err(|e| ProviderError::Unauthorized(e.to_string()))?;
         match self.store.token_used(&claims.jti).await {
             Ok(true) => self.replay(&claims.jti, request_sha256).await.map(Err),
             Ok(false) => Ok(Ok(claims)),
             Err(e) => Err(ProviderError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Looks up the join-token key `kid` in the store (another replica rotated to it,
+    /// or this one did before a restart) and accepts it if the CA certified it.
+    async fn learn_token_key(&self, kid: &str) -> Result<(), ProviderError> {
+        let found = self.store.token_key(kid).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let Some(pem) = found else {
+            return Err(ProviderError::Unauthorized(TokenError::UnknownKey(kid.to_owned()).to_string()));
+        };
+        self.tokens.learn(kid, &pem).map_err(|why| {
+            tracing::warn!(kid, reason = %why, "the store holds a join-token key this CA did not certify; refused");
+            ProviderError::Unauthorized(format!(
+                "join token is signed by key {kid}, which the store lists but this CA did not certify: {why}"
+            ))
+        })
     }
 
     async fn replay(&self, jti: &str, request_sha256: &str) -> Result<IssuedCertificate, ProviderError> {

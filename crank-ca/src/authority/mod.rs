@@ -118,11 +118,13 @@ impl LocalCa {
         let denials = Arc::new(crate::denials::RecentDenials::default());
         sinks.register(denials.clone());
         let events: Arc<dyn EventSink> = Arc::new(sinks);
+        // Keys that replicas publish are accepted when the signing key certified them.
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
             trust_domain.clone(),
             fingerprint_sha256(&pinned),
-        )?;
+        )?
+        .with_key_trust(&parse_pem_certs("trust bundle", bundle_pem.as_bytes())?, dir.signing_chain()?)?;
         Ok(Self {
             trust_domain,
             config,

@@ -509,6 +509,13 @@ pub trait CaStore: Debug + Send + Sync {
     async fn replica_heartbeat(&self, replica: &str, address: &str, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Every replica the store has heard from, by name.
     async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
+    /// Publishes a join-token key: its certificate (PEM, signed by the CA's signing key)
+    /// under `kid`, so that every replica accepts tokens it signs. Publishing a `kid`
+    /// again keeps the first certificate.
+    async fn publish_token_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError>;
+    /// The certificate published under `kid`, if any. What it says is checked by the
+    /// caller (the store is not trusted to vouch for a key).
+    async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError>;
 }
 
 pub(crate) fn now_rfc3339() -> String {

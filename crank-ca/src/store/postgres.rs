@@ -89,6 +89,9 @@ const MIGRATIONS: &[&str] = &[
         first_seen BIGINT NOT NULL,
         last_seen BIGINT NOT NULL
     );",
+    // 4: the join-token keys' certificates, by key id, so that every replica accepts the
+    // tokens any of them signs after a rotation.
+    "CREATE TABLE token_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at BIGINT NOT NULL);",
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
@@ -581,6 +584,25 @@ impl CaStore for PostgresStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn publish_token_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let at = OffsetDateTime::now_utc().unix_timestamp();
+        client
+            .execute(
+                "INSERT INTO token_keys (kid, certificate, published_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (kid) DO NOTHING",
+                &[&kid, &certificate_pem, &at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT certificate FROM token_keys WHERE kid = $1", &[&kid]).await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {

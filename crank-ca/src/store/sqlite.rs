@@ -110,6 +110,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER certificates_tally_delete AFTER DELETE ON certificates BEGIN
         UPDATE certificate_tally SET n = n - 1 WHERE status = OLD.status;
     END;",
+    // 8: the join-token keys' certificates, by key id, so that every replica accepts the
+    // tokens any of them signs after a rotation.
+    "CREATE TABLE token_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at INTEGER NOT NULL);",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -609,6 +612,30 @@ impl CaStore for SqliteStore {
             )?
             .execute(params![replica, address, at])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn publish_token_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        let (kid, pem, at) = (kid.to_owned(), certificate_pem.to_owned(), OffsetDateTime::now_utc().unix_timestamp());
+        // Rare and small, like a heartbeat: through the reader connection.
+        self.with_conn(move |c| {
+            c.prepare_cached(
+                "INSERT INTO token_keys (kid, certificate, published_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kid) DO NOTHING",
+            )?
+            .execute(params![kid, pem, at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError> {
+        let kid = kid.to_owned();
+        self.with_conn(move |c| {
+            Ok(c.prepare_cached("SELECT certificate FROM token_keys WHERE kid = ?1")?
+                .query_row([&kid], |r| r.get::<_, String>(0))
+                .optional()?)
         })
         .await
     }
@@ -1428,6 +1455,12 @@ mod console_tests {
         assert_eq!((h2.renewed_from.as_deref(), h2.superseded_by), (Some("01"), None));
         assert_eq!(h2.revocation.unwrap().reason, RevocationReason::KeyCompromise);
         assert!(s.certificate_history("03").await.unwrap().is_none());
+
+        // Join-token keys: published once, the first certificate kept.
+        assert_eq!(s.token_key("k1").await.unwrap(), None);
+        s.publish_token_key("k1", "first").await.unwrap();
+        s.publish_token_key("k1", "second").await.unwrap();
+        assert_eq!(s.token_key("k1").await.unwrap().as_deref(), Some("first"));
 
         assert!(s.replicas().await.unwrap().is_empty());
         let t = |secs| OffsetDateTime::from_unix_timestamp(secs).unwrap();
