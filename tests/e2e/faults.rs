@@ -244,11 +244,65 @@ async fn a_ca_killed_at_any_point_of_a_rollover_step_comes_back_whole() {
 
 /// Waits until `pid` is traced (strace attached).
 async fn wait_traced(pid: u32) {
-    wait_until("strace to attach", Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0"))
+    // Every thread, not just the main one: `strace -f -p` attaches to the threads one by
+    // one, and a sync on a thread not yet attached would go uncounted (threads made
+    // later are traced from birth).
+    let traced = |status: &str| status.lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0");
+    wait_until("strace to attach to every thread", Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| traced(&s)))
+        })
     })
     .await;
+}
+
+/// Follows `log`, the output of `strace -f` injecting SIGSTOP as each fsync/fdatasync of
+/// `pid` returns: counts the syncs of all its threads, continues the CA after each (it is
+/// stopped whole), and kills it with SIGKILL, still stopped, after the `nth`. Returns
+/// whether it did; false when `client` ended first having caused fewer syncs (the CA then
+/// runs on).
+async fn kill_at_sync(
+    pid: u32,
+    log: &Path,
+    nth: usize,
+    client: &std::thread::JoinHandle<anyhow::Result<String>>,
+) -> bool {
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+    };
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines().any(|l| l.starts_with("State:") && (l.contains("stopped") || l.contains("tracing stop")))
+        })
+    };
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let syncs = std::fs::read_to_string(log).unwrap_or_default().matches("si_code=SI_KERNEL").count();
+        if syncs > seen {
+            seen = syncs;
+            if seen >= nth {
+                signal("-KILL");
+                return true;
+            }
+        }
+        if client.is_finished() && syncs == seen && !stopped() {
+            // The client has its answer and the CA is not held at a sync: give a late
+            // sync (the CRL's write after the answer) a moment, then stop looking.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if std::fs::read_to_string(log).unwrap_or_default().matches("si_code=SI_KERNEL").count() == seen {
+                return false;
+            }
+            continue;
+        }
+        // Stopped after a counted sync: continue it. (A continue sent before the stop
+        // lands is repeated on the next turn.)
+        if stopped() {
+            signal("-CONT");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the CA's syncs under strace did not settle within 60 s ({seen} counted)");
 }
 
 /// The CA's CRL fetched without a client certificate, verified against its root: its
@@ -274,7 +328,8 @@ async fn a_ca_killed_while_it_records_a_revocation_and_signs_its_crl_loses_nothi
     let mut last_number = 0;
     let mut killed = 0;
     // The CA commits the revocation (one synced transaction), then takes the next CRL
-    // number (another) and signs: kill it at the first, the second, the third sync.
+    // number (another) and signs: kill it at the first, then the second sync; the third
+    // run finds no third sync and revokes whole.
     for nth in 1..=3 {
         let (mut ca, addr) = crank_tests::serve_ca_process(&dir, &[]).await.unwrap();
         let url = format!("https://{addr}");
@@ -287,30 +342,43 @@ async fn a_ca_killed_while_it_records_a_revocation_and_signs_its_crl_loses_nothi
         assert!(before > last_number, "CRL numbers only go up: {before} after {last_number}");
 
         let pid = ca.0.id();
+        let log = tmp.path().join(format!("strace-{nth}.log"));
+        // strace counts injections per thread, and the CA's store writes run on whichever
+        // blocking-pool thread is free: it only stops the CA after each sync (SIGSTOP as
+        // fsync/fdatasync return), and `kill_at_sync` counts across threads.
         let strace = crank_tests::KillOnDrop(
             std::process::Command::new("strace")
-                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string(), "-e", "trace=fsync,fdatasync"])
-                .args(["-e", &format!("inject=fsync,fdatasync:signal=SIGKILL:when={nth}")])
+                .args(["-f", "-qq", "-o", log.to_str().unwrap(), "-p", &pid.to_string()])
+                .args(["-e", "trace=fsync,fdatasync", "-e", "inject=fsync,fdatasync:signal=SIGSTOP"])
                 .spawn()
                 .unwrap(),
         );
         wait_traced(pid).await;
         let revoke = ["revoke", "--admin-dir", admin.to_str().unwrap(), "--ca-url", &url, "--reason", "keyCompromise"];
-        let answered = crank_tests::crank(&[&revoke[..], &["--worker-id", &worker]].concat());
-        // Killed at that sync, or (fewer syncs than `nth`) still serving: stopped here.
+        let revoking = std::thread::spawn({
+            let args: Vec<String> =
+                [&revoke[..], &["--worker-id", &worker]].concat().iter().map(|a| (*a).to_owned()).collect();
+            move || crank_tests::crank(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        });
+        let was_killed = kill_at_sync(pid, &log, nth, &revoking).await;
+        let answered = revoking.join().unwrap();
+        // Killed, or (fewer syncs than `nth`) still serving: stopped here.
         let mut status = None;
         for _ in 0..100 {
             status = ca.0.try_wait().unwrap();
-            if status.is_some() {
+            if status.is_some() || !was_killed {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(strace);
         drop(ca);
-        let was_killed = status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9));
+        let was_killed =
+            was_killed && status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9));
         killed += usize::from(was_killed);
         let what = format!("CA killed at sync {nth} of a revocation");
+        // The revocation and the CRL number it takes are two synced commits.
+        assert!(was_killed || nth > 2, "{what}: the CA made fewer than {nth} syncs ({answered:?})");
 
         // Restarted, the CA's ledger and CRL agree, and the CRL number went up.
         let (ca, addr) = crank_tests::serve_ca_process(&dir, &[]).await.unwrap();
