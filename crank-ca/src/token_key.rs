@@ -19,7 +19,6 @@
 //! [`TokenAuthority::learn`](crate::TokenAuthority::learn)): write access to the store
 //! does not let anyone mint join tokens.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crank_security_core::{CertMetadata, WorkerId, write_file_atomic};
@@ -103,7 +102,7 @@ pub async fn keep_fresh(dir: CaDir, weak: std::sync::Weak<LocalCa>, max_age: Dur
             tokio::time::sleep(Duration::from_secs(3600)).await;
             continue;
         };
-        if let Err(e) = publish(&ca, key).await {
+        if let Err(e) = ca.store().publish_token_key(&key.kid, &key.certificate_pem).await {
             tracing::warn!(error = %e, kid = %key.kid, "publishing the join-token key failed; trying again");
             drop(ca);
             tokio::time::sleep(retry).await;
@@ -132,10 +131,6 @@ pub async fn keep_fresh(dir: CaDir, weak: std::sync::Weak<LocalCa>, max_age: Dur
             }
         }
     }
-}
-
-async fn publish(ca: &Arc<LocalCa>, key: &TokenKey) -> Result<(), crate::store::StoreError> {
-    ca.store().publish_token_key(&key.kid, &key.certificate_pem).await
 }
 
 /// Creates a join token for `worker` with the token key of the CA in `dir` (what

@@ -402,7 +402,7 @@ fn pg_bindir() -> Option<PathBuf> {
 ///
 /// `cargo test -p crank-ca --release --test console_store postgres_million -- --ignored --nocapture`
 ///
-/// The rows are those of the SQLite store's timing test (`store::sqlite::console_tests::million`),
+/// The rows are those of [`sqlite_million`],
 /// written by one `INSERT ... SELECT`: a year of 2,000 workers renewing 24-hour
 /// certificates (the latest of each valid, the rest superseded, 1% revoked), 20,000
 /// certificates of a retired service ("legacy-...", all from the first month), and 1,000
@@ -456,6 +456,142 @@ async fn postgres_million() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let store: Arc<dyn CaStore> = Arc::new(store);
+    time_console_queries(&store, &serials, now).await;
+}
+
+/// Timings on 1,000,000 rows. Ignored by default (filling the ledger takes a minute);
+/// run it optimised:
+///
+/// `cargo test -p crank-ca --release --test console_store sqlite_million -- --ignored --nocapture`
+///
+/// A year of a fleet of 2,000 workers renewing 24-hour certificates every ~17.5 hours
+/// (the latest of each valid, the rest superseded; 1% revoked; a tenth of the workers
+/// gone, their last certificate expired), 20,000 certificates of a retired service
+/// ("legacy-...", all from the first month), and 1,000 administrators' certificates
+/// valid for a year.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "fills a 1,000,000-row ledger (about a minute, 1.5 GB); run it with --ignored --release"]
+async fn sqlite_million() {
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let start = now - Duration::days(365);
+    let fill = Instant::now();
+    let serials = fill_million(&path, start, now);
+    println!("filled 1,000,000 rows in {:.1} s", fill.elapsed().as_secs_f64());
+    let s: Arc<dyn CaStore> = Arc::new(s);
+    time_console_queries(&s, &serials, now).await;
+}
+
+/// Writes the rows of [`sqlite_million`] in one transaction, straight into the tables
+/// of a store `SqliteStore::open` made.
+fn fill_million(path: &Path, start: OffsetDateTime, now: OffsetDateTime) -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    c.pragma_update(None, "synchronous", "OFF").unwrap();
+    c.pragma_update(None, "cache_size", -1_000_000).unwrap();
+    let tx = c.transaction().unwrap();
+    let pem: String = format!(
+        "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
+        "MIIBkTCCATegAwIBAgIQQUJDREVGR0hJSktMTU5PUDAKBggqhkjOPQQDAjAUMRIwEAYDVQQDEwljcmFuay1jYTAeFw0y\n".repeat(9)
+    );
+    let mut insert = tx
+        .prepare(
+            "INSERT INTO certificates (serial, worker_id, spiffe_id, sans, capabilities, not_before, not_after,
+                 fingerprint, issued_by, kind, correlation_id, issued_at, status, pem, superseded_by, issued_ns,
+                 not_after_ns)
+             VALUES (?1, ?2, ?3, ?4, '[]', ?5, ?6, ?7, 'replica-a', ?8, ?9, ?5, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .unwrap();
+    let workers = 2_000u64;
+    let fleet = 960_000u64;
+    let gone_at: Vec<u64> =
+        (0..workers).map(|w| if w % 10 == 3 { rng.random_range(0..fleet) } else { fleet }).collect();
+    let mut serials = Vec::with_capacity(1_000_000);
+    // (serial, issued_at, not_after, worker, kind) for the whole ledger, then statuses.
+    let mut rows: Vec<(String, OffsetDateTime, OffsetDateTime, String, &str)> = Vec::with_capacity(1_000_000);
+    let step = (now - start) / 1_000_000;
+    for i in 0..1_000_000u64 {
+        let issued =
+            start + step * u32::try_from(i).unwrap() + Duration::nanoseconds(rng.random_range(0..1_000_000_000));
+        let bytes: [u8; 16] = rng.random();
+        let serial = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let (worker, life, kind) = if i % 1_000 == 500 {
+            (format!("admin-{:04}", i / 1_000), Duration::days(365), "admin")
+        } else if i % 4 == 1 && issued < start + Duration::days(30) {
+            (format!("legacy-{:03}", i % 997), Duration::hours(24), "renew")
+        } else {
+            let w = i % workers;
+            if i >= gone_at[usize::try_from(w).unwrap()] {
+                // A gone worker's rows go to one still running.
+                (format!("svc-{:03}-{:02}", (w + 1) / 10 % 200, (w + 1) % 10), Duration::hours(24), "renew")
+            } else {
+                (format!("svc-{:03}-{:02}", w / 10 % 200, w % 10), Duration::hours(24), "renew")
+            }
+        };
+        serials.push(serial.clone());
+        rows.push((serial, issued, (issued + life).replace_nanosecond(0).unwrap(), worker, kind));
+    }
+    // The latest certificate of each worker is valid and the earlier ones superseded
+    // by the next; 1% revoked.
+    let mut next_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut superseded_by: Vec<Option<String>> = vec![None; rows.len()];
+    for (i, row) in rows.iter().enumerate().rev() {
+        if let Some(&next) = next_of.get(row.3.as_str()) {
+            superseded_by[i] = Some(rows[next].0.clone());
+        }
+        next_of.insert(row.3.as_str(), i);
+    }
+    for (i, (serial, issued, not_after, worker, kind)) in rows.iter().enumerate() {
+        let status = if rng.random_range(0..100) == 0 {
+            "revoked"
+        } else if superseded_by[i].is_some() {
+            "superseded"
+        } else {
+            "valid"
+        };
+        insert
+            .execute(rusqlite::params![
+                serial,
+                worker,
+                format!("spiffe://crank.local/worker/{worker}"),
+                format!("[\"spiffe://crank.local/worker/{worker}\"]"),
+                at(*issued),
+                at(*not_after),
+                format!("{:064x}", i),
+                kind,
+                format!("req_{i:016x}"),
+                status,
+                pem,
+                superseded_by[i],
+                nanos(*issued),
+                nanos(*not_after),
+            ])
+            .unwrap();
+    }
+    drop(insert);
+    tx.commit().unwrap();
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    serials
+}
+
+fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap()
+}
+
+/// Times the console's reads on a million-row ledger `store` (rows as
+/// [`sqlite_million`] and [`postgres_million`] write them; `serials` in issue order):
+/// each filter's first page and a page half-way down, the searches, the counts and one
+/// certificate's history. Prints first and median of 5 runs; asserts nothing.
+async fn time_console_queries(store: &Arc<dyn CaStore>, serials: &[String], now: OffsetDateTime) {
+    use std::time::Instant;
+
     let base = CertificateQuery {
         search: None,
         status: StatusFilter::All,
@@ -465,13 +601,13 @@ async fn postgres_million() {
         expiring_within: Duration::hours(24),
     };
     let time = |what: String, q: CertificateQuery| {
-        let store = store.clone();
+        let s = store.clone();
         async move {
             let mut samples = Vec::new();
             let mut n = 0;
             for _ in 0..5 {
                 let t = Instant::now();
-                n = store.list_certificates(&q).await.unwrap().len();
+                n = s.list_certificates(&q).await.unwrap().len();
                 samples.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             let first = samples[0];
@@ -479,6 +615,7 @@ async fn postgres_million() {
             println!("{what:<58} {n:>3} rows  first {first:>7.2} ms  median {:>7.2} ms", samples[2]);
         }
     };
+    // A cursor deep in: the row half-way down the ledger.
     let mid = store.certificate(&serials[500_000]).await.unwrap().unwrap();
     let deep = Some((mid.issued_at.clone(), mid.serial.clone()));
     for status in FILTERS {
@@ -510,8 +647,8 @@ async fn postgres_million() {
         CertificateQuery { search: Some(serial_prefix), ..base.clone() },
     )
     .await;
-    time("search whole serial".into(), CertificateQuery { search: Some(serials[654_321].clone()), ..base.clone() })
-        .await;
+    let whole = serials[654_321].clone();
+    time("search whole serial".into(), CertificateQuery { search: Some(whole), ..base.clone() }).await;
     time(
         "search svc-042- + Valid".into(),
         CertificateQuery { search: Some("svc-042-".into()), status: StatusFilter::Valid, ..base.clone() },
@@ -533,6 +670,11 @@ async fn postgres_million() {
         println!("certificate_counts {counts:?}  {:.2} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
     let t = Instant::now();
-    store.certificate_history(&serials[500_000]).await.unwrap().unwrap();
-    println!("certificate_history  {:.2} ms", t.elapsed().as_secs_f64() * 1000.0);
+    let h = store.certificate_history(&serials[500_000]).await.unwrap().unwrap();
+    println!(
+        "certificate_history  {:.2} ms ({:?} <- {:?})",
+        t.elapsed().as_secs_f64() * 1000.0,
+        h.superseded_by,
+        h.renewed_from
+    );
 }
