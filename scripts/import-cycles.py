@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CRATES = ["crank-security-core", "crank-policy", "crank-runtime", "crank-ca", "crank-cli"]
+CRATES = ["crank-security-core", "crank-policy", "crank-runtime", "crank-ca", "crank-agent", "crank-cli"]
 
 PATH_RE = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 USE_GROUP_RE = re.compile(r"\buse\s+(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^;]*)\};", re.S)

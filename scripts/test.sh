@@ -20,6 +20,9 @@ for tool in openssl curl strace faketime; do
 done
 # ip and tc for the network drill (a namespace, veth, qdiscs).
 command -v tc >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# Python with venv, for py-spiffe (the agent's tests) and the repository's scripts.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ -z "${CRANK_PG_BINDIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
@@ -48,6 +51,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 # The end-to-end tests run the real `crank` and `hello-world` binaries.
 cargo build --workspace --bins --locked
+# py-spiffe from PyPI: the agent's end-to-end tests run it as a workload.
+bash scripts/install-py-spiffe.sh
 cargo test --workspace --locked
 # The deployment manifests (compose and Kubernetes) against their schemas and the
 # project's rules; no cluster is needed.

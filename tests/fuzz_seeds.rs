@@ -167,6 +167,7 @@ async fn seeds(fuzz: &Path, seeds: &mut Seeds) -> Result<()> {
                 environment: "development".into(),
                 trust_domain: "crank.local".into(),
                 renewal: false,
+                agent: None,
             })?,
         ),
         (
@@ -181,6 +182,7 @@ async fn seeds(fuzz: &Path, seeds: &mut Seeds) -> Result<()> {
                 environment: "production".into(),
                 trust_domain: "crank.local".into(),
                 renewal: true,
+                agent: None,
             })?,
         ),
         ("validity", 1, serde_json::to_vec(&(FUZZ_WORKER, "production"))?),

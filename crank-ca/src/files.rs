@@ -70,6 +70,10 @@ impl CaDir {
     pub fn token_key(&self) -> PathBuf {
         self.dir.join("token.key")
     }
+    /// The key JWT-SVIDs are signed with (see [`crate::jwt_svid`]).
+    pub fn jwt_key(&self) -> PathBuf {
+        self.dir.join("jwt.key")
+    }
     /// The join-token key's certificate, issued by the signing key (see
     /// [`crate::token_key`]): its age and the proof replicas check.
     pub fn token_cert(&self) -> PathBuf {
@@ -358,6 +362,7 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     )?;
     write_file_atomic(&dir.token_key(), token_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.token_cert(), token_cert.as_bytes(), 0o644)?;
+    write_file_atomic(&dir.jwt_key(), new_key("the JWT-SVID key")?.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.trust_domain_file(), format!("{}\n", opts.trust_domain).as_bytes(), 0o644)?;
     seed_policy_dir(dir)?;
     Ok(())
@@ -399,6 +404,7 @@ fn clear(dir: &CaDir) {
         dir.intermediate_cert(),
         dir.server_sans_file(),
         dir.token_cert(),
+        dir.jwt_key(),
     ] {
         let _ = std::fs::remove_file(p);
     }

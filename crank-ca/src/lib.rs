@@ -10,10 +10,13 @@
 pub mod cfssl;
 pub mod console;
 pub mod intermediate;
+pub mod jwt_svid;
 pub mod rollover;
 pub mod server;
 pub mod store;
 
+mod agent_api;
+mod answers;
 mod authority;
 mod builder;
 mod check;
@@ -30,7 +33,8 @@ mod token;
 mod token_cert;
 pub mod token_key;
 
-pub use authority::{BACKDATE, LocalCa, LocalCaConfig};
+pub use agent_api::{AGENT_CAPABILITY, ENTRIES_CAPABILITY};
+pub use authority::{AgentCaller, BACKDATE, LocalCa, LocalCaConfig};
 pub use builder::{LocalCaBuilder, open_store};
 pub use check::check_signed;
 pub use crl::{CRL_REFRESH_AFTER, CRL_VALIDITY, SignedCrl};

@@ -17,13 +17,11 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crank_security_core::{
-    CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, RenewRequest, WorkerId, parse_pem_certs,
-};
+use crank_security_core::{CertificateProvider, IssueRequest, RenewRequest, WorkerId, parse_pem_certs};
 use tower_http::timeout::TimeoutLayer;
 
 use super::authority::LocalCa;
@@ -38,14 +36,14 @@ use crank_runtime::tls::{Credentials, PeerIdentity, Resumption, server_config};
 use crank_runtime::trust::TrustStore;
 use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
-use crate::error::{CaError, SetupError};
+use crate::answers::{Issued, api_error, correlation, issued, json_error};
+use crate::error::SetupError;
 
 /// The capability of revoking certificates at the CA (administrators, and workers
 /// granted it, under the default policy).
 pub const REVOKE_CAPABILITY: &str = "ca.revoke";
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use crate::answers::MAX_BODY_BYTES;
 /// Longest time a request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default listen address of `crank ca serve`.
@@ -77,6 +75,7 @@ fn routes(
         access.protect(Some(REVOKE_CAPABILITY), Router::new().route(REVOKE_PATH, post(revoke)).with_state(ca.clone()));
     let console =
         access.protect(Some(crate::console::CONSOLE_CAPABILITY), crate::console::routes(ca.clone(), platform));
+    let ca_for_agents = ca.clone();
     Router::new()
         .route("/health", get(health))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))
@@ -87,6 +86,7 @@ fn routes(
         .merge(revoke_route)
         .merge(metrics_route)
         .merge(console)
+        .merge(crate::agent_api::routes(ca_for_agents, &access))
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -315,48 +315,6 @@ async fn revoke(
 async fn trust_bundle(State(ca): State<Arc<LocalCa>>) -> Result<impl IntoResponse, ApiError> {
     let pem = ca.trust_bundle().await?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem))
-}
-
-fn correlation(headers: &HeaderMap) -> CorrelationId {
-    headers
-        .get(CorrelationId::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(CorrelationId::new, CorrelationId::from_peer)
-}
-
-/// Maps a [`CaError`] to its HTTP status and JSON body.
-fn api_error(e: CaError) -> ApiError {
-    use axum::http::StatusCode as S;
-    let (status, code, message) = match e {
-        CaError::Invalid { code, message } => (S::BAD_REQUEST, code, message),
-        CaError::Denied { code, message } => (S::FORBIDDEN, code, message),
-        CaError::NotFound { code, message } => (S::NOT_FOUND, code, message),
-        CaError::Unavailable(message) => (S::SERVICE_UNAVAILABLE, "unavailable", message),
-        CaError::Failed { code, message } => (S::INTERNAL_SERVER_ERROR, code, message),
-    };
-    ApiError { status, code, message }
-}
-
-fn json_error(e: JsonRejection) -> ApiError {
-    let mut err =
-        ApiError::bad_request("invalid_body", format!("request body is not the expected JSON: {}", e.body_text()));
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        err.status = StatusCode::PAYLOAD_TOO_LARGE;
-        err.code = "body_too_large";
-        err.message = format!("request body is larger than {MAX_BODY_BYTES} bytes");
-    } else if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        err.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        err.code = "unsupported_media_type";
-        err.message = "send the body as JSON with Content-Type: application/json".into();
-    }
-    err
-}
-
-type Issued = ([(header::HeaderName, HeaderValue); 1], Json<IssuedCertificate>);
-
-fn issued(cid: &CorrelationId, cert: IssuedCertificate) -> Issued {
-    let v = HeaderValue::from_str(cid.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    ([(header::HeaderName::from_static(CorrelationId::HEADER), v)], Json(cert))
 }
 
 async fn issue(

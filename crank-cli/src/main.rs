@@ -15,10 +15,12 @@ macro_rules! say {
     }};
 }
 
+mod agent;
 mod ca;
 mod cert;
 mod connections;
 mod demo;
+mod entry;
 mod platform;
 mod policy;
 mod revoke;
@@ -54,6 +56,13 @@ enum Command {
     /// Run the platform registry that workers send heartbeats to.
     #[command(subcommand)]
     Platform(platform::PlatformCommand),
+    /// Run an agent: certificates for workloads that do not link crank-runtime, as files
+    /// and over the SPIFFE Workload API.
+    Agent(agent::AgentArgs),
+    /// Registration entries: which agent may obtain certificates for which worker id
+    /// (needs an administrator certificate from `crank ca admin-cert`).
+    #[command(subcommand)]
+    Entry(entry::EntryCommand),
     /// Revoke a certificate, or every live certificate of a worker or an administrator,
     /// at the CA (needs an administrator certificate from `crank ca admin-cert`).
     Revoke(revoke::RevokeArgs),
@@ -96,6 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(cmd) => cert::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Platform(cmd) => platform::run(cmd),
+        Command::Agent(args) => agent::run(args),
+        Command::Entry(cmd) => runtime()?.block_on(entry::run(cmd)),
         Command::Revoke(args) => runtime()?.block_on(revoke::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Probe(args) => probe(args),

@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
         environment: "production".into(),
         trust_domain: "crank.local".into(),
         renewal: false,
+        agent: None,
     };
     let renew = RenewalInput {
         serial: "3d:ec:cb".into(),

@@ -140,6 +140,7 @@ mod tests {
             environment: "development".into(),
             trust_domain: "crank.local".into(),
             renewal: false,
+            agent: None,
         };
         let d = g.may_issue(&input).unwrap_err();
         assert!(d.engine_failure);

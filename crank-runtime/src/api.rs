@@ -8,6 +8,13 @@
 //! | POST | [`REVOKE_PATH`] | [`RevokeBody`] (administrator mTLS) | [`RevokeAnswer`] |
 //! | GET | [`CRL_PATH`] | | the CRL, DER |
 //! | GET | [`TRUST_BUNDLE_PATH`] | | the trust bundle, PEM |
+//! | POST | [`ENTRIES_PATH`] | [`EntryBody`] (administrator mTLS) | [`Entry`] |
+//! | GET | [`ENTRIES_PATH`] | (administrator mTLS) | [`Entry`] list |
+//! | DELETE | [`ENTRIES_PATH`]`/{id}` | (administrator mTLS) | |
+//! | GET | [`AGENT_ENTRIES_PATH`] | (agent mTLS) | the agent's [`Entry`] list |
+//! | POST | [`AGENT_ISSUE_PATH`] | [`AgentIssueBody`] (agent mTLS) | [`IssuedCertificate`](crank_security_core::IssuedCertificate) |
+//! | POST | [`AGENT_JWT_PATH`] | [`JwtSvidBody`] (agent mTLS) | [`JwtSvidAnswer`] |
+//! | GET | [`JWT_BUNDLE_PATH`] | | the JWT bundle (JWKS, JSON) |
 //!
 //! Every error is an [`ErrorBody`].
 
@@ -23,6 +30,61 @@ pub const REVOKE_PATH: &str = "/v1/revocations";
 pub const CRL_PATH: &str = "/v1/crl";
 /// The CA's trust bundle.
 pub const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
+/// Registration entries, kept by administrators.
+pub const ENTRIES_PATH: &str = "/v1/entries";
+/// The registration entries assigned to the calling agent.
+pub const AGENT_ENTRIES_PATH: &str = "/v1/agent/entries";
+/// A workload's certificate, asked for by its agent.
+pub const AGENT_ISSUE_PATH: &str = "/v1/agent/certificates";
+/// A workload's JWT-SVID, asked for by its agent.
+pub const AGENT_JWT_PATH: &str = "/v1/agent/jwt-svids";
+/// The keys JWT-SVIDs are signed with, as a JWKS (the SPIFFE JWT bundle).
+pub const JWT_BUNDLE_PATH: &str = "/v1/jwt-bundle";
+
+/// Body of `POST /v1/agent/jwt-svids`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSvidBody {
+    /// The workload's worker id (a registration entry must assign it to this agent).
+    pub worker_id: String,
+    /// The audiences (at least one).
+    pub audience: Vec<String>,
+}
+
+/// Answer of `POST /v1/agent/jwt-svids`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JwtSvidAnswer {
+    /// The JWT-SVID (compact JWS).
+    pub token: String,
+    /// Its `exp`, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Body of `POST /v1/entries`: `agent_id` may obtain certificates for `worker_id`, for
+/// processes matching every one of `selectors` (`unix:uid:1000`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryBody {
+    /// The worker id the workload's certificates name.
+    pub worker_id: String,
+    /// What a process must match (all of them).
+    pub selectors: Vec<String>,
+    /// The agent's worker id.
+    pub agent_id: String,
+}
+
+/// A registration entry as the CA keeps it.
+pub use crank_security_core::RegistrationEntry as Entry;
+
+/// Body of `POST /v1/agent/certificates`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIssueBody {
+    /// The workload's worker id (a registration entry must assign it to this agent).
+    pub worker_id: String,
+    /// PEM CSR; the key stays in the agent.
+    pub csr: String,
+}
 
 /// Body of `POST /v1/certificates`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ mod keys;
 mod ownership;
 mod policy;
 mod provider;
+mod selector;
 mod token;
 mod write;
 
@@ -70,5 +71,6 @@ pub use policy::{
 pub use provider::{
     CertificateProvider, CertificateTemplate, IssueRequest, IssuedCertificate, ProviderError, RenewRequest, SignRequest,
 };
+pub use selector::{MAX_SELECTORS, MAX_SELECTORS_LEN, RegistrationEntry, Selector, WorkloadFacts, selectors_match};
 pub use token::{JoinTokenClaims, peek_token_claims};
 pub use write::{BundleWriter, CertFiles, FileChange, StagedBundle, write_file_atomic};

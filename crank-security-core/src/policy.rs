@@ -28,6 +28,10 @@ pub struct IssuanceInput {
     pub trust_domain: String,
     /// Whether this is a renewal authenticated by the current certificate.
     pub renewal: bool,
+    /// The agent asking on the workload's behalf (`crank agent`, its worker id), or
+    /// `null` when the worker asks itself.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// The answer of `can_issue_certificate`.
@@ -249,6 +253,7 @@ mod tests {
             environment: "development".into(),
             trust_domain: "crank.local".into(),
             renewal: false,
+            agent: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! ports, and the real `crank` and `hello-world` binaries.
 
 mod access;
+mod agent;
 mod bootstrap;
 mod cert_dir;
 mod cli;

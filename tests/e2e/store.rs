@@ -180,6 +180,65 @@ async fn suite(s: Arc<dyn CaStore>) {
     }
     assert_eq!(wins, 1, "exactly one issuance may consume a token");
     assert_eq!(s.certificate_count().await.unwrap(), 207);
+
+    // Registration entries: listed oldest first (by time, then as recorded), all or one
+    // agent's; unique by worker, agent and selectors (in any order); deleted once.
+    let entry = |id: &str, worker: &str, agent: &str, selectors: &[&str], secs: i64| store::RegistrationEntry {
+        id: id.into(),
+        worker_id: worker.into(),
+        selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+        agent_id: agent.into(),
+        created_at: at(now.replace_nanosecond(0).unwrap() + time::Duration::seconds(secs)),
+        created_by: "alice".into(),
+    };
+    assert!(s.entries(None).await.unwrap().is_empty());
+    let e1 = entry("e-1", "web", "agent-node1", &["unix:gid:10", "unix:uid:1000"], 0);
+    let e2 = entry("e-2", "db", "agent-node2", &["unix:uid:999"], 1);
+    s.create_entry(&e2).await.unwrap();
+    s.create_entry(&e1).await.unwrap();
+    assert_eq!(s.entries(None).await.unwrap(), [e1.clone(), e2.clone()], "oldest first");
+    assert_eq!(s.entries(Some("agent-node1")).await.unwrap(), std::slice::from_ref(&e1));
+    assert_eq!(s.entries(Some("agent-node2")).await.unwrap(), std::slice::from_ref(&e2));
+    assert!(s.entries(Some("agent-node3")).await.unwrap().is_empty());
+    for dup in [
+        entry("e-3", "web", "agent-node1", &["unix:gid:10", "unix:uid:1000"], 2),
+        entry("e-4", "web", "agent-node1", &["unix:uid:1000", "unix:gid:10"], 3),
+    ] {
+        let e = s.create_entry(&dup).await.unwrap_err();
+        assert!(matches!(e, StoreError::DuplicateEntry(ref id) if id == "e-1"), "{e}");
+        assert!(e.to_string().contains("e-1"), "{e}");
+    }
+    // The same worker with other selectors, the same worker for another agent: fine.
+    let e5 = entry("e-5", "web", "agent-node1", &["unix:uid:1000"], 4);
+    let e6 = entry("e-6", "web", "agent-node2", &["unix:gid:10", "unix:uid:1000"], 5);
+    s.create_entry(&e5).await.unwrap();
+    s.create_entry(&e6).await.unwrap();
+    assert_eq!(s.entries(Some("agent-node1")).await.unwrap(), [e1.clone(), e5.clone()]);
+    assert_eq!(s.entries(None).await.unwrap(), [e1.clone(), e2.clone(), e5.clone(), e6.clone()]);
+    // Racers creating one entry: one is recorded, the others name it.
+    let mut racers = Vec::new();
+    for i in 0..10 {
+        let (s, e) = (s.clone(), entry(&format!("r-{i}"), "cache", "agent-node1", &["unix:uid:7"], 6));
+        racers.push(tokio::spawn(async move { s.create_entry(&e).await.map(|()| e.id) }));
+    }
+    let (mut won, mut named) = (Vec::new(), HashSet::new());
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(id) => won.push(id),
+            Err(StoreError::DuplicateEntry(id)) => {
+                named.insert(id);
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one of identical entries may be recorded");
+    assert!(named.iter().all(|id| *id == won[0]), "{named:?} name the one recorded, {}", won[0]);
+    // Deleted once.
+    assert!(s.delete_entry(&won[0]).await.unwrap());
+    assert!(s.delete_entry("e-5").await.unwrap());
+    assert!(!s.delete_entry("e-5").await.unwrap());
+    assert!(!s.delete_entry("no-such-entry").await.unwrap());
+    assert_eq!(s.entries(None).await.unwrap(), [e1, e2, e6]);
 }
 
 #[tokio::test]

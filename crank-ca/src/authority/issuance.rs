@@ -17,11 +17,14 @@ use crate::store::{CertKind, CertStatus, CertificateRecord, Renewal, StoreError,
 
 /// What authorises an issuance, recorded with it in one durable write.
 #[derive(Debug)]
-enum Grant {
+pub(super) enum Grant {
     /// A first issuance: the join token is consumed.
     Token(TokenUse),
     /// A renewal: the certificate that authenticated it is retired.
     Renewal(Renewal),
+    /// A workload's certificate, asked for by the agent a registration entry assigns it
+    /// to (its worker id).
+    Agent(String),
 }
 
 impl Grant {
@@ -30,6 +33,7 @@ impl Grant {
         match self {
             Self::Token(_) => CertKind::Issue,
             Self::Renewal(_) => CertKind::Renew,
+            Self::Agent(_) => CertKind::Agent,
         }
     }
 }
@@ -79,7 +83,7 @@ impl LocalCa {
         Err(err)
     }
 
-    fn fail(
+    pub(super) fn fail(
         &self,
         kind: EventKind,
         cid: &CorrelationId,
@@ -174,7 +178,7 @@ impl LocalCa {
     /// Decides, has the signer sign, checks what it returned, and records it with its
     /// `grant` (the token consumed, or the certificate renewed retired) in one durable
     /// write.
-    async fn sign_and_record(
+    pub(super) async fn sign_and_record(
         &self,
         worker: &WorkerId,
         capabilities: Vec<String>,
@@ -192,6 +196,10 @@ impl LocalCa {
             environment: self.config.environment.clone(),
             trust_domain: self.trust_domain.to_string(),
             renewal: matches!(grant, Grant::Renewal(_)),
+            agent: match &grant {
+                Grant::Agent(agent) => Some(agent.clone()),
+                _ => None,
+            },
         };
         let policy_failed = |d: crank_policy::Denied| {
             let kind = if d.engine_failure { EventKind::CertValidationFailed } else { EventKind::CsrFailed };
@@ -280,6 +288,7 @@ impl LocalCa {
         let recorded = match grant {
             Grant::Token(token) => self.store.record_issuance(Some(token), record).await,
             Grant::Renewal(renewal) => self.store.record_renewal(renewal, record).await,
+            Grant::Agent(_) => self.store.record_issuance(None, record).await,
         };
         recorded.map_err(|e| {
             let err = match e {
@@ -374,6 +383,12 @@ impl CertificateProvider for LocalCa {
         let request_sha256 = fingerprint_sha256(&csr.public_key);
         if record.status == CertStatus::Superseded {
             return self.renewed_again(&record, &request_sha256, cid).await;
+        }
+        if record.kind == CertKind::Agent {
+            return Err(unauthorized(format!(
+                "client certificate {} was issued to a workload through its agent; the agent renews it, not the workload",
+                req.current_serial
+            )));
         }
         if record.status != CertStatus::Valid || record.kind == CertKind::Admin {
             return Err(unauthorized(format!(

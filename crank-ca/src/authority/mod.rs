@@ -18,8 +18,12 @@ use super::token::TokenAuthority;
 use crate::error::SetupError;
 
 mod admin;
+mod agent;
+mod entries;
 mod issuance;
 mod revocation;
+
+pub use agent::AgentCaller;
 
 /// Clock-skew allowance: not-before is set this far in the past.
 pub const BACKDATE: time::Duration = crank_security_core::CLOCK_SKEW_BACKDATE;
@@ -70,6 +74,8 @@ pub struct LocalCa {
     /// roots when an upstream CA signs.
     bundle_pem: String,
     tokens: TokenAuthority,
+    /// Signs JWT-SVIDs.
+    jwt: crate::jwt_svid::JwtSvidKey,
     /// The CA service's own names ([`CaDir::service_names`]): never issued to a worker.
     reserved_names: Vec<String>,
     policy: PolicyGuard,
@@ -125,6 +131,7 @@ impl LocalCa {
             fingerprint_sha256(&pinned),
         )?
         .with_key_trust(&parse_pem_certs("trust bundle", bundle_pem.as_bytes())?, dir.signing_chain()?)?;
+        let jwt = crate::jwt_svid::JwtSvidKey::load_or_create(dir)?;
         Ok(Self {
             trust_domain,
             config,
@@ -135,6 +142,7 @@ impl LocalCa {
             reserved_names: dir.service_names(),
             bundle_pem,
             tokens,
+            jwt,
             policy,
             store,
             events,
@@ -179,6 +187,11 @@ impl LocalCa {
     /// The name of the provider that signs leaves (`local`, `cfssl`, ...).
     pub fn signer_name(&self) -> &str {
         self.signer.name()
+    }
+
+    /// The JWT-SVID key.
+    pub fn jwt_key(&self) -> &crate::jwt_svid::JwtSvidKey {
+        &self.jwt
     }
 
     /// The token authority (for `crank token create` and tests).

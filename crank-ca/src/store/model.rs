@@ -50,6 +50,9 @@ pub enum CertKind {
     Renew,
     /// An administrator's certificate (`crank ca admin-cert`).
     Admin,
+    /// A workload's certificate, asked for by the agent a registration entry assigns
+    /// it to (`crank agent`); its key was made in the agent.
+    Agent,
 }
 
 /// Where a certificate in the ledger stands.
@@ -97,7 +100,7 @@ macro_rules! stored_as_text {
     };
 }
 
-stored_as_text!(CertKind { Issue => "issue", Renew => "renew", Admin => "admin" });
+stored_as_text!(CertKind { Issue => "issue", Renew => "renew", Admin => "admin", Agent => "agent" });
 stored_as_text!(CertStatus { Valid => "valid", Superseded => "superseded", Revoked => "revoked" });
 
 /// A used join token.
@@ -294,6 +297,23 @@ pub struct Revocation {
     pub at: OffsetDateTime,
 }
 
+pub use crank_security_core::RegistrationEntry;
+
+/// The selectors of an entry as the store keys them: the JSON array text of the sorted
+/// list (two entries with the same selectors in another order are the same entry).
+pub(crate) fn selectors_key(selectors: &[String]) -> String {
+    let mut sorted = selectors.to_vec();
+    sorted.sort();
+    serde_json::to_string(&sorted).unwrap_or_default()
+}
+
+/// The selectors of an entry from their [`selectors_key`] text.
+pub(crate) fn selectors_from_key(id: &str, text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Database(format!("the selectors of registration entry {id} in the store are not a JSON list: {e}"))
+    })
+}
+
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -308,6 +328,10 @@ pub enum StoreError {
     /// valid): it cannot renew again.
     #[error("certificate {0} was already renewed or is no longer valid")]
     Superseded(String),
+    /// A registration entry with the same worker id, agent and selectors is already
+    /// recorded, under this id.
+    #[error("registration entry {0} already assigns this worker id to this agent with the same selectors")]
+    DuplicateEntry(String),
     /// Nothing matched (unknown serial, or a worker without live certificates).
     #[error("{0}")]
     NotFound(String),
@@ -516,6 +540,15 @@ pub trait CaStore: Debug + Send + Sync {
     /// The certificate published under `kid`, if any. What it says is checked by the
     /// caller (the store is not trusted to vouch for a key).
     async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError>;
+    /// Records a new registration entry (its selectors kept sorted). An entry with the
+    /// same worker id, agent and selectors already present is
+    /// [`StoreError::DuplicateEntry`], naming the existing entry's id.
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
+    /// Registration entries, oldest first (by `created_at`, then in the order they were
+    /// recorded); only `agent_id`'s when given.
+    async fn entries(&self, agent_id: Option<&str>) -> Result<Vec<RegistrationEntry>, StoreError>;
+    /// Deletes registration entry `id`; whether it existed.
+    async fn delete_entry(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 pub(crate) fn now_rfc3339() -> String {

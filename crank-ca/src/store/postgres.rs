@@ -20,9 +20,9 @@ use tokio_postgres::types::ToSql;
 use crank_security_core::rfc3339;
 
 use super::model::{
-    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, Renewal,
-    ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse, expiring_until,
-    parse_rfc3339, query_cursor, redact, search_range,
+    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, RegistrationEntry,
+    Renewal, ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse,
+    expiring_until, parse_rfc3339, query_cursor, redact, search_range, selectors_from_key, selectors_key,
 };
 
 /// Versioned schema migrations; `crank_schema.version` holds how many have run.
@@ -92,6 +92,20 @@ const MIGRATIONS: &[&str] = &[
     // 4: the join-token keys' certificates, by key id, so that every replica accepts the
     // tokens any of them signs after a rotation.
     "CREATE TABLE token_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at BIGINT NOT NULL);",
+    // 5: registration entries: which agent may obtain certificates for which worker id,
+    // for processes matching which selectors (the JSON array text of the sorted list).
+    // `seq` breaks ties of `created_at` in the order the entries were recorded.
+    "CREATE TABLE registration_entries (
+        id TEXT PRIMARY KEY,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        worker_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        created_by TEXT NOT NULL,
+        CONSTRAINT registration_entries_unique UNIQUE (worker_id, agent_id, selectors)
+    );
+    CREATE INDEX registration_entries_agent ON registration_entries (agent_id, created_at, seq);",
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
@@ -603,6 +617,76 @@ impl CaStore for PostgresStore {
         let client = self.client().await?;
         let row = client.query_opt("SELECT certificate FROM token_keys WHERE kid = $1", &[&kid]).await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn create_entry(&self, e: &RegistrationEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let created_at = ts("created_at", &e.created_at)?;
+        let selectors = selectors_key(&e.selectors);
+        // An identical entry recorded (by any replica) is found after the insert did
+        // nothing; should it be deleted in between, the insert is tried again.
+        for _ in 0..3 {
+            let inserted = client
+                .execute(
+                    "INSERT INTO registration_entries (id, worker_id, agent_id, selectors, created_at, created_by)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (worker_id, agent_id, selectors) DO NOTHING",
+                    &[&e.id, &e.worker_id, &e.agent_id, &selectors, &created_at, &e.created_by],
+                )
+                .await;
+            match inserted {
+                Ok(1) => return Ok(()),
+                Ok(_) => {}
+                // The only other unique constraint: the id.
+                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Err(StoreError::Database(format!("registration entry id {} is already recorded", e.id)));
+                }
+                Err(err) => return Err(err.into()),
+            }
+            let existing = client
+                .query_opt(
+                    "SELECT id FROM registration_entries WHERE worker_id = $1 AND agent_id = $2 AND selectors = $3",
+                    &[&e.worker_id, &e.agent_id, &selectors],
+                )
+                .await?;
+            if let Some(row) = existing {
+                return Err(StoreError::DuplicateEntry(row.get(0)));
+            }
+        }
+        Err(StoreError::Database(format!(
+            "registration entry {}: an identical entry kept being created and deleted concurrently",
+            e.id
+        )))
+    }
+
+    async fn entries(&self, agent_id: Option<&str>) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let client = self.client().await?;
+        const COLUMNS: &str =
+            "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries";
+        let rows = match agent_id {
+            Some(agent) => {
+                client.query(&format!("{COLUMNS} WHERE agent_id = $1 ORDER BY created_at, seq"), &[&agent]).await?
+            }
+            None => client.query(&format!("{COLUMNS} ORDER BY created_at, seq"), &[]).await?,
+        };
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(RegistrationEntry {
+                    selectors: selectors_from_key(&id, r.get(3))?,
+                    id,
+                    worker_id: r.get(1),
+                    agent_id: r.get(2),
+                    created_at: rfc3339(r.get(4)),
+                    created_by: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.execute("DELETE FROM registration_entries WHERE id = $1", &[&id]).await? > 0)
     }
 
     async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {

@@ -15,9 +15,9 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::model::{
-    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, Renewal,
-    ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse, expiring_until,
-    now_rfc3339, parse_rfc3339, query_cursor, search_range,
+    CaStore, CertificateCounts, CertificateHistory, CertificateQuery, CertificateRecord, MAX_PAGE, RegistrationEntry,
+    Renewal, ReplicaRecord, Revocation, RevocationRecord, RevokeTarget, StatusFilter, StoreError, TokenUse,
+    expiring_until, now_rfc3339, parse_rfc3339, query_cursor, search_range, selectors_from_key, selectors_key,
 };
 
 /// Versioned schema migrations, applied in order at start; `PRAGMA user_version` holds
@@ -113,6 +113,20 @@ const MIGRATIONS: &[&str] = &[
     // 8: the join-token keys' certificates, by key id, so that every replica accepts the
     // tokens any of them signs after a rotation.
     "CREATE TABLE token_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at INTEGER NOT NULL);",
+    // 9: registration entries: which agent may obtain certificates for which worker id,
+    // for processes matching which selectors (the JSON array text of the sorted list).
+    // `created_ns` (Unix nanoseconds) orders them oldest first, as for the ledger.
+    "CREATE TABLE registration_entries (
+        id TEXT PRIMARY KEY,
+        worker_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        UNIQUE (worker_id, agent_id, selectors)
+    );
+    CREATE INDEX registration_entries_agent ON registration_entries(agent_id, created_ns);",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -640,6 +654,96 @@ impl CaStore for SqliteStore {
         .await
     }
 
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        // Refused as PostgreSQL refuses it: entries are listed in this order.
+        let created_ns = ledger_nanos("created_at", &entry.created_at)?;
+        let (entry, selectors) = (entry.clone(), selectors_key(&entry.selectors));
+        // Rare and small, like a heartbeat: through the reader connection.
+        self.with_conn(move |c| {
+            let e = &entry;
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO registration_entries
+                         (id, worker_id, agent_id, selectors, created_at, created_ns, created_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (worker_id, agent_id, selectors) DO NOTHING",
+                )?
+                .execute(params![e.id, e.worker_id, e.agent_id, selectors, e.created_at, created_ns, e.created_by]);
+            match inserted {
+                Ok(1) => return Ok(()),
+                // The same worker, agent and selectors (or, with another constraint
+                // violated, perhaps the same id): said below.
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {}
+                Err(other) => return Err(other.into()),
+            }
+            let existing = c
+                .prepare_cached(
+                    "SELECT id FROM registration_entries WHERE worker_id = ?1 AND agent_id = ?2 AND selectors = ?3",
+                )?
+                .query_row(params![e.worker_id, e.agent_id, selectors], |r| r.get::<_, String>(0))
+                .optional()?;
+            Err(existing.map_or_else(
+                || StoreError::Database(format!("registration entry id {} is already recorded", e.id)),
+                StoreError::DuplicateEntry,
+            ))
+        })
+        .await
+    }
+
+    async fn entries(&self, agent_id: Option<&str>) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let agent_id = agent_id.map(str::to_owned);
+        self.with_conn(move |c| {
+            // Two statements, so that one agent's entries are read by its index.
+            let (mut stmt, args) = match &agent_id {
+                Some(agent) => (
+                    c.prepare_cached(
+                        "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries
+                         WHERE agent_id = ?1 ORDER BY created_ns, rowid",
+                    )?,
+                    vec![agent],
+                ),
+                None => (
+                    c.prepare_cached(
+                        "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries
+                         ORDER BY created_ns, rowid",
+                    )?,
+                    vec![],
+                ),
+            };
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    RegistrationEntry {
+                        id: r.get(0)?,
+                        worker_id: r.get(1)?,
+                        agent_id: r.get(2)?,
+                        selectors: Vec::new(),
+                        created_at: r.get(4)?,
+                        created_by: r.get(5)?,
+                    },
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut entry, selectors) = row?;
+                entry.selectors = selectors_from_key(&entry.id, &selectors)?;
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        // Rare and small, like a heartbeat: through the reader connection.
+        self.with_conn(move |c| {
+            Ok(c.prepare_cached("DELETE FROM registration_entries WHERE id = ?1")?.execute([&id])? > 0)
+        })
+        .await
+    }
+
     async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
         self.with_conn(|c| {
             let mut stmt =
@@ -1122,6 +1226,56 @@ mod tests {
             h.await.unwrap().unwrap();
         }
         assert_eq!(s.certificate_count().await.unwrap(), 200);
+    }
+
+    fn entry(id: &str, worker: &str, agent: &str, selectors: &[&str], created_at: &str) -> RegistrationEntry {
+        RegistrationEntry {
+            id: id.into(),
+            worker_id: worker.into(),
+            selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+            agent_id: agent.into(),
+            created_at: created_at.into(),
+            created_by: "alice".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_ordered_by_time_unique_and_kept_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let (late, early, tie) = (
+            entry("e1", "web", "agent-a", &["unix:uid:1"], "2026-01-01T10:00:00Z"),
+            // Earlier as an instant, though later as text.
+            entry("e2", "db", "agent-a", &["unix:uid:2"], "2026-01-01T11:00:00+02:00"),
+            entry("e3", "web", "agent-b", &["unix:uid:1"], "2026-01-01T10:00:00Z"),
+        );
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for e in [&late, &early, &tie] {
+                s.create_entry(e).await.unwrap();
+            }
+            // Selectors are a set: another order is the same entry.
+            let e = s.create_entry(&entry("e4", "db", "agent-a", &["unix:uid:2"], "2026-01-02T00:00:00Z")).await;
+            assert!(matches!(e, Err(StoreError::DuplicateEntry(ref id)) if id == "e2"), "{e:?}");
+            let two = entry("e5", "web", "agent-a", &["unix:uid:1", "unix:gid:1"], "2026-01-02T00:00:00Z");
+            s.create_entry(&two).await.unwrap();
+            let e = s
+                .create_entry(&entry("e6", "web", "agent-a", &["unix:gid:1", "unix:uid:1"], "2026-01-03T00:00:00Z"))
+                .await;
+            assert!(matches!(e, Err(StoreError::DuplicateEntry(ref id)) if id == "e5"), "{e:?}");
+            // The same id again with other content is not a duplicate entry.
+            let e = s.create_entry(&entry("e1", "mail", "agent-a", &["unix:uid:9"], "2026-01-03T00:00:00Z")).await;
+            assert!(matches!(e, Err(StoreError::Database(ref m)) if m.contains("e1")), "{e:?}");
+            let e = s.create_entry(&entry("e7", "mail", "agent-a", &["unix:uid:9"], "yesterday")).await;
+            assert!(matches!(e, Err(StoreError::Database(ref m)) if m.contains("yesterday")), "{e:?}");
+            assert!(s.delete_entry("e5").await.unwrap());
+            assert!(!s.delete_entry("e5").await.unwrap());
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.entries(None).await.unwrap(), [early.clone(), late.clone(), tie.clone()]);
+        assert_eq!(s.entries(Some("agent-a")).await.unwrap(), [early, late]);
+        assert_eq!(s.entries(Some("agent-b")).await.unwrap(), [tie]);
+        assert!(s.entries(Some("agent-c")).await.unwrap().is_empty());
     }
 }
 

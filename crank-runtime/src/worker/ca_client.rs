@@ -10,8 +10,9 @@ use serde::Serialize;
 use url::Url;
 
 use crate::api::{
-    CRL_PATH, ErrorBody, ISSUE_PATH, IssueBody, RENEW_PATH, REVOKE_PATH, RenewBody, RevokeAnswer, RevokeBody,
-    TRUST_BUNDLE_PATH,
+    AGENT_ENTRIES_PATH, AGENT_ISSUE_PATH, AGENT_JWT_PATH, AgentIssueBody, CRL_PATH, ENTRIES_PATH, Entry, EntryBody,
+    ErrorBody, ISSUE_PATH, IssueBody, JWT_BUNDLE_PATH, JwtSvidAnswer, JwtSvidBody, RENEW_PATH, REVOKE_PATH, RenewBody,
+    RevokeAnswer, RevokeBody, TRUST_BUNDLE_PATH,
 };
 
 /// Talks to one or more CA service URLs, failing over in order.
@@ -92,6 +93,55 @@ impl CaClient {
     /// Asks the CA to revoke (the client certificate must be an administrator's).
     pub async fn revoke(&self, body: &RevokeBody) -> Result<RevokeAnswer, ProviderError> {
         self.post(REVOKE_PATH, body, &CorrelationId::new()).await
+    }
+
+    /// Creates a registration entry (the client certificate must be an administrator's).
+    pub async fn create_entry(&self, body: &EntryBody) -> Result<Entry, ProviderError> {
+        self.post(ENTRIES_PATH, body, &CorrelationId::new()).await
+    }
+
+    /// Lists registration entries, only `agent_id`'s when given (administrator).
+    pub async fn entries(&self, agent_id: Option<&str>) -> Result<Vec<Entry>, ProviderError> {
+        match agent_id {
+            Some(a) => {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("agent_id", a);
+                self.get_json(&format!("{ENTRIES_PATH}?{}", q.finish())).await
+            }
+            None => self.get_json(ENTRIES_PATH).await,
+        }
+    }
+
+    /// Deletes registration entry `id` (administrator).
+    pub async fn delete_entry(&self, id: &str) -> Result<serde_json::Value, ProviderError> {
+        let cid = CorrelationId::new();
+        let path =
+            format!("{ENTRIES_PATH}/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>());
+        self.call(&path, |url| self.http.delete(url).header(CorrelationId::HEADER, cid.as_str())).await
+    }
+
+    /// The registration entries assigned to this client, an agent.
+    pub async fn agent_entries(&self) -> Result<Vec<Entry>, ProviderError> {
+        self.get_json(AGENT_ENTRIES_PATH).await
+    }
+
+    /// Asks for a workload's certificate as its agent.
+    pub async fn agent_issue(
+        &self,
+        body: &AgentIssueBody,
+        cid: &CorrelationId,
+    ) -> Result<IssuedCertificate, ProviderError> {
+        self.post(AGENT_ISSUE_PATH, body, cid).await
+    }
+
+    /// Asks for a workload's JWT-SVID as its agent.
+    pub async fn agent_jwt(&self, body: &JwtSvidBody) -> Result<JwtSvidAnswer, ProviderError> {
+        self.post(AGENT_JWT_PATH, body, &CorrelationId::new()).await
+    }
+
+    /// The CA's JWT bundle (a JWKS document).
+    pub async fn jwt_bundle(&self) -> Result<serde_json::Value, ProviderError> {
+        self.get_json(JWT_BUNDLE_PATH).await
     }
 
     /// Fetches the CA's CRL (DER) from the first CA URL that answers. The caller
