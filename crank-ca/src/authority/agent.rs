@@ -125,3 +125,122 @@ impl LocalCa {
         self.sign_and_record(&worker, Vec::new(), (csr_pem, csr), Grant::Agent(agent.worker_id.clone()), cid).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crank_security_core::{
+        CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
+        RenewRequest, TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
+    };
+
+    use super::AgentCaller;
+    use crate::LocalCa;
+    use crate::files::{CaDir, InitOptions, init_ca};
+    use crate::store::{CertKind, RevocationReason, RevokeTarget};
+
+    async fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path().join("ca"));
+        init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
+        let ca = LocalCa::builder(dir).replica("test").build().await.unwrap();
+        (tmp, ca)
+    }
+
+    fn csr(worker: &str) -> String {
+        let key = generate_key(KeyType::EcdsaP256).unwrap();
+        build_csr(&key, &WorkerId::new(worker).unwrap(), &[]).unwrap()
+    }
+
+    /// Who presents `issued` as a client certificate.
+    fn caller(issued: &IssuedCertificate) -> AgentCaller {
+        let leaf = &parse_pem_certs("chain", issued.certificate_chain.as_bytes()).unwrap()[0];
+        let meta = CertMetadata::from_der(leaf).unwrap();
+        AgentCaller {
+            worker_id: meta.spiffe().unwrap().worker_id.to_string(),
+            serial: meta.serial,
+            fingerprint: meta.fingerprint_sha256,
+        }
+    }
+
+    async fn agent_identity(ca: &LocalCa, name: &str) -> AgentCaller {
+        let token = ca.tokens().create(&WorkerId::new(name).unwrap(), Duration::from_secs(60), vec!["ca.agent".into()]);
+        let req = IssueRequest { csr_pem: csr(name), token: token.unwrap(), correlation_id: CorrelationId::new() };
+        caller(&ca.issue(req).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_agent_gets_only_assigned_worker_ids_and_its_workloads_certificates_stay_its_own() {
+        let (_tmp, ca) = ca().await;
+        let cid = CorrelationId::new();
+        let agent = agent_identity(&ca, "agent-1").await;
+        ca.create_entry("api", &["unix:uid:1000".into()], "agent-1", "admin/ops").await.unwrap();
+
+        let issued = ca.issue_for_agent(&agent, "api", &csr("api"), &cid).await.unwrap();
+        assert_eq!(issued.spiffe_id, "spiffe://crank.local/worker/api");
+        let workload = caller(&issued);
+        let record = ca.store().certificate(&workload.serial).await.unwrap().unwrap();
+        assert_eq!(record.kind, CertKind::Agent);
+
+        let refused = ca.issue_for_agent(&agent, "payments", &csr("payments"), &cid).await.unwrap_err();
+        assert!(
+            matches!(&refused, ProviderError::PolicyDenied(m) if m.contains("no registration entry assigns worker id payments to agent agent-1")),
+            "{refused:?}"
+        );
+
+        // A workload's certificate is not an agent's, even when an entry names it as one.
+        ca.create_entry("other", &["unix:uid:1000".into()], "api", "admin/ops").await.unwrap();
+        let refused = ca.issue_for_agent(&workload, "other", &csr("other"), &cid).await.unwrap_err();
+        assert!(
+            matches!(&refused, ProviderError::Unauthorized(m) if m.contains("cannot act as an agent")),
+            "{refused:?}"
+        );
+        // Nor does it renew itself: its agent does.
+        let renew = RenewRequest {
+            csr_pem: csr("api"),
+            worker_id: "api".into(),
+            current_serial: workload.serial.clone(),
+            current_fingerprint: Some(workload.fingerprint.clone()),
+            correlation_id: cid.clone(),
+        };
+        let refused = ca.renew(renew).await.unwrap_err();
+        assert!(matches!(&refused, ProviderError::Unauthorized(m) if m.contains("the agent renews it")), "{refused:?}");
+
+        // A certificate presented under another's serial is refused.
+        let forged = AgentCaller { fingerprint: "00".repeat(32), ..agent.clone() };
+        assert!(matches!(
+            ca.issue_for_agent(&forged, "api", &csr("api"), &cid).await,
+            Err(ProviderError::Unauthorized(_))
+        ));
+
+        // A revoked agent gets nothing, and is told why.
+        ca.revoke(RevokeTarget::Worker("agent-1".into()), RevocationReason::KeyCompromise, "admin/ops", &cid)
+            .await
+            .unwrap();
+        let refused = ca.issue_for_agent(&agent, "api", &csr("api"), &cid).await.unwrap_err();
+        assert!(matches!(&refused, ProviderError::Revoked(m) if m.contains("was revoked")), "{refused:?}");
+        assert!(matches!(ca.entries_of_agent(&agent, &cid).await, Err(ProviderError::Revoked(_))));
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_name_only_assigned_workloads_and_verify_with_the_bundle() {
+        let (_tmp, ca) = ca().await;
+        let cid = CorrelationId::new();
+        let agent = agent_identity(&ca, "agent-1").await;
+        ca.create_entry("api", &["unix:uid:1000".into()], "agent-1", "admin/ops").await.unwrap();
+        let (token, exp) = ca.jwt_for_agent(&agent, "api", &["orders".into()], &cid).await.unwrap();
+        assert!(exp > time::OffsetDateTime::now_utc().unix_timestamp());
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(ca.jwt_key().jwks()).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.set_audience(&["orders"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v).unwrap().claims;
+        assert_eq!(claims["sub"], "spiffe://crank.local/worker/api");
+        let refused = ca.jwt_for_agent(&agent, "payments", &["orders".into()], &cid).await.unwrap_err();
+        assert!(matches!(refused, ProviderError::PolicyDenied(_)), "{refused:?}");
+        let refused = ca.jwt_for_agent(&agent, "api", &[], &cid).await.unwrap_err();
+        assert!(matches!(refused, ProviderError::BadRequest(_)), "{refused:?}");
+    }
+}
