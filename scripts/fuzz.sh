@@ -5,7 +5,8 @@
 #   bash scripts/fuzz.sh 600 csr crl     # the named targets for 10 minutes each
 #   FUZZ_KEEP=1 bash scripts/fuzz.sh 600 # keep what the run finds in fuzz/corpus/<target>
 #
-# Targets (fuzz/fuzz_targets/): csr, join_token, crl, ca_api, rego_policy, wasm_policy.
+# Targets (fuzz/fuzz_targets/): csr, join_token, crl, ca_api, rego_policy, wasm_policy,
+# workload_api.
 # Each run reads fuzz/corpus/<target> (kept in the repository) and fuzz/seeds/<target>
 # (valid inputs made again here by the project's own code: `fuzz-seeds`). A crash
 # stops the script with libFuzzer's report and the input in fuzz/artifacts/<target>/;
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${1:-30}"
 shift || true
-all=(csr join_token crl ca_api rego_policy wasm_policy)
+all=(csr join_token crl ca_api rego_policy wasm_policy workload_api)
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all[@]}")
 

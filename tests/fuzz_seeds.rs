@@ -73,6 +73,10 @@ async fn fixtures(fuzz: &Path) -> Result<()> {
         init_ca(&ca_dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false })?;
         println!("made the fixture CA in {}", fixtures.join("ca").display());
     }
+    if !ca_dir.jwt_key().exists() {
+        crank_ca::jwt_svid::JwtSvidKey::load_or_create(&ca_dir)?;
+        println!("made the fixture CA's JWT-SVID key");
+    }
     if !fixtures.join("leaf.pem").exists() {
         let (_tmp, dir, ca) = scratch_ca(&fixtures.join("ca")).await?;
         let key = generate_key(KeyType::default())?;
@@ -244,6 +248,53 @@ async fn seeds(fuzz: &Path, seeds: &mut Seeds) -> Result<()> {
     opa.extend_from_slice(&(1248u16 - 1024).to_le_bytes());
     opa.extend_from_slice(b"\x1b\x00\x00\x00[{\"result\":{\"allow\":true}}]\x00");
     seeds.put_with("wasm_policy", "opa-answer", &[4], opa)?;
+    workload_api_seeds(&CaDir::new(fixtures.join("ca")), seeds)
+}
+
+/// workload_api: part byte, then its input (see fuzz_targets/workload_api.rs).
+fn workload_api_seeds(fixture: &CaDir, seeds: &mut Seeds) -> Result<()> {
+    // 0: what a gRPC C-core client (py-spiffe) sends after the preface: SETTINGS, then a
+    // FetchX509SVID call with the socket path as :authority, cut every 7 bytes; and the
+    // same header block padded and split over a CONTINUATION.
+    let headers: [(&[u8], &[u8]); 6] = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/SpiffeWorkloadAPI/FetchX509SVID"),
+        (b":authority", b"tmp%2Fagent.sock"),
+        (b"content-type", b"application/grpc"),
+        (b"workload.spiffe.io", b"true"),
+    ];
+    let block = loona_hpack::Encoder::new().encode(headers);
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut call = frame(0x4, 0, 0, &[]);
+    call.extend(frame(0x1, 0x4, 1, &block));
+    call.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    seeds.put_with("workload_api", "grpc-call", &[0, 7], &call)?;
+    let (a, b) = block.split_at(block.len() / 2);
+    let mut padded = vec![2u8];
+    padded.extend_from_slice(a);
+    padded.extend_from_slice(&[0, 0]);
+    let mut split = frame(0x1, 0x8, 3, &padded);
+    split.extend(frame(0x9, 0x4, 3, b));
+    seeds.put_with("workload_api", "continuation", &[0, 255], &split)?;
+    // 1: a JWT-SVID of the fixture CA's key, its audience, against the fixture's bundle.
+    let key = crank_ca::jwt_svid::JwtSvidKey::load_or_create(fixture)?;
+    let far = OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let (token, _) = key
+        .sign("spiffe://crank.local/worker/fuzz", &["fuzz".into()], far - crank_ca::jwt_svid::JWT_SVID_TTL)
+        .map_err(anyhow::Error::msg)?;
+    seeds.put_with("workload_api", "jwt", &[1], [token.as_bytes(), b"\xfffuzz"].concat())?;
+    // 2: the request messages.
+    let request = crank_agent::proto::JWTSVIDRequest { audience: vec!["fuzz".into()], spiffe_id: String::new() };
+    seeds.put_with("workload_api", "jwt-request", &[2], prost::Message::encode_to_vec(&request))?;
+    // 3: selectors, one per line.
+    seeds.put_with("workload_api", "selectors", &[3], "unix:uid:1000\nunix:path:/usr/bin/python3")?;
     Ok(())
 }
 

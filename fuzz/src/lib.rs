@@ -39,6 +39,18 @@ pub fn fixture_root() -> rustls_pki_types::CertificateDer<'static> {
     .clone()
 }
 
+/// The fixture CA's JWT bundle (JWKS, JSON), from its `jwt.key`.
+pub fn fixture_jwks() -> Vec<u8> {
+    static JWKS: OnceLock<Vec<u8>> = OnceLock::new();
+    JWKS.get_or_init(|| {
+        let pem = String::from_utf8(fixture("ca/jwt.key")).expect("jwt.key is PEM");
+        let key = rcgen::KeyPair::from_pem(&pem).expect("jwt.key parses");
+        let key = crank_ca::jwt_svid::JwtSvidKey::from_key(&key).expect("jwt.key is a P-256 key");
+        serde_json::to_vec(&key.jwks()).expect("JWKS encodes")
+    })
+    .clone()
+}
+
 /// One shared Tokio runtime for the targets that drive async code.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
