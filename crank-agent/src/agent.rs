@@ -1,6 +1,6 @@
 //! The agent's loop: learn the registration entries the CA assigns to this agent, hold a
-//! current X509-SVID for each (key made here, CSR to the CA), renew it at half its
-//! lifetime or as soon as it is revoked or the roots change, publish everything to the
+//! current X509-SVID for each (key made here, CSR to the CA), renew it at 40 to 50 %
+//! of its lifetime or as soon as it is revoked or the roots change, publish everything to the
 //! Workload API, and keep certificate directories fresh.
 
 use std::collections::HashMap;
@@ -27,6 +27,8 @@ use crate::state::{HeldEntry, JwtMinter, MintError, Svid, WorkloadState};
 pub const DEFAULT_SYNC: Duration = Duration::from_secs(5);
 /// Workload certificates asked for at once.
 const CONCURRENT_ISSUANCE: usize = 8;
+/// Workload certificates issued between two publications of the state.
+const PUBLISH_BATCH: usize = 64;
 /// First wait after a failed issuance; doubled on each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between attempts for one entry.
@@ -72,9 +74,9 @@ pub struct AgentIdentity {
 struct Slot {
     entry: Option<Entry>,
     svid: Option<Arc<Svid>>,
-    /// When the held SVID was issued (its notBefore without the CA's clock-skew
-    /// backdate).
-    not_before: Option<OffsetDateTime>,
+    /// When the held SVID is to be renewed: between 40 % and 50 % of the lifetime the
+    /// CA granted, so that SVIDs issued together are not all renewed together.
+    renew_at: Option<OffsetDateTime>,
     /// The roots the held SVID was issued under.
     roots: Vec<Vec<u8>>,
     failures: u32,
@@ -215,10 +217,10 @@ impl Agent {
         }
     }
 
-    /// Whether `svid` must be replaced now: past half its lifetime, revoked, or not
-    /// chaining to the roots in force.
+    /// Whether `svid` must be replaced now: past its renewal time, revoked, or issued
+    /// under other roots than those in force.
     fn needs_renewal(&self, slot: &Slot, svid: &Svid, now: OffsetDateTime) -> bool {
-        if half_life_passed(slot.not_before.unwrap_or(now), svid.not_after, now) {
+        if slot.renew_at.is_none_or(|t| now >= t) {
             return true;
         }
         let leaf = CertificateDer::from(svid.chain_der[0].clone());
@@ -243,12 +245,22 @@ impl Agent {
         if due.is_empty() {
             return;
         }
+        // In batches, each published as soon as it is issued: with many entries the first
+        // workloads need not wait for the last.
+        for batch in due.chunks(PUBLISH_BATCH) {
+            if !self.issue_batch(batch).await {
+                return;
+            }
+            self.publish();
+        }
+    }
+
+    /// Issues `batch` and keeps the results; false when the CA said this agent is
+    /// revoked.
+    async fn issue_batch(&mut self, batch: &[Entry]) -> bool {
         let this = &*self;
-        let results: Vec<(String, Result<Issued, ProviderError>)> = futures_util::stream::iter(due)
-            .map(|entry| async move {
-                let id = entry.id.clone();
-                (id, this.issue(&entry).await)
-            })
+        let results: Vec<(String, Result<Issued, ProviderError>)> = futures_util::stream::iter(batch.to_vec())
+            .map(|entry| async move { (entry.id.clone(), this.issue(&entry).await) })
             .buffer_unordered(CONCURRENT_ISSUANCE)
             .collect()
             .await;
@@ -256,7 +268,7 @@ impl Agent {
             let Some(slot) = self.slots.get_mut(&id) else { continue };
             match result {
                 Ok(Issued { svid, not_before, roots }) => {
-                    slot.not_before = Some(not_before);
+                    slot.renew_at = Some(renewal_time(not_before, svid.not_after, 0.4 + rand_fraction() * 0.1));
                     slot.roots = roots;
                     tracing::info!(entry = %id, spiffe_id = %svid.spiffe_id, serial = %svid.serial, not_after = %svid.not_after, "workload SVID issued");
                     slot.svid = Some(Arc::new(svid));
@@ -264,9 +276,8 @@ impl Agent {
                     slot.retry_at = None;
                 }
                 Err(ProviderError::Revoked(m)) => {
-                    self.refusal = Some(format!("the CA says this agent's certificate is revoked: {m}"));
-                    tracing::error!(reason = %m, "the agent stops handing out certificates");
-                    return;
+                    self.refuse(format!("the CA says this agent's certificate is revoked: {m}"));
+                    return false;
                 }
                 Err(e) => {
                     slot.failures = slot.failures.saturating_add(1);
@@ -276,6 +287,7 @@ impl Agent {
                 }
             }
         }
+        true
     }
 
     /// Makes a key here, sends the CSR, and checks the answer against the roots in force.
@@ -305,9 +317,7 @@ impl Agent {
         for slot in self.slots.values() {
             if let Some(t) = slot.retry_at {
                 next = next.min(t);
-            } else if let (Some(svid), Some(not_before)) = (&slot.svid, slot.not_before) {
-                let half =
-                    (not_before + (svid.not_after - not_before) / 2_i32).max(not_before + time::Duration::SECOND);
+            } else if let (Some(_), Some(half)) = (&slot.svid, slot.renew_at) {
                 let wait = Duration::try_from(half - now).unwrap_or(Duration::ZERO);
                 next = next.min(now_i + wait);
             }
@@ -431,11 +441,11 @@ fn svid_of(entry_id: &str, bundle: &CertificateBundle, key: zeroize::Zeroizing<V
     }
 }
 
-/// Whether an SVID issued at `issued` (its notBefore without the backdate) is past half
-/// its lifetime; never within its first second, so a CA handing out very short
-/// certificates cannot make the agent ask in a loop.
-fn half_life_passed(issued: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
-    now - issued >= time::Duration::SECOND && now >= issued + (not_after - issued) / 2
+/// When an SVID issued at `issued` (its notBefore without the backdate) is renewed:
+/// after `fraction` of its lifetime, and never within its first second, so that a CA
+/// handing out very short certificates cannot make the agent ask in a loop.
+fn renewal_time(issued: OffsetDateTime, not_after: OffsetDateTime, fraction: f64) -> OffsetDateTime {
+    (issued + (not_after - issued) * fraction).max(issued + time::Duration::SECOND)
 }
 
 /// Doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`], with up to a quarter of jitter.
@@ -454,14 +464,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_svid_is_renewed_at_half_its_granted_lifetime_and_never_in_its_first_second() {
+    fn an_svid_is_renewed_at_its_fraction_of_the_granted_lifetime_and_never_in_its_first_second() {
         let t = OffsetDateTime::now_utc();
         let s = time::Duration::seconds;
-        assert!(!half_life_passed(t, t + s(12), t + s(5)));
-        assert!(half_life_passed(t, t + s(12), t + s(6)));
+        assert_eq!(renewal_time(t, t + s(12), 0.5), t + s(6));
+        assert_eq!(renewal_time(t, t + s(100), 0.4), t + s(40));
         // A certificate granted half a second is not asked for again at once.
-        assert!(!half_life_passed(t, t + time::Duration::milliseconds(500), t + time::Duration::milliseconds(600)));
-        assert!(half_life_passed(t, t + time::Duration::milliseconds(500), t + s(1)));
+        assert_eq!(renewal_time(t, t + time::Duration::milliseconds(500), 0.5), t + s(1));
     }
 
     #[test]

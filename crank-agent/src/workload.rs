@@ -569,11 +569,9 @@ fn validate_request(
 /// Validates a JWT-SVID as `ValidateJWTSVID` does, against `jwks` (a JWT bundle, JSON)
 /// of `trust_domain` (`example.org`): its SPIFFE ID, or why it is not accepted.
 pub fn validate_jwt(token: &str, audience: &str, jwks: &[u8], trust_domain: &str) -> Result<String, String> {
-    validate_jwt_svid(token, audience, jwks, trust_domain)
-        .map(|(subject, _)| subject)
-        .map_err(|e| match e {
-            JwtRejection::Token(m) | JwtRejection::Bundle(m) => m,
-        })
+    validate_jwt_svid(token, audience, jwks, trust_domain).map(|(subject, _)| subject).map_err(|e| match e {
+        JwtRejection::Token(m) | JwtRejection::Bundle(m) => m,
+    })
 }
 
 /// Why a JWT-SVID was not accepted.

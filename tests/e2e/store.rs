@@ -215,6 +215,12 @@ async fn suite(s: Arc<dyn CaStore>) {
     s.create_entry(&e6).await.unwrap();
     assert_eq!(s.entries(Some("agent-node1")).await.unwrap(), [e1.clone(), e5.clone()]);
     assert_eq!(s.entries(None).await.unwrap(), [e1.clone(), e2.clone(), e5.clone(), e6.clone()]);
+    // The lookup the CA makes per request: by agent and worker id, the oldest first.
+    assert_eq!(s.entry_for("agent-node1", "web").await.unwrap().as_ref(), Some(&e1));
+    assert_eq!(s.entry_for("agent-node2", "web").await.unwrap().as_ref(), Some(&e6));
+    assert_eq!(s.entry_for("agent-node2", "db").await.unwrap().as_ref(), Some(&e2));
+    assert_eq!(s.entry_for("agent-node1", "db").await.unwrap(), None);
+    assert_eq!(s.entry_for("web", "agent-node1").await.unwrap(), None);
     // Racers creating one entry: one is recorded, the others name it.
     let mut racers = Vec::new();
     for i in 0..10 {

@@ -97,7 +97,7 @@ impl LocalCa {
     /// only worker ids assigned to it): the oldest, when several do (with other
     /// selectors).
     pub async fn entry_for(&self, agent_id: &str, worker_id: &str) -> Result<Option<RegistrationEntry>, CaError> {
-        Ok(self.entries(Some(agent_id)).await?.into_iter().find(|e| e.worker_id == worker_id))
+        self.store.entry_for(agent_id, worker_id).await.map_err(|e| CaError::unavailable(e.to_string()))
     }
 }
 

@@ -549,6 +549,9 @@ pub trait CaStore: Debug + Send + Sync {
     async fn entries(&self, agent_id: Option<&str>) -> Result<Vec<RegistrationEntry>, StoreError>;
     /// Deletes registration entry `id`; whether it existed.
     async fn delete_entry(&self, id: &str) -> Result<bool, StoreError>;
+    /// The oldest entry assigning `worker_id` to `agent_id`, if any (one indexed read:
+    /// the CA asks on every certificate an agent requests).
+    async fn entry_for(&self, agent_id: &str, worker_id: &str) -> Result<Option<RegistrationEntry>, StoreError>;
 }
 
 pub(crate) fn now_rfc3339() -> String {

@@ -684,6 +684,30 @@ impl CaStore for PostgresStore {
             .collect()
     }
 
+    async fn entry_for(&self, agent_id: &str, worker_id: &str) -> Result<Option<RegistrationEntry>, StoreError> {
+        let client = self.client().await?;
+        // By the unique index on (worker_id, agent_id, selectors).
+        let row = client
+            .query_opt(
+                "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries
+                 WHERE worker_id = $1 AND agent_id = $2 ORDER BY created_at, seq LIMIT 1",
+                &[&worker_id, &agent_id],
+            )
+            .await?;
+        row.map(|r| {
+            let id: String = r.get(0);
+            Ok(RegistrationEntry {
+                selectors: selectors_from_key(&id, r.get(3))?,
+                id,
+                worker_id: r.get(1),
+                agent_id: r.get(2),
+                created_at: rfc3339(r.get(4)),
+                created_by: r.get(5),
+            })
+        })
+        .transpose()
+    }
+
     async fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         Ok(client.execute("DELETE FROM registration_entries WHERE id = $1", &[&id]).await? > 0)

@@ -735,6 +735,38 @@ impl CaStore for SqliteStore {
         .await
     }
 
+    async fn entry_for(&self, agent_id: &str, worker_id: &str) -> Result<Option<RegistrationEntry>, StoreError> {
+        let (agent_id, worker_id) = (agent_id.to_owned(), worker_id.to_owned());
+        self.with_conn(move |c| {
+            // By the unique index on (worker_id, agent_id, selectors).
+            let row = c
+                .prepare_cached(
+                    "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries
+                     WHERE worker_id = ?1 AND agent_id = ?2 ORDER BY created_ns, rowid LIMIT 1",
+                )?
+                .query_row([&worker_id, &agent_id], |r| {
+                    Ok((
+                        RegistrationEntry {
+                            id: r.get(0)?,
+                            worker_id: r.get(1)?,
+                            agent_id: r.get(2)?,
+                            selectors: Vec::new(),
+                            created_at: r.get(4)?,
+                            created_by: r.get(5)?,
+                        },
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(mut entry, selectors)| {
+                entry.selectors = selectors_from_key(&entry.id, &selectors)?;
+                Ok(entry)
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         // Rare and small, like a heartbeat: through the reader connection.
