@@ -59,6 +59,7 @@ fn ask_every_hook(engine: &dyn PolicyEngine) {
         environment: "production".into(),
         trust_domain: "crank.local".into(),
         renewal: false,
+        agent: Some("fuzz-agent".into()),
     };
     let _ = engine.can_issue_certificate(&input);
     let _ = engine.certificate_validity_period("fuzz", "production");
