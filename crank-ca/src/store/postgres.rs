@@ -339,6 +339,20 @@ impl PostgresStore {
     }
 }
 
+/// A `registration_entries` row (id, worker_id, agent_id, selectors, created_at,
+/// created_by).
+fn entry_from_row(r: &tokio_postgres::Row) -> Result<RegistrationEntry, StoreError> {
+    let id: String = r.get(0);
+    Ok(RegistrationEntry {
+        selectors: selectors_from_key(&id, r.get(3))?,
+        id,
+        worker_id: r.get(1),
+        agent_id: r.get(2),
+        created_at: rfc3339(r.get(4)),
+        created_by: r.get(5),
+    })
+}
+
 #[async_trait]
 impl CaStore for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -669,19 +683,7 @@ impl CaStore for PostgresStore {
             }
             None => client.query(&format!("{COLUMNS} ORDER BY created_at, seq"), &[]).await?,
         };
-        rows.iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                Ok(RegistrationEntry {
-                    selectors: selectors_from_key(&id, r.get(3))?,
-                    id,
-                    worker_id: r.get(1),
-                    agent_id: r.get(2),
-                    created_at: rfc3339(r.get(4)),
-                    created_by: r.get(5),
-                })
-            })
-            .collect()
+        rows.iter().map(entry_from_row).collect()
     }
 
     async fn entry_for(&self, agent_id: &str, worker_id: &str) -> Result<Option<RegistrationEntry>, StoreError> {
@@ -694,18 +696,7 @@ impl CaStore for PostgresStore {
                 &[&worker_id, &agent_id],
             )
             .await?;
-        row.map(|r| {
-            let id: String = r.get(0);
-            Ok(RegistrationEntry {
-                selectors: selectors_from_key(&id, r.get(3))?,
-                id,
-                worker_id: r.get(1),
-                agent_id: r.get(2),
-                created_at: rfc3339(r.get(4)),
-                created_by: r.get(5),
-            })
-        })
-        .transpose()
+        row.as_ref().map(entry_from_row).transpose()
     }
 
     async fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {

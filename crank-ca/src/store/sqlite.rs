@@ -406,6 +406,28 @@ fn insert_job(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     }
 }
 
+/// A `registration_entries` row (id, worker_id, agent_id, selectors, created_at,
+/// created_by), its selectors still as the store keys them.
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RegistrationEntry, String)> {
+    Ok((
+        RegistrationEntry {
+            id: r.get(0)?,
+            worker_id: r.get(1)?,
+            agent_id: r.get(2)?,
+            selectors: Vec::new(),
+            created_at: r.get(4)?,
+            created_by: r.get(5)?,
+        },
+        r.get::<_, String>(3)?,
+    ))
+}
+
+/// The entry of [`entry_row`] with its selectors read.
+fn with_selectors((mut entry, selectors): (RegistrationEntry, String)) -> Result<RegistrationEntry, StoreError> {
+    entry.selectors = selectors_from_key(&entry.id, &selectors)?;
+    Ok(entry)
+}
+
 #[async_trait]
 impl CaStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -711,26 +733,8 @@ impl CaStore for SqliteStore {
                     vec![],
                 ),
             };
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    RegistrationEntry {
-                        id: r.get(0)?,
-                        worker_id: r.get(1)?,
-                        agent_id: r.get(2)?,
-                        selectors: Vec::new(),
-                        created_at: r.get(4)?,
-                        created_by: r.get(5)?,
-                    },
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut entry, selectors) = row?;
-                entry.selectors = selectors_from_key(&entry.id, &selectors)?;
-                out.push(entry);
-            }
-            Ok(out)
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), entry_row)?;
+            rows.map(|row| with_selectors(row?)).collect()
         })
         .await
     }
@@ -744,25 +748,9 @@ impl CaStore for SqliteStore {
                     "SELECT id, worker_id, agent_id, selectors, created_at, created_by FROM registration_entries
                      WHERE worker_id = ?1 AND agent_id = ?2 ORDER BY created_ns, rowid LIMIT 1",
                 )?
-                .query_row([&worker_id, &agent_id], |r| {
-                    Ok((
-                        RegistrationEntry {
-                            id: r.get(0)?,
-                            worker_id: r.get(1)?,
-                            agent_id: r.get(2)?,
-                            selectors: Vec::new(),
-                            created_at: r.get(4)?,
-                            created_by: r.get(5)?,
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                })
+                .query_row([&worker_id, &agent_id], entry_row)
                 .optional()?;
-            row.map(|(mut entry, selectors)| {
-                entry.selectors = selectors_from_key(&entry.id, &selectors)?;
-                Ok(entry)
-            })
-            .transpose()
+            row.map(with_selectors).transpose()
         })
         .await
     }
