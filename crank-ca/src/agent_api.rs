@@ -153,5 +153,5 @@ async fn agent_jwt(
 /// The JWT bundle, for anyone (like the trust bundle): a JWKS of the keys JWT-SVIDs are
 /// signed with.
 async fn jwt_bundle(State(ca): State<Arc<LocalCa>>) -> Json<serde_json::Value> {
-    Json(ca.jwt_key().jwks())
+    Json((*ca.jwt().jwks()).clone())
 }

@@ -11,6 +11,7 @@ use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 use crate::error::SetupError;
+use crate::key_cert::KeyPurpose;
 
 /// Default SANs of the CA service's own TLS certificate (besides its SPIFFE ID).
 pub const DEFAULT_CA_SANS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "cert-authority"];
@@ -74,8 +75,13 @@ impl CaDir {
     pub fn jwt_key(&self) -> PathBuf {
         self.dir.join("jwt.key")
     }
+    /// The JWT-SVID key's certificate, issued by the signing key (see
+    /// [`crate::key_rotation`]): its age and the proof replicas check.
+    pub fn jwt_cert(&self) -> PathBuf {
+        self.dir.join("jwt.crt")
+    }
     /// The join-token key's certificate, issued by the signing key (see
-    /// [`crate::token_key`]): its age and the proof replicas check.
+    /// [`crate::key_rotation`]): its age and the proof replicas check.
     pub fn token_cert(&self) -> PathBuf {
         self.dir.join("token.crt")
     }
@@ -352,17 +358,29 @@ pub fn init_ca(dir: &CaDir, opts: &InitOptions) -> Result<(), SetupError> {
     write_file_atomic(&dir.root_cert(), root.pem().as_bytes(), 0o644)?;
     write_file_atomic(&dir.server_key(), server_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.server_cert(), format!("{}{}", server.pem(), root.pem()).as_bytes(), 0o644)?;
-    let token_cert = crate::token_cert::certificate_for(
+    let token_cert = crate::key_cert::certificate_for(
+        KeyPurpose::JoinToken,
         &token_key,
         &opts.trust_domain,
         &issuer,
         None,
         now,
-        crate::token_cert::DEFAULT_TOKEN_KEY_MAX_AGE,
+        crate::key_cert::DEFAULT_TOKEN_KEY_MAX_AGE,
+    )?;
+    let jwt_key = new_key("the JWT-SVID key")?;
+    let jwt_cert = crate::key_cert::certificate_for(
+        KeyPurpose::JwtSvid,
+        &jwt_key,
+        &opts.trust_domain,
+        &issuer,
+        None,
+        now,
+        crate::key_cert::DEFAULT_JWT_KEY_MAX_AGE,
     )?;
     write_file_atomic(&dir.token_key(), token_key.serialize_pem().as_bytes(), 0o600)?;
     write_file_atomic(&dir.token_cert(), token_cert.as_bytes(), 0o644)?;
-    write_file_atomic(&dir.jwt_key(), new_key("the JWT-SVID key")?.serialize_pem().as_bytes(), 0o600)?;
+    write_file_atomic(&dir.jwt_key(), jwt_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file_atomic(&dir.jwt_cert(), jwt_cert.as_bytes(), 0o644)?;
     write_file_atomic(&dir.trust_domain_file(), format!("{}\n", opts.trust_domain).as_bytes(), 0o644)?;
     seed_policy_dir(dir)?;
     Ok(())
@@ -405,6 +423,7 @@ fn clear(dir: &CaDir) {
         dir.server_sans_file(),
         dir.token_cert(),
         dir.jwt_key(),
+        dir.jwt_cert(),
     ] {
         let _ = std::fs::remove_file(p);
     }

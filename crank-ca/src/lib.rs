@@ -11,6 +11,7 @@ pub mod cfssl;
 pub mod console;
 pub mod intermediate;
 pub mod jwt_svid;
+pub mod key_rotation;
 pub mod rollover;
 pub mod server;
 pub mod store;
@@ -26,11 +27,12 @@ mod csr;
 mod denials;
 mod error;
 mod files;
+mod key_cert;
 mod serial;
 mod service_tls;
 mod signer;
 mod token;
-mod token_cert;
+
 pub mod token_key;
 
 pub use agent_api::{AGENT_CAPABILITY, ENTRIES_CAPABILITY};

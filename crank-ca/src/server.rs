@@ -38,6 +38,7 @@ use crank_runtime::{ApiError, ConnectionLimits, ServerHandle};
 
 use crate::answers::{Issued, api_error, correlation, issued, json_error};
 use crate::error::SetupError;
+use crate::key_rotation::{KeyPurpose, keep_fresh};
 
 /// The capability of revoking certificates at the CA (administrators, and workers
 /// granted it, under the default policy).
@@ -120,6 +121,9 @@ pub struct ServeOptions {
     /// Age at which the join-token key is replaced (`--token-key-max-age`; default
     /// [`DEFAULT_TOKEN_KEY_MAX_AGE`](crate::token_key::DEFAULT_TOKEN_KEY_MAX_AGE)).
     pub token_key_max_age: Option<std::time::Duration>,
+    /// Age at which the JWT-SVID key is replaced (`--jwt-key-max-age`; default
+    /// [`DEFAULT_JWT_KEY_MAX_AGE`](crate::jwt_svid::DEFAULT_JWT_KEY_MAX_AGE)).
+    pub jwt_key_max_age: Option<std::time::Duration>,
 }
 
 /// The CA service: its mTLS listener and, if asked for, its probe listener.
@@ -143,7 +147,7 @@ impl CaService {
 
 /// Starts the CA service on `listener` within `limits`, with what `options` add. Its TLS
 /// certificate is renewed before it expires and swapped in without a restart, and its
-/// join-token key is replaced when it reaches its maximum age.
+/// join-token and JWT-SVID keys are replaced when they reach their maximum age.
 pub fn spawn_service(
     dir: &CaDir,
     listener: tokio::net::TcpListener,
@@ -168,7 +172,11 @@ pub fn spawn_service(
     tokio::spawn(enforce_own_crl(Arc::downgrade(&trust), ca.clone()));
     tokio::spawn(crate::service_tls::keep_fresh(dir.clone(), ca.clone(), Arc::downgrade(&creds), validity));
     let token_key_max_age = options.token_key_max_age.unwrap_or(crate::token_key::DEFAULT_TOKEN_KEY_MAX_AGE);
-    tokio::spawn(crate::token_key::keep_fresh(dir.clone(), Arc::downgrade(&ca), token_key_max_age));
+    tokio::spawn(keep_fresh(dir.clone(), Arc::downgrade(&ca), KeyPurpose::JoinToken, token_key_max_age));
+    let jwt_key_max_age = options.jwt_key_max_age.unwrap_or(crate::jwt_svid::DEFAULT_JWT_KEY_MAX_AGE);
+    tokio::spawn(keep_fresh(dir.clone(), Arc::downgrade(&ca), KeyPurpose::JwtSvid, jwt_key_max_age));
+    let refresh = crate::jwt_svid::bundle_refresh(jwt_key_max_age);
+    tokio::spawn(crate::jwt_svid::keep_bundle_fresh(Arc::downgrade(&ca), refresh));
     let metrics = ca.metrics().connections();
     let router = routes(ca.clone(), Some(trust.changes()), options.platform);
     let server = ServerHandle::spawn(listener, config, router, limits, metrics, Some(trust.clone()))

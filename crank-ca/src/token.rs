@@ -16,12 +16,12 @@ use std::time::Duration;
 use crank_security_core::{ADMIN_CAPABILITY, JoinTokenClaims, TrustDomain, WorkerId, validate_host_name};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::KeyPair;
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use crate::error::SetupError;
-pub use crate::token_cert::{MAX_TOKEN_TTL, TOKEN_KEY_PURPOSE_OID, key_id};
-use crate::token_cert::{TOKEN_KEY_PURPOSE_DER, kid_of};
+use crate::key_cert::{KeyPurpose, KeyTrust, kid_of};
+pub use crate::key_cert::{MAX_TOKEN_TTL, TOKEN_KEY_PURPOSE_OID, key_id};
 
 /// The `aud` of every join token.
 pub const TOKEN_AUDIENCE: &str = "crank-join";
@@ -41,12 +41,6 @@ struct Signing {
 struct Accepted {
     decoding: DecodingKey,
     not_after: OffsetDateTime,
-}
-
-/// What a published token key's certificate must verify to.
-struct KeyTrust {
-    anchors: Vec<TrustAnchor<'static>>,
-    intermediates: Vec<CertificateDer<'static>>,
 }
 
 /// Signs and verifies join tokens.
@@ -128,14 +122,7 @@ impl TokenAuthority {
         anchors: &[CertificateDer<'static>],
         intermediates: Vec<CertificateDer<'static>>,
     ) -> Result<Self, SetupError> {
-        let anchors = anchors
-            .iter()
-            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                SetupError::invalid(format!("a certificate of the trust bundle is not a usable anchor: {e:?}"))
-            })?;
-        self.key_trust = Some(KeyTrust { anchors, intermediates });
+        self.key_trust = Some(KeyTrust::new(anchors, intermediates)?);
         Ok(self)
     }
 
@@ -166,35 +153,11 @@ impl TokenAuthority {
     /// a key whose id is `kid`. Else an error saying why.
     pub fn learn(&self, kid: &str, certificate_pem: &str) -> Result<(), String> {
         let trust = self.key_trust.as_ref().ok_or("this CA accepts no published join-token keys")?;
-        let der = pem::parse(certificate_pem).map_err(|e| format!("its certificate is not PEM: {e}"))?;
-        if der.tag() != "CERTIFICATE" {
-            return Err(format!("its certificate is a PEM {:?}, not a CERTIFICATE", der.tag()));
-        }
-        let der = CertificateDer::from(der.into_contents());
-        let ee = webpki::EndEntityCert::try_from(&der).map_err(|e| format!("its certificate does not parse: {e:?}"))?;
-        let now = UnixTime::now();
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &trust.anchors,
-            &trust.intermediates,
-            now,
-            webpki::KeyUsage::required(&TOKEN_KEY_PURPOSE_DER),
-            None,
-            None,
-        )
-        .map_err(|e| format!("its certificate is not a join-token key certificate of this CA: {e:?}"))?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(&der).map_err(|e| format!("its certificate does not parse: {e}"))?;
-        let spki = cert.public_key().raw;
-        if key_id(spki) != kid {
-            return Err(format!("its certificate is for the key {}, not {kid}", key_id(spki)));
-        }
-        let public_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki.to_vec()));
+        let published = trust.verify(KeyPurpose::JoinToken, kid, certificate_pem, UnixTime::now())?;
+        let public_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", published.spki));
         let decoding = DecodingKey::from_ec_pem(public_pem.as_bytes())
             .map_err(|e| format!("its key is not a usable ES256 (P-256) key: {e}"))?;
-        let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
-            .map_err(|e| format!("its certificate's notAfter: {e}"))?;
-        self.accept(kid.to_owned(), Accepted { decoding, not_after });
+        self.accept(kid.to_owned(), Accepted { decoding, not_after: published.not_after });
         Ok(())
     }
 
@@ -370,7 +333,8 @@ mod tests {
 
         // Another replica's key, certified by the CA: learnt, then its tokens verify.
         let other = p256();
-        let cert = crate::token_cert::certificate_for(&other, &td, &issuer, None, now, day).unwrap();
+        let cert =
+            crate::key_cert::certificate_for(KeyPurpose::JoinToken, &other, &td, &issuer, None, now, day).unwrap();
         let token = at(&other).create(&w, Duration::from_secs(60), vec![]).unwrap();
         let b = replica();
         assert_eq!(b.verify(&token), Err(TokenError::UnknownKey(kid_of(&other))));
@@ -383,7 +347,10 @@ mod tests {
         let refused = |pem: &str, kid: &str| replica().learn(kid, pem).unwrap_err();
         // certified by a CA of their own;
         let (_, own_issuer) = ca();
-        let e = refused(&crate::token_cert::certificate_for(&evil, &td, &own_issuer, None, now, day).unwrap(), &kid);
+        let e = refused(
+            &crate::key_cert::certificate_for(KeyPurpose::JoinToken, &evil, &td, &own_issuer, None, now, day).unwrap(),
+            &kid,
+        );
         assert!(e.contains("not a join-token key certificate of this CA"), "{e}");
         // a worker's certificate from this CA (for a key the attacker holds);
         let mut leaf = rcgen::CertificateParams::new(vec!["w1.example".to_owned()]).unwrap();
@@ -396,7 +363,10 @@ mod tests {
         assert!(e.contains("is for the key"), "{e}");
         // a key certificate that has ended;
         let old = now - time::Duration::days(30);
-        let e = refused(&crate::token_cert::certificate_for(&evil, &td, &issuer, None, old, day).unwrap(), &kid);
+        let e = refused(
+            &crate::key_cert::certificate_for(KeyPurpose::JoinToken, &evil, &td, &issuer, None, old, day).unwrap(),
+            &kid,
+        );
         assert!(e.contains("CertExpired"), "{e}");
         // not a certificate at all.
         assert!(

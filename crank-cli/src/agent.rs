@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use crank_agent::agent::{Agent, AgentIdentity, AgentOptions, CaJwt, DEFAULT_SYNC};
-use crank_agent::files::{FileTarget, Reload};
+use crank_agent::files::{FileTarget, Owner, Reload};
 use crank_agent::workload::{WorkloadApi, WorkloadListener};
 use crank_runtime::WorkerApplication;
 use crank_security_core::WorkerId;
@@ -32,6 +32,11 @@ pub(crate) struct AgentArgs {
     /// `DIR=SIGNAL:PIDFILE`, e.g. `/srv/api/certs=HUP:/run/api.pid` (repeatable).
     #[arg(long = "signal", value_name = "DIR=SIGNAL:PIDFILE")]
     signal: Vec<String>,
+    /// Give the files of `DIR` to user `UID` (and group `GID`, if given; numeric ids),
+    /// `DIR=UID[:GID]`, for a workload of another user than the agent's; it takes an
+    /// agent running as root (repeatable).
+    #[arg(long = "owner", value_name = "DIR=UID[:GID]")]
+    owner: Vec<String>,
     /// How often the agent asks the CA for its registration entries.
     #[arg(long, env = "CRANK_AGENT_SYNC", default_value = "5s", value_parser = humantime::parse_duration)]
     sync: Duration,
@@ -78,8 +83,31 @@ fn targets(args: &AgentArgs) -> anyhow::Result<Vec<FileTarget>> {
         crank_agent::files::parse_signal(signal).map_err(|e| anyhow::anyhow!("--signal {s:?}: {e}"))?;
         steps.push((find("signal", &dir)?, Reload::Signal { signal: signal.to_owned(), pid_file: pid_file.into() }));
     }
+    let mut owners: Vec<(usize, Owner)> = Vec::new();
+    for o in &args.owner {
+        let (dir, ids) = split("owner", o)?;
+        let i = find("owner", &dir)?;
+        let id = |what: &str, s: &str| -> anyhow::Result<u32> {
+            let hint = if what == "user" { "`id -u NAME` prints it" } else { "`getent group NAME` shows it" };
+            s.parse::<u32>()
+                .ok()
+                .filter(|&n| n != u32::MAX && s.bytes().all(|b| b.is_ascii_digit()))
+                .with_context(|| format!("--owner {o:?}: {s:?} is not a numeric {what} id ({hint})"))
+        };
+        let owner = match ids.split_once(':') {
+            Some((uid, gid)) => Owner { uid: id("user", uid)?, gid: Some(id("group", gid)?) },
+            None => Owner { uid: id("user", &ids)?, gid: None },
+        };
+        if owners.iter().any(|(j, _)| *j == i) {
+            anyhow::bail!("--owner: {} is given twice", dir.display());
+        }
+        owners.push((i, owner));
+    }
     for (i, step) in steps {
         targets[i].reload.push(step);
+    }
+    for (i, owner) in owners {
+        targets[i].owner = Some(owner);
     }
     Ok(targets)
 }
@@ -151,4 +179,56 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!("crank agent stopped");
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(files: &[&str], reload: &[&str], owner: &[&str]) -> AgentArgs {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        AgentArgs {
+            socket: None,
+            files: strings(files),
+            reload: strings(reload),
+            signal: Vec::new(),
+            owner: strings(owner),
+            sync: DEFAULT_SYNC,
+            port: 8600,
+        }
+    }
+
+    #[test]
+    fn owner_gives_a_files_directory_to_a_numeric_uid_and_optional_gid() {
+        let t =
+            targets(&args(&["/srv/a=api", "/srv/b=web", "/srv/c=db"], &[], &["/srv/a=1000:100", "/srv/b=33"])).unwrap();
+        assert_eq!(t[0].owner, Some(Owner { uid: 1000, gid: Some(100) }));
+        assert_eq!(t[1].owner, Some(Owner { uid: 33, gid: None }));
+        assert_eq!(t[2].owner, None);
+
+        let err = |owner: &str| targets(&args(&["/srv/a=api"], &[], &[owner])).map(|_| ()).unwrap_err().to_string();
+        // The same wording as --reload for a directory not given with --files.
+        assert_eq!(err("/srv/x=1000"), "--owner: /srv/x is not a directory given with --files");
+        assert_eq!(
+            targets(&args(&["/srv/a=api"], &["/srv/x=true"], &[])).map(|_| ()).unwrap_err().to_string(),
+            "--reload: /srv/x is not a directory given with --files"
+        );
+        assert_eq!(err("/srv/a"), r#"--owner "/srv/a": expected DIR=..."#);
+        assert_eq!(err("/srv/a="), r#"--owner "/srv/a=": expected DIR=..."#);
+        for (bad, what, value) in [
+            ("/srv/a=www-data", "user", "www-data"),
+            ("/srv/a=-1", "user", "-1"),
+            ("/srv/a=+5", "user", "+5"),
+            ("/srv/a=4294967295", "user", "4294967295"),
+            ("/srv/a=99999999999", "user", "99999999999"),
+            ("/srv/a=1000:", "group", ""),
+            ("/srv/a=1000:staff", "group", "staff"),
+            ("/srv/a=:1000", "user", ""),
+        ] {
+            let e = err(bad);
+            assert!(e.starts_with(&format!("--owner {bad:?}: {value:?} is not a numeric {what} id")), "{bad}: {e}");
+        }
+        let e = targets(&args(&["/srv/a=api"], &[], &["/srv/a=1", "/srv/a=2"])).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(e, "--owner: /srv/a is given twice");
+    }
 }

@@ -135,6 +135,11 @@ pub(crate) struct ServiceArgs {
     /// tokens (its certificate is published in the store).
     #[arg(long, env = "CRANK_CA_TOKEN_KEY_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
     pub(crate) token_key_max_age: Duration,
+    /// Age at which the JWT-SVID key is replaced, e.g. `7d`. A new key is in the JWT
+    /// bundle a quarter of this (at most an hour) before it signs, and the old one stays
+    /// there until its last JWT-SVID has expired.
+    #[arg(long, env = "CRANK_CA_JWT_KEY_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub(crate) jwt_key_max_age: Duration,
     /// The platform registry whose workers the console lists (`/console/workers`).
     #[arg(long, env = "CRANK_CONSOLE_PLATFORM_URL", requires = "platform_client_dir")]
     pub(crate) platform_url: Option<url::Url>,
@@ -313,10 +318,18 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             connections,
             service,
         } => {
-            let ServiceArgs { probe_port, tls_validity, token_key_max_age, platform_url, platform_client_dir } =
-                *service;
-            if token_key_max_age < crank_ca::token_key::MIN_TOKEN_KEY_MAX_AGE {
-                anyhow::bail!("--token-key-max-age {token_key_max_age:?} is below 2 s");
+            let ServiceArgs {
+                probe_port,
+                tls_validity,
+                token_key_max_age,
+                jwt_key_max_age,
+                platform_url,
+                platform_client_dir,
+            } = *service;
+            for (flag, age) in [("--token-key-max-age", token_key_max_age), ("--jwt-key-max-age", jwt_key_max_age)] {
+                if age < crank_ca::key_rotation::MIN_KEY_MAX_AGE {
+                    anyhow::bail!("{flag} {age:?} is below 2 s");
+                }
             }
             if let Some(url) = &platform_url
                 && url.scheme() != "https"
@@ -354,7 +367,7 @@ pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
             if let Some(url) = store {
                 builder = builder.store_url(url);
             }
-            let options = ServeExtras { probe_port, tls_validity, token_key_max_age, platform };
+            let options = ServeExtras { probe_port, tls_validity, token_key_max_age, jwt_key_max_age, platform };
             crate::runtime()?.block_on(serve(dir, listen, builder, connections.limits(), options))
         }
         CaCommand::AdminCert { dir, name, out, validity, store } => {
@@ -369,6 +382,7 @@ struct ServeExtras {
     probe_port: Option<u16>,
     tls_validity: time::Duration,
     token_key_max_age: Duration,
+    jwt_key_max_age: Duration,
     platform: Option<crank_ca::console::PlatformSource>,
 }
 
@@ -379,7 +393,7 @@ async fn serve(
     limits: ConnectionLimits,
     extras: ServeExtras,
 ) -> anyhow::Result<()> {
-    let ServeExtras { probe_port, tls_validity, token_key_max_age, platform } = extras;
+    let ServeExtras { probe_port, tls_validity, token_key_max_age, jwt_key_max_age, platform } = extras;
     let ca = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let probe = match probe_port {
@@ -398,6 +412,7 @@ async fn serve(
         tls_validity: Some(tls_validity),
         platform,
         token_key_max_age: Some(token_key_max_age),
+        jwt_key_max_age: Some(jwt_key_max_age),
     };
     let server = crank_ca::server::spawn_service(&dir, listener, ca.clone(), limits, options)?;
     tracing::info!(

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -171,18 +171,25 @@ const CHANGE_JOURNAL: &str = ".change.commit";
 /// synced as `.NAME.next`, then one durable journal listing the change commits it, then
 /// it is applied. A crash before the journal changes nothing; a crash after it is rolled
 /// forward by [`FileChange::recover`], which every user of the directory calls first.
+///
+/// A change [owned by](Self::owned_by) another user gives each staged file to that user
+/// before the journal is written, so a file is never live with the wrong owner or mode;
+/// the journal records the owner (an `owner UID[:GID]` line) and recovery applies it
+/// again before renaming. A journal without that line (an older one) leaves owners as
+/// they are.
 #[derive(Debug)]
 #[must_use = "a file change does nothing until committed"]
 pub struct FileChange {
     dir: PathBuf,
     writes: Vec<(String, Vec<u8>, u32)>,
     removes: Vec<String>,
+    owner: Option<Owner>,
 }
 
 impl FileChange {
     /// A change of files in `dir`.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), writes: Vec::new(), removes: Vec::new() }
+        Self { dir: dir.into(), writes: Vec::new(), removes: Vec::new(), owner: None }
     }
 
     /// Writes `content` to `path` (a file of this directory) with `mode`.
@@ -198,6 +205,18 @@ impl FileChange {
         self
     }
 
+    /// Gives every file this change writes to user `uid` and, if given, group `gid`
+    /// (without one, the group stays the one files are created with). Each file gets its
+    /// owner while it is still staged, before it is renamed into place; their modes stay
+    /// as given. Giving files to another user takes root (`CAP_CHOWN`): if it fails, the
+    /// change fails, naming the directory and the uid, and the live files stay as they
+    /// were. A directory this change creates is made 0755, so that the owner can reach
+    /// the files. The directory itself must still belong to the running user.
+    pub fn owned_by(mut self, uid: u32, gid: Option<u32>) -> Self {
+        self.owner = Some(Owner { uid, gid });
+        self
+    }
+
     fn name(&self, path: &Path) -> String {
         debug_assert_eq!(path.parent(), Some(self.dir.as_path()), "a file change stays in its directory");
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -205,25 +224,60 @@ impl FileChange {
 
     /// Stages, commits and applies the change.
     pub fn commit(self) -> Result<(), Error> {
-        create_dir(&self.dir)?;
-        Self::recover(&self.dir)?;
-        let mut journal = String::new();
-        for (name, content, mode) in &self.writes {
-            write_synced(&next_path(&self.dir.join(name)), content, *mode)?;
-            journal.push_str(&format!("put {name}\n"));
-        }
-        for name in &self.removes {
-            journal.push_str(&format!("del {name}\n"));
-        }
-        sync_dir(&self.dir)?;
+        let journal = self.stage()?;
         write_synced(&self.dir.join(CHANGE_JOURNAL), journal.as_bytes(), CERT_MODE)?;
         sync_dir(&self.dir)?;
         Self::recover(&self.dir)
     }
 
+    /// Writes, syncs (and gives to the owner) every new file under its staging name and
+    /// returns the journal that commits them. On failure the files staged so far are
+    /// removed again: nothing is left half-written, and the live files are untouched.
+    fn stage(&self) -> Result<String, Error> {
+        if let Some(owner) = self.owner {
+            owner.check(&self.dir)?;
+            if !self.dir.is_dir() {
+                // The files' own modes protect them (the key is 0600); the owner must be
+                // able to reach them.
+                create_dir_with_mode(&self.dir, 0o755)?;
+                fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| Error::io("setting mode of", &self.dir, e))?;
+            }
+        } else {
+            create_dir(&self.dir)?;
+        }
+        Self::recover(&self.dir)?;
+        let mut journal = String::new();
+        if let Some(owner) = self.owner {
+            journal.push_str(&format!("owner {}\n", owner.journal_value()));
+        }
+        let mut staged = Vec::new();
+        let result = (|| {
+            for (name, content, mode) in &self.writes {
+                let next = next_path(&self.dir.join(name));
+                write_synced_owned(&next, content, *mode, self.owner)?;
+                staged.push(next);
+                journal.push_str(&format!("put {name}\n"));
+            }
+            sync_dir(&self.dir)
+        })();
+        if let Err(e) = result {
+            for next in &staged {
+                let _ = fs::remove_file(next);
+            }
+            let _ = sync_dir(&self.dir);
+            return Err(e);
+        }
+        for name in &self.removes {
+            journal.push_str(&format!("del {name}\n"));
+        }
+        Ok(journal)
+    }
+
     /// Finishes a committed change of `dir` that was interrupted (after checking the
     /// directory as every write does). Without a journal there is nothing to do: staged
-    /// files of a change that never committed are replaced by the next write.
+    /// files of a change that never committed are replaced by the next write. A journal
+    /// that names an owner gives each staged file to it (again) before renaming it.
     pub fn recover(dir: &Path) -> Result<(), Error> {
         check_private_dir(dir)?;
         let journal_path = dir.join(CHANGE_JOURNAL);
@@ -231,30 +285,117 @@ impl FileChange {
             return Ok(());
         }
         let journal = fs::read_to_string(&journal_path).map_err(|e| Error::io("reading", &journal_path, e))?;
+        // The whole journal is read before anything is applied: a bad line changes nothing.
+        let mut owner = None;
+        let mut ops = Vec::new();
         for line in journal.lines() {
             let bad = || Error::InFile {
                 path: journal_path.clone(),
                 source: Box::new(Error::parse("change journal", format!("line {line:?}"))),
             };
-            let (op, name) = line.split_once(' ').ok_or_else(bad)?;
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            let (op, arg) = line.split_once(' ').ok_or_else(bad)?;
+            if op == "owner" {
+                if owner.is_some() {
+                    return Err(bad());
+                }
+                owner = Some(Owner::parse(arg).ok_or_else(bad)?);
+                continue;
+            }
+            if arg.is_empty() || arg.contains('/') || arg.starts_with('.') || !matches!(op, "put" | "del") {
                 return Err(bad());
             }
-            let path = dir.join(name);
-            match op {
-                "put" => {
-                    let next = next_path(&path);
-                    if is_own_file(&next)? {
-                        rename(&next, &path)?;
+            ops.push((op, dir.join(arg)));
+        }
+        for (op, path) in ops {
+            if op == "put" {
+                let next = next_path(&path);
+                if is_staged_file(&next, owner)? {
+                    if let Some(owner) = owner {
+                        owner.apply_to_path(&next)?;
                     }
+                    rename(&next, &path)?;
                 }
-                "del" => remove(&path)?,
-                _ => return Err(bad()),
+            } else {
+                remove(&path)?;
             }
         }
         sync_dir(dir)?;
         remove(&journal_path)?;
         sync_dir(dir)
+    }
+}
+
+/// Who the files of a [`FileChange`] are given to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    uid: u32,
+    /// `None` leaves the group as it is.
+    gid: Option<u32>,
+}
+
+impl Owner {
+    /// `UID` or `UID:GID`, as the journal records it.
+    fn journal_value(self) -> String {
+        match self.gid {
+            Some(gid) => format!("{}:{gid}", self.uid),
+            None => self.uid.to_string(),
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        let id = |s: &str| s.parse::<u32>().ok().filter(|&n| n != u32::MAX && s.bytes().all(|b| b.is_ascii_digit()));
+        let owner = match value.split_once(':') {
+            Some((uid, gid)) => Self { uid: id(uid)?, gid: Some(id(gid)?) },
+            None => Self { uid: id(value)?, gid: None },
+        };
+        Some(owner)
+    }
+
+    fn describe(self) -> String {
+        match self.gid {
+            Some(gid) => format!("uid {} and gid {gid}", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+
+    fn ids(self) -> (rustix::fs::Uid, Option<rustix::fs::Gid>) {
+        (rustix::fs::Uid::from_raw(self.uid), self.gid.map(rustix::fs::Gid::from_raw))
+    }
+
+    /// Refuses ids that are no user's or group's (`-1` means "unchanged" to chown).
+    fn check(self, dir: &Path) -> Result<(), Error> {
+        if self.uid == u32::MAX || self.gid == Some(u32::MAX) {
+            return Err(self.error(dir, "the files", std::io::ErrorKind::InvalidInput.into()));
+        }
+        Ok(())
+    }
+
+    /// Gives a file just created (open as `file`, at `path`) to this owner.
+    fn apply(self, file: &File, path: &Path) -> Result<(), Error> {
+        let (uid, gid) = self.ids();
+        rustix::fs::fchown(file, Some(uid), gid).map_err(|e| self.chown_error(path, e))
+    }
+
+    /// Gives the regular file at `path` to this owner, without following a link.
+    fn apply_to_path(self, path: &Path) -> Result<(), Error> {
+        let (uid, gid) = self.ids();
+        rustix::fs::chownat(rustix::fs::CWD, path, Some(uid), gid, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.chown_error(path, e))
+    }
+
+    fn chown_error(self, path: &Path, e: rustix::io::Errno) -> Error {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A staging file is named after the file it becomes.
+        let name = name.strip_prefix('.').and_then(|n| n.strip_suffix(".next")).unwrap_or(&name);
+        self.error(dir, name, e.into())
+    }
+
+    fn error(self, dir: &Path, what: &str, e: std::io::Error) -> Error {
+        let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+        let hint = if denied { "; giving files to another user takes root (CAP_CHOWN)" } else { "" };
+        let reason = format!("cannot give {what} to {}: {e}{hint}", self.describe());
+        Error::io("setting the owner of the files in", dir, std::io::Error::new(e.kind(), reason))
     }
 }
 
@@ -264,25 +405,60 @@ fn next_path(path: &Path) -> PathBuf {
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {
+    create_dir_with_mode(dir, 0o700)
+}
+
+fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<(), Error> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("creating directory", dir, e))
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(|e| Error::io("creating directory", dir, e))
 }
 
 /// Writes a new file at `path` and syncs it. A stale file of this user there (a crash)
 /// is removed first; the file is then created exclusively, without following links, so
 /// anything that appears there meanwhile makes the write fail instead of being written.
 fn write_synced(path: &Path, content: &[u8], mode: u32) -> Result<(), Error> {
-    if is_own_file(path)? {
+    write_synced_owned(path, content, mode, None)
+}
+
+/// [`write_synced`], giving the file to `owner` (if any) before anything is written into
+/// it. A stale staging file already given to that owner (a crash) is removed first too.
+/// If the file cannot be written, it is removed again.
+fn write_synced_owned(path: &Path, content: &[u8], mode: u32, owner: Option<Owner>) -> Result<(), Error> {
+    if is_staged_file(path, owner)? {
         remove(path)?;
     }
     let mut f = create_exclusive(path, mode)?;
-    // The mode given at creation is reduced by the umask; set it explicitly so a key is
-    // exactly 0600 and a certificate 0644.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting mode of", path, e))?;
-    f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
-    f.sync_all().map_err(|e| Error::io("syncing", path, e))
+    let written = (|| {
+        // The mode given at creation is reduced by the umask; set it explicitly so a key
+        // is exactly 0600 and a certificate 0644.
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting mode of", path, e))?;
+        if let Some(owner) = owner {
+            owner.apply(&f, path)?;
+        }
+        f.write_all(content).map_err(|e| Error::io("writing", path, e))?;
+        f.sync_all().map_err(|e| Error::io("syncing", path, e))
+    })();
+    if written.is_err() {
+        drop(f);
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+/// Whether `path` holds a staging file this process may replace or rename: one of its
+/// own ([`is_own_file`]) or, for a change owned by another user, a regular file already
+/// given to that user. Only this process can create files in the (private) directory, so
+/// such a file is one it staged. Anything else is an error, as for [`is_own_file`].
+fn is_staged_file(path: &Path, owner: Option<Owner>) -> Result<bool, Error> {
+    if let (Some(owner), Ok(meta)) = (owner, fs::symlink_metadata(path))
+        && meta.file_type().is_file()
+        && meta.uid() == owner.uid
+    {
+        return Ok(true);
+    }
+    is_own_file(path)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), Error> {
@@ -347,6 +523,210 @@ mod tests {
         write_synced(&dir.join(CHANGE_JOURNAL), b"del ../x\n", 0o644).unwrap();
         let e = FileChange::recover(&dir).unwrap_err().to_string();
         assert!(e.contains(".change.commit") && e.contains("../x"), "{e}");
+    }
+
+    /// The uid and gid the owner tests give files to: another user's, which only root may
+    /// give files to.
+    const WORKLOAD: u32 = 1000;
+
+    fn running_as_root() -> bool {
+        if crate::ownership::euid() != 0 {
+            eprintln!("skipped: giving files to another user takes root");
+            return false;
+        }
+        true
+    }
+
+    fn owner_and_mode(p: &Path) -> (u32, u32, u32) {
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    }
+
+    #[test]
+    fn an_owned_change_gives_its_files_to_the_owner_before_they_are_live() {
+        if !running_as_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let (key, cert) = (dir.join("client.key"), dir.join("client.crt"));
+        let change = || {
+            FileChange::in_dir(&dir)
+                .write(&key, "key", 0o600)
+                .write(&cert, "cert", 0o644)
+                .owned_by(WORKLOAD, Some(WORKLOAD))
+        };
+
+        // Staged, not yet committed: the staging files already have owner and mode.
+        let journal = change().stage().unwrap();
+        assert_eq!(journal, "owner 1000:1000\nput client.key\nput client.crt\n");
+        assert_eq!(owner_and_mode(&next_path(&key)), (WORKLOAD, WORKLOAD, 0o600));
+        assert_eq!(owner_and_mode(&next_path(&cert)), (WORKLOAD, WORKLOAD, 0o644));
+        assert!(!key.exists() && !cert.exists());
+        // The directory it created lets the owner in; it still belongs to the agent.
+        assert_eq!(owner_and_mode(&dir), (0, 0, 0o755));
+
+        // The next change replaces those stale staging files (the other user's now) and
+        // commits.
+        change().commit().unwrap();
+        assert_eq!(owner_and_mode(&key), (WORKLOAD, WORKLOAD, 0o600));
+        assert_eq!(owner_and_mode(&cert), (WORKLOAD, WORKLOAD, 0o644));
+        assert_eq!(read(&key), b"key");
+        assert!(!next_path(&key).exists() && !dir.join(CHANGE_JOURNAL).exists());
+
+        // Without a gid the group stays the creator's.
+        FileChange::in_dir(&dir).write(&key, "key2", 0o600).owned_by(WORKLOAD, None).commit().unwrap();
+        assert_eq!(owner_and_mode(&key), (WORKLOAD, 0, 0o600));
+        // Without an owner, files are the running user's, as always.
+        FileChange::in_dir(&dir).write(&key, "key3", 0o600).commit().unwrap();
+        assert_eq!(owner_and_mode(&key), (0, 0, 0o600));
+        assert_eq!(read(&key), b"key3");
+    }
+
+    #[test]
+    fn recovery_gives_the_files_of_an_owned_change_to_their_owner() {
+        if !running_as_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        FileChange::in_dir(&dir).write(&a, "a1", 0o600).write(&b, "b1", 0o644).write(&c, "c1", 0o644).commit().unwrap();
+
+        // A crash after the journal of an owned change: one staged file was given to the
+        // owner, one still is the agent's (recovery gives it too), one rename was done.
+        write_synced_owned(&next_path(&a), b"a2", 0o600, Some(Owner { uid: WORKLOAD, gid: Some(WORKLOAD) })).unwrap();
+        write_synced(&next_path(&b), b"b2", 0o644).unwrap();
+        write_synced(&next_path(&c), b"c2", 0o644).unwrap();
+        write_synced(&dir.join(CHANGE_JOURNAL), b"owner 1000:1000\nput a\nput b\nput c\n", 0o644).unwrap();
+        fs::rename(next_path(&c), &c).unwrap();
+        FileChange::recover(&dir).unwrap();
+        assert_eq!((read(&a), read(&b), read(&c)), (b"a2".to_vec(), b"b2".to_vec(), b"c2".to_vec()));
+        assert_eq!(owner_and_mode(&a), (WORKLOAD, WORKLOAD, 0o600));
+        assert_eq!(owner_and_mode(&b), (WORKLOAD, WORKLOAD, 0o644));
+        assert!(!dir.join(CHANGE_JOURNAL).exists() && !next_path(&a).exists());
+
+        // A journal without an owner (an older one) recovers as before, owners unchanged.
+        write_synced(&next_path(&b), b"b3", 0o644).unwrap();
+        write_synced(&dir.join(CHANGE_JOURNAL), b"put b\ndel c\n", 0o644).unwrap();
+        FileChange::recover(&dir).unwrap();
+        assert_eq!(read(&b), b"b3");
+        assert_eq!(owner_and_mode(&b), (0, 0, 0o644));
+        assert!(!c.exists());
+
+        // Without that owner in the journal, a staged file of another user is refused,
+        // not renamed into place.
+        write_synced_owned(&next_path(&b), b"b4", 0o644, Some(Owner { uid: WORKLOAD, gid: None })).unwrap();
+        write_synced(&dir.join(CHANGE_JOURNAL), b"put b\n", 0o644).unwrap();
+        let e = FileChange::recover(&dir).unwrap_err().to_string();
+        assert!(e.contains("is owned by uid 1000"), "{e}");
+        assert_eq!(read(&b), b"b3");
+
+        // A malformed owner line is refused before anything is applied.
+        for bad in ["owner x\nput b\n", "owner 1000:\nput b\n", "owner 4294967295\nput b\n", "owner 1\nowner 2\n"] {
+            write_synced(&dir.join(CHANGE_JOURNAL), bad.as_bytes(), 0o644).unwrap();
+            let e = FileChange::recover(&dir).unwrap_err().to_string();
+            assert!(e.contains(".change.commit") && e.contains("change journal"), "{bad:?}: {e}");
+            assert_eq!(read(&b), b"b3");
+        }
+    }
+
+    /// Set to a directory, the failure test below runs its scenario there: in a child
+    /// process of the test binary that runs as another user.
+    const CHOWN_CHILD_DIR: &str = "CRANK_TEST_CHOWN_FAILURE_DIR";
+
+    /// A change that cannot give its files to their owner fails, naming the directory and
+    /// the uid, and leaves the live files and no staging files behind.
+    fn an_unpermitted_owner_fails_cleanly(base: &Path) {
+        let me = crate::ownership::euid();
+        assert_ne!(me, 0, "root may give files to anyone");
+        let other = me + 1;
+        let dir = base.join("certs");
+        let (key, cert) = (dir.join("client.key"), dir.join("client.crt"));
+        FileChange::in_dir(&dir).write(&key, "old-key", 0o600).write(&cert, "old-cert", 0o644).commit().unwrap();
+
+        let e = FileChange::in_dir(&dir)
+            .write(&key, "new-key", 0o600)
+            .write(&cert, "new-cert", 0o644)
+            .owned_by(other, Some(other))
+            .commit()
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("setting the owner of the files in {}", dir.display()))
+                && text.contains(&format!("cannot give client.key to uid {other} and gid {other}"))
+                && text.contains("takes root"),
+            "{text}"
+        );
+        assert!(matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied));
+        assert_eq!((read(&key), read(&cert)), (b"old-key".to_vec(), b"old-cert".to_vec()));
+        let mut left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["client.crt", "client.key"], "something half-written was left behind");
+        let (uid, _, mode) = owner_and_mode(&key);
+        assert_eq!((uid, mode), (me, 0o600));
+    }
+
+    #[test]
+    fn a_change_whose_owner_cannot_be_set_fails_and_keeps_the_old_files() {
+        if let Some(dir) = std::env::var_os(CHOWN_CHILD_DIR) {
+            an_unpermitted_owner_fails_cleanly(Path::new(&dir));
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        if crate::ownership::euid() != 0 {
+            an_unpermitted_owner_fails_cleanly(tmp.path());
+            return;
+        }
+        // Root may give files to anyone: run the scenario as another user, in a child
+        // process of this test binary running only this test.
+        use std::os::unix::process::CommandExt;
+        std::os::unix::fs::chown(tmp.path(), Some(WORKLOAD), Some(WORKLOAD)).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["write::tests::a_change_whose_owner_cannot_be_set_fails_and_keeps_the_old_files", "--exact"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHOWN_CHILD_DIR, tmp.path())
+            .uid(WORKLOAD)
+            .gid(WORKLOAD)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+    }
+
+    #[test]
+    fn a_change_that_fails_while_staging_removes_what_it_staged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let (key, cert) = (dir.join("client.key"), dir.join("client.crt"));
+        FileChange::in_dir(&dir).write(&key, "old-key", 0o600).write(&cert, "old-cert", 0o644).commit().unwrap();
+        // The key stages; the certificate's staging path holds a link.
+        let target = tmp.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, next_path(&cert)).unwrap();
+        let e = FileChange::in_dir(&dir)
+            .write(&key, "new-key", 0o600)
+            .write(&cert, "new-cert", 0o644)
+            .commit()
+            .unwrap_err();
+        assert!(matches!(e, Error::Insecure { .. }), "{e}");
+        assert!(!next_path(&key).exists(), "the staged key was left behind");
+        assert!(next_path(&cert).is_symlink() && !target.exists(), "the link was touched");
+        assert_eq!((read(&key), read(&cert)), (b"old-key".to_vec(), b"old-cert".to_vec()));
+    }
+
+    #[test]
+    fn an_owner_that_is_no_user_is_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let key = dir.join("client.key");
+        for (uid, gid) in [(u32::MAX, None), (1000, Some(u32::MAX))] {
+            let e =
+                FileChange::in_dir(&dir).write(&key, "k", 0o600).owned_by(uid, gid).commit().unwrap_err().to_string();
+            assert!(e.contains(&dir.display().to_string()) && e.contains(&format!("uid {uid}")), "{e}");
+            assert!(!dir.exists());
+        }
     }
 
     #[test]

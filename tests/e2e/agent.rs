@@ -386,3 +386,89 @@ async fn the_agent_serves_while_the_ca_is_down_and_workloads_reconnect_after_an_
     assert_eq!(serials[0], before);
     assert_ne!(serials[1], before, "the restarted agent issued a new SVID (keys never leave it, not even to disk)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_key_rotates_and_each_new_key_reaches_workloads_before_it_signs() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    use tokio_stream::StreamExt as _;
+
+    // The JWT-SVID key is replaced every 12 s; each new one is in the bundle for 3 s
+    // before it signs. The agent syncs every second.
+    let p =
+        Platform::start_with(PlatformOptions { ca_log: true, ..PlatformOptions::serve(&["--jwt-key-max-age", "12s"]) })
+            .await;
+    let admin = p.admin("ops");
+    create_entry(&p, &admin, "jwt-api", "agent-j", &[&format!("unix:uid:{}", uid())]).unwrap();
+    let agent = start_agent(&p, "agent-j", &[]).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", agent.socket.display())).await.unwrap();
+    let td = spiffe::TrustDomain::new("crank.local").unwrap();
+
+    // Every JWT bundle the agent pushes, as the set of its key ids.
+    let pushed: Arc<Mutex<Vec<BTreeSet<String>>>> = Arc::default();
+    // Until the agent holds the entry, the workload has no identity (PermissionDenied).
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = client.stream_jwt_bundles().await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut stream = stream.unwrap_or_else(|| panic!("no JWT bundle stream; agent log:\n{}", agent.log()));
+    let (seen, td2) = (pushed.clone(), td.clone());
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(set)) = stream.next().await {
+            let kids =
+                set.get(&td2).map(|b| b.jwt_authorities().map(|a| a.key_id().to_owned()).collect()).unwrap_or_default();
+            seen.lock().unwrap().push(kids);
+        }
+    });
+
+    // JWT-SVIDs, four a second, until three keys have signed (two rotations).
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let mut tokens: Vec<String> = Vec::new();
+    let mut signers: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while signers.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three keys never signed: {signers:?}\nagent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let token = client.fetch_jwt_token(["orders"], None).await.unwrap();
+        let k = kid(&token);
+        // The key that signed it was in the last bundle the workload was pushed before
+        // it asked: prepublished, not learnt after the fact.
+        let last = pushed.lock().unwrap().last().cloned().unwrap_or_default();
+        assert!(
+            last.contains(&k),
+            "a JWT-SVID of key {k} came before any bundle holding it (last bundle {last:?})\nCA log:\n{}",
+            p.ca_log()
+        );
+        if signers.last() != Some(&k) {
+            signers.push(k);
+            tokens.push(token);
+        }
+    }
+    assert_eq!(signers.iter().collect::<BTreeSet<_>>().len(), 3, "{signers:?}");
+
+    // The retired keys stay in the bundle while their JWT-SVIDs live: the first token,
+    // two rotations old, still validates through the agent and against the bundle.
+    for token in &tokens {
+        let svid = client.validate_jwt_token("orders", token).await.unwrap_or_else(|e| {
+            panic!("a JWT-SVID of key {} no longer validates: {e}\nagent log:\n{}", kid(token), agent.log())
+        });
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://crank.local/worker/jwt-api");
+    }
+    let bundle = client.fetch_jwt_bundles().await.unwrap();
+    let bundle = bundle.get(&td).unwrap();
+    for k in &signers {
+        assert!(bundle.find_jwt_authority(k).is_some(), "key {k} left the bundle early");
+    }
+    // The CA said so.
+    let log = p.ca_log();
+    assert!(log.matches("the JWT-SVID key was rotated").count() >= 2, "{log}");
+    watcher.abort();
+}

@@ -25,6 +25,14 @@ fn new_ca() -> (tempfile::TempDir, CaDir) {
     (tmp, dir)
 }
 
+/// A copy of the CA directory `dir`, as another replica's, at `<tmp>/<name>`.
+fn copy_of(tmp: &tempfile::TempDir, dir: &CaDir, name: &str) -> CaDir {
+    let to = tmp.path().join(name);
+    let ok = std::process::Command::new("cp").arg("-a").arg(&dir.dir).arg(&to).status().unwrap();
+    assert!(ok.success());
+    CaDir::new(to)
+}
+
 fn url(addr: SocketAddr) -> url::Url {
     format!("https://{addr}").parse().unwrap()
 }
@@ -362,13 +370,7 @@ async fn the_token_key_rotates_by_age_and_every_replica_accepts_the_new_one() {
     let pg = PgServer::start();
     let db = pg.create_db("token_keys");
     let (tmp, dir) = new_ca();
-    let copy = |name: &str| {
-        let to = tmp.path().join(name);
-        let ok = std::process::Command::new("cp").arg("-a").arg(&dir.dir).arg(&to).status().unwrap();
-        assert!(ok.success());
-        CaDir::new(to)
-    };
-    let (dir1, dir2) = (copy("r1"), copy("r2"));
+    let (dir1, dir2) = (copy_of(&tmp, &dir, "r1"), copy_of(&tmp, &dir, "r2"));
     let first = crank_ca::token_key::read(&dir1).unwrap();
     let (_r1, a1) =
         serve_ca_process(&dir1.dir, &["--store", &db, "--replica", "r1", "--token-key-max-age", "3s"]).await.unwrap();
@@ -420,6 +422,70 @@ async fn the_token_key_rotates_by_age_and_every_replica_accepts_the_new_one() {
                 assert!(m.contains(&evil_kid) && m.contains("did not certify"), "{m}")
             }
             other => panic!("a token of a key the CA did not certify must be refused: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_the_jwt_keys_any_replica_certified() {
+    use crank_ca::key_rotation::{KeyPurpose, read};
+    let pg = PgServer::start();
+    let db = pg.create_db("jwt_keys");
+    let (tmp, dir) = new_ca();
+    let (dir1, dir2) = (copy_of(&tmp, &dir, "r1"), copy_of(&tmp, &dir, "r2"));
+    let first = read(&dir1, KeyPurpose::JwtSvid).unwrap();
+    // r1 replaces its JWT-SVID key every 8 s; r2 every 40 s, so it reads the published
+    // keys every 2.5 s.
+    let (_r1, a1) =
+        serve_ca_process(&dir1.dir, &["--store", &db, "--replica", "r1", "--jwt-key-max-age", "8s"]).await.unwrap();
+    let (_r2, a2) =
+        serve_ca_process(&dir2.dir, &["--store", &db, "--replica", "r2", "--jwt-key-max-age", "40s"]).await.unwrap();
+    let fp = dir.root_fingerprint().unwrap();
+    let at1 = CaClient::pinned(vec![url(a1)], &fp, &TrustDomain::default()).unwrap();
+    let at2 = CaClient::pinned(vec![url(a2)], &fp, &TrustDomain::default()).unwrap();
+    let kids = |jwks: serde_json::Value| -> Vec<String> {
+        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // A store writer lists two keys: one certified by a CA of their own with the JWT-SVID
+    // key purpose, and this CA's join-token key certificate (the wrong purpose).
+    let evil = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let evil_kid = crank_ca::key_id(&rcgen::PublicKeyData::subject_public_key_info(&evil));
+    let mut own_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    own_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let own_issuer = rcgen::Issuer::new(own_ca, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap());
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::Other(crank_ca::jwt_svid::JWT_KEY_PURPOSE_OID.to_vec())];
+    let forged = forged.signed_by(&evil, &own_issuer).unwrap().pem();
+    let token_key = crank_ca::token_key::read(&dir1).unwrap();
+    let store = PostgresStore::connect(&db).await.unwrap();
+    store.publish_jwt_key(&evil_kid, &forged).await.unwrap();
+    store.publish_jwt_key(&token_key.kid, &token_key.certificate_pem).await.unwrap();
+
+    // r1 rotates; r2 then serves r1's new key beside its own, and r1's first one.
+    let mut rotated = String::new();
+    eventually("r1 rotates its JWT-SVID key", Duration::from_secs(40), || {
+        rotated = read(&dir1, KeyPurpose::JwtSvid).map(|k| k.kid).unwrap_or_default();
+        let changed = !rotated.is_empty() && rotated != first.kid;
+        async move { changed }
+    })
+    .await;
+    eventually("r2 serves r1's new JWT-SVID key", Duration::from_secs(20), || {
+        let (at2, rotated) = (at2.clone(), rotated.clone());
+        async move { at2.jwt_bundle().await.is_ok_and(|b| kids(b).contains(&rotated)) }
+    })
+    .await;
+    let at_r2 = kids(at2.jwt_bundle().await.unwrap());
+    assert!(at_r2.contains(&first.kid), "r2 dropped the first key: {at_r2:?}");
+    assert_eq!(read(&dir2, KeyPurpose::JwtSvid).unwrap().kid, first.kid, "r2 keeps its own key");
+    // Both replicas read the store after the forged rows were written (r2 served a key
+    // published after them; r1 reads every second), and serve neither.
+    for (name, client) in [("r1", &at1), ("r2", &at2)] {
+        let served = kids(client.jwt_bundle().await.unwrap());
+        assert!(served.contains(&rotated), "{name}: {served:?}");
+        for refused in [&evil_kid, &token_key.kid] {
+            assert!(!served.contains(refused), "{name} serves the key {refused} it must refuse: {served:?}");
         }
     }
 }

@@ -76,6 +76,7 @@ impl LocalCa {
         let spiffe_id = crank_security_core::SpiffeId::new(self.trust_domain.clone(), worker.clone());
         let (token, exp) = self
             .jwt
+            .current()
             .sign(&spiffe_id.to_string(), audience, time::OffsetDateTime::now_utc())
             .map_err(ProviderError::BadRequest)?;
         tracing::info!(worker_id = %worker, agent = %agent.worker_id, audience = ?audience, correlation_id = %cid, "JWT-SVID issued");
@@ -232,7 +233,7 @@ mod tests {
         ca.create_entry("api", &["unix:uid:1000".into()], "agent-1", "admin/ops").await.unwrap();
         let (token, exp) = ca.jwt_for_agent(&agent, "api", &["orders".into()], &cid).await.unwrap();
         assert!(exp > time::OffsetDateTime::now_utc().unix_timestamp());
-        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(ca.jwt_key().jwks()).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value((*ca.jwt().jwks()).clone()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
         v.set_audience(&["orders"]);

@@ -74,8 +74,8 @@ pub struct LocalCa {
     /// roots when an upstream CA signs.
     bundle_pem: String,
     tokens: TokenAuthority,
-    /// Signs JWT-SVIDs.
-    jwt: crate::jwt_svid::JwtSvidKey,
+    /// Signs JWT-SVIDs and keeps the JWT bundle.
+    jwt: crate::jwt_svid::JwtAuthority,
     /// The CA service's own names ([`CaDir::service_names`]): never issued to a worker.
     reserved_names: Vec<String>,
     policy: PolicyGuard,
@@ -125,13 +125,17 @@ impl LocalCa {
         sinks.register(denials.clone());
         let events: Arc<dyn EventSink> = Arc::new(sinks);
         // Keys that replicas publish are accepted when the signing key certified them.
+        let anchors = parse_pem_certs("trust bundle", bundle_pem.as_bytes())?;
         let tokens = TokenAuthority::new(
             &CaDir::read_key(&dir.token_key())?,
             trust_domain.clone(),
             fingerprint_sha256(&pinned),
         )?
-        .with_key_trust(&parse_pem_certs("trust bundle", bundle_pem.as_bytes())?, dir.signing_chain()?)?;
-        let jwt = crate::jwt_svid::JwtSvidKey::load_or_create(dir)?;
+        .with_key_trust(&anchors, dir.signing_chain()?)?;
+        let jwt = crate::jwt_svid::JwtAuthority::new(
+            crate::jwt_svid::JwtSvidKey::load_or_create(dir)?,
+            crate::key_cert::KeyTrust::new(&anchors, dir.signing_chain()?)?,
+        );
         Ok(Self {
             trust_domain,
             config,
@@ -189,8 +193,8 @@ impl LocalCa {
         self.signer.name()
     }
 
-    /// The JWT-SVID key.
-    pub fn jwt_key(&self) -> &crate::jwt_svid::JwtSvidKey {
+    /// The JWT-SVID keys: the one that signs, and the JWT bundle.
+    pub fn jwt(&self) -> &crate::jwt_svid::JwtAuthority {
         &self.jwt
     }
 

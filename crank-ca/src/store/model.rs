@@ -540,6 +540,13 @@ pub trait CaStore: Debug + Send + Sync {
     /// The certificate published under `kid`, if any. What it says is checked by the
     /// caller (the store is not trusted to vouch for a key).
     async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError>;
+    /// Publishes a JWT-SVID key: its certificate (PEM, signed by the CA's signing key)
+    /// under `kid`, so that every replica's JWT bundle holds it. Publishing a `kid` again
+    /// keeps the first certificate.
+    async fn publish_jwt_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError>;
+    /// Every published JWT-SVID key, `(kid, certificate PEM)`, oldest first. What they
+    /// say is checked by the caller (the store is not trusted to vouch for a key).
+    async fn jwt_keys(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Records a new registration entry (its selectors kept sorted). An entry with the
     /// same worker id, agent and selectors already present is
     /// [`StoreError::DuplicateEntry`], naming the existing entry's id.

@@ -106,6 +106,9 @@ const MIGRATIONS: &[&str] = &[
         CONSTRAINT registration_entries_unique UNIQUE (worker_id, agent_id, selectors)
     );
     CREATE INDEX registration_entries_agent ON registration_entries (agent_id, created_at, seq);",
+    // 6: the JWT-SVID keys' certificates, by key id, so that every replica's JWT bundle
+    // holds the keys any of them signs with.
+    "CREATE TABLE jwt_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at BIGINT NOT NULL);",
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas.
@@ -147,6 +150,18 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 impl PostgresStore {
+    /// Publishes a rotated key's certificate in `table` (`token_keys` or `jwt_keys`),
+    /// keeping the first one published under `kid`.
+    async fn publish_key(&self, table: &'static str, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let at = OffsetDateTime::now_utc().unix_timestamp();
+        let sql = format!(
+            "INSERT INTO {table} (kid, certificate, published_at) VALUES ($1, $2, $3) ON CONFLICT (kid) DO NOTHING"
+        );
+        client.execute(sql.as_str(), &[&kid, &certificate_pem, &at]).await?;
+        Ok(())
+    }
+
     /// Connects to `url` and applies pending migrations. The URL's password never
     /// appears in errors or logs.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -615,22 +630,23 @@ impl CaStore for PostgresStore {
     }
 
     async fn publish_token_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let at = OffsetDateTime::now_utc().unix_timestamp();
-        client
-            .execute(
-                "INSERT INTO token_keys (kid, certificate, published_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (kid) DO NOTHING",
-                &[&kid, &certificate_pem, &at],
-            )
-            .await?;
-        Ok(())
+        self.publish_key("token_keys", kid, certificate_pem).await
     }
 
     async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client.query_opt("SELECT certificate FROM token_keys WHERE kid = $1", &[&kid]).await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn publish_jwt_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        self.publish_key("jwt_keys", kid, certificate_pem).await
+    }
+
+    async fn jwt_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT kid, certificate FROM jwt_keys ORDER BY published_at, kid", &[]).await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     async fn create_entry(&self, e: &RegistrationEntry) -> Result<(), StoreError> {

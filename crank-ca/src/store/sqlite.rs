@@ -127,6 +127,9 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (worker_id, agent_id, selectors)
     );
     CREATE INDEX registration_entries_agent ON registration_entries(agent_id, created_ns);",
+    // 10: the JWT-SVID keys' certificates, by key id, so that every replica's JWT bundle
+    // holds the keys any of them signs with.
+    "CREATE TABLE jwt_keys (kid TEXT PRIMARY KEY, certificate TEXT NOT NULL, published_at INTEGER NOT NULL);",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -168,6 +171,21 @@ const LOOKUP_CONNECTIONS: usize = 4;
 const MAX_BATCH: usize = 512;
 
 impl SqliteStore {
+    /// Publishes a rotated key's certificate in `table` (`token_keys` or `jwt_keys`),
+    /// keeping the first one published under `kid`.
+    async fn publish_key(&self, table: &'static str, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        let (kid, pem, at) = (kid.to_owned(), certificate_pem.to_owned(), OffsetDateTime::now_utc().unix_timestamp());
+        let sql = format!(
+            "INSERT INTO {table} (kid, certificate, published_at) VALUES (?1, ?2, ?3) ON CONFLICT (kid) DO NOTHING"
+        );
+        // Rare and small, like a heartbeat: through the reader connection.
+        self.with_conn(move |c| {
+            c.prepare_cached(&sql)?.execute(params![kid, pem, at])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Opens (creating and migrating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_conn(path)?;
@@ -653,17 +671,7 @@ impl CaStore for SqliteStore {
     }
 
     async fn publish_token_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
-        let (kid, pem, at) = (kid.to_owned(), certificate_pem.to_owned(), OffsetDateTime::now_utc().unix_timestamp());
-        // Rare and small, like a heartbeat: through the reader connection.
-        self.with_conn(move |c| {
-            c.prepare_cached(
-                "INSERT INTO token_keys (kid, certificate, published_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (kid) DO NOTHING",
-            )?
-            .execute(params![kid, pem, at])?;
-            Ok(())
-        })
-        .await
+        self.publish_key("token_keys", kid, certificate_pem).await
     }
 
     async fn token_key(&self, kid: &str) -> Result<Option<String>, StoreError> {
@@ -672,6 +680,19 @@ impl CaStore for SqliteStore {
             Ok(c.prepare_cached("SELECT certificate FROM token_keys WHERE kid = ?1")?
                 .query_row([&kid], |r| r.get::<_, String>(0))
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn publish_jwt_key(&self, kid: &str, certificate_pem: &str) -> Result<(), StoreError> {
+        self.publish_key("jwt_keys", kid, certificate_pem).await
+    }
+
+    async fn jwt_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached("SELECT kid, certificate FROM jwt_keys ORDER BY published_at, kid")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
