@@ -40,19 +40,7 @@ make_work crank-access-bench.XXXXXX
 RES=$WORK/results
 CLIENT=$WORK/client
 
-crank() { RUST_LOG=error "$BIN/crank" "$@"; }
-CA=$WORK/ca
-CA_PORT=$(free_port)
-crank ca init --dir "$CA" >/dev/null
-RUST_LOG=error "$BIN/crank" ca serve --dir "$CA" --listen "127.0.0.1:$CA_PORT" >"$CA.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$CA_PORT"
-cert_for() { # WORKER DIR
-    crank cert init --worker-id "$1" --token "$(crank token create --dir "$CA" --worker-id "$1")" \
-        --ca-url "https://127.0.0.1:$CA_PORT" --cert-dir "$2" >/dev/null
-}
-cert_for bench-client "$CLIENT"
-cert_for bench-server "$WORK/server"
+server_and_client_certs
 
 declare -A PID URL
 for mode in off builtin rego; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers shared by bench/run.sh and bench/access.sh (sourced, not run, after ROOT is
+# Helpers shared by the bench/ scripts (sourced, not run, after ROOT is
 # set to the workspace root). They use the caller's WORK (scratch directory), RES
 # (results file), CLIENT (the client cert directory every run presents), CONC, SECS and
 # RUNS.
@@ -83,6 +83,25 @@ alternate() {
     done
 }
 last() { awk -v k="$1" '$1 == k {v = $2} END {printf "%.0f", v}' "$RES"; }
+
+# server_and_client_certs: a crank CA serving in WORK, and certificates from it for a
+# client (in CLIENT) and a server (in WORK/server), for the access benchmarks.
+server_and_client_certs() {
+    local ca=$WORK/ca port
+    port=$(free_port)
+    RUST_LOG=error "$BIN/crank" ca init --dir "$ca" >/dev/null
+    RUST_LOG=error "$BIN/crank" ca serve --dir "$ca" --listen "127.0.0.1:$port" >"$ca.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$port"
+    local worker dir
+    for worker in bench-client:"$CLIENT" bench-server:"$WORK/server"; do
+        dir=${worker#*:}
+        worker=${worker%%:*}
+        RUST_LOG=error "$BIN/crank" cert init --worker-id "$worker" --ca-url "https://127.0.0.1:$port" \
+            --token "$(RUST_LOG=error "$BIN/crank" token create --dir "$ca" --worker-id "$worker")" \
+            --cert-dir "$dir" >/dev/null
+    done
+}
 
 # make_work TEMPLATE: a scratch directory in WORK, and PIDS (processes to stop): both
 # cleaned up on exit, also on Ctrl-C.

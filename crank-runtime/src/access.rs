@@ -148,13 +148,29 @@ impl AccessControl {
     /// `routes` with every request checked for `capability` (`None`: a route group
     /// that names none) after routing, before the handler.
     pub fn protect(self: &Arc<Self>, capability: Option<&str>, routes: Router) -> Router {
-        let allowed = self.metrics.as_ref().map(|m| m.access_counter(capability.unwrap_or("none"), "allow"));
         // With its handlers made services first, the layer wraps them once, not per request.
-        routes.with_state(()).route_layer(CheckLayer(Arc::new(Check {
-            access: self.clone(),
-            capability: capability.map(Arc::<str>::from),
-            allowed,
-        })))
+        routes.with_state(()).route_layer(self.check_layer(capability))
+    }
+
+    /// [`Self::protect`] inside `outer`, layers every route of the group has anyway: axum
+    /// boxes each route once per layer call, so the check shares that one level with
+    /// them instead of adding its own.
+    pub(crate) fn protect_within<L>(self: &Arc<Self>, capability: Option<&str>, routes: Router, outer: L) -> Router
+    where
+        L: tower::Layer<Checked<axum::routing::Route>> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Request>>::Future: Send + 'static,
+    {
+        routes.with_state(()).route_layer(tower::layer::util::Stack::new(self.check_layer(capability), outer))
+    }
+
+    fn check_layer(self: &Arc<Self>, capability: Option<&str>) -> CheckLayer {
+        let allowed = self.metrics.as_ref().map(|m| m.access_counter(capability.unwrap_or("none"), "allow"));
+        CheckLayer(Arc::new(Check { access: self.clone(), capability: capability.map(Arc::<str>::from), allowed }))
     }
 
     /// (policy generation, trust generation): decisions hold while it stays the same.
@@ -247,7 +263,7 @@ struct Check {
 
 /// [`Check`] as a layer; one `Arc`, since axum clones the layered service per request.
 #[derive(Clone)]
-struct CheckLayer(Arc<Check>);
+pub(crate) struct CheckLayer(Arc<Check>);
 
 impl<S> tower::Layer<S> for CheckLayer {
     type Service = Checked<S>;
@@ -259,7 +275,7 @@ impl<S> tower::Layer<S> for CheckLayer {
 
 /// A route group behind [`Check`].
 #[derive(Clone)]
-struct Checked<S> {
+pub(crate) struct Checked<S> {
     check: Arc<Check>,
     inner: S,
 }

@@ -30,12 +30,13 @@
 //! - `hold` opens `N` connections, sends one keep-alive `GET` on each, prints `ready`,
 //!   keeps them open for `S` seconds, then closes them.
 //!
-//! - `serve` serves `GET /health` over mutual TLS with the server stack every worker
-//!   uses (the certificate and CA of `--client DIR`, client certificates required), the
-//!   workers' request metrics around it, and the capability access check
-//!   ([`AccessControl`]) as `--access` says: `off` (no check: the stack before the
-//!   capability access policy), `builtin` (the built-in policy) or `rego` (the default
-//!   policy in Rego, decisions cached as workers cache them). It prints `listening ADDR`
+//! - `serve` serves `GET /health` over mutual TLS with the server and HTTP stack every
+//!   worker uses (the certificate and CA of `--client DIR`, client certificates
+//!   required; request metrics, load shedding, timeout and body limit from
+//!   [`worker_router`](crank_runtime::worker::worker_router)), and the capability access
+//!   check ([`AccessControl`]) as `--access` says: `off` (the same stack without the
+//!   check), `builtin` (the built-in policy) or `rego` (the default policy in Rego,
+//!   decisions cached as workers cache them). It prints `listening ADDR`
 //!   and serves until killed. The benchmark compares the three under the same load.
 //!
 //! `sign` and `handshakes` print one line of `key=value` pairs: `ok`, `errors`,
@@ -391,7 +392,7 @@ async fn serve(opts: &Opts) -> anyhow::Result<()> {
     use axum::Router;
     use axum::routing::get;
     use crank_policy::{PolicyEngine, PolicyGuard, RegoEngine};
-    use crank_runtime::metrics::{self, Metrics};
+    use crank_runtime::metrics::Metrics;
     use crank_runtime::trust::TrustStore;
 
     let bundle = client_bundle(&opts.path("client")?)?;
@@ -410,8 +411,8 @@ async fn serve(opts: &Opts) -> anyhow::Result<()> {
         "rego" => Some(Arc::new(RegoEngine::defaults()?)),
         other => bail!("--access {other:?}: use off, builtin or rego"),
     };
-    let routes = match engine {
-        None => health,
+    let access = match engine {
+        None => None,
         Some(engine) => {
             let id = bundle.metadata().spiffe().context("the certificate carries no SPIFFE ID")?;
             let access = AccessControl::new(
@@ -423,13 +424,20 @@ async fn serve(opts: &Opts) -> anyhow::Result<()> {
             )
             .with_metrics(metrics.clone())
             .with_trust_changes(trust.changes());
-            Arc::new(access).protect(None, health)
+            Some(Arc::new(access))
         }
     };
-    let router = routes.layer(axum::middleware::from_fn_with_state(metrics.clone(), metrics::track));
-    let listener = tokio::net::TcpListener::bind(opts.get("listen")?).await?;
+    // The stack every worker serves its routes with, with or without the check.
     let limits =
         ConnectionLimits { max_connections: 4096, max_connections_per_ip: 4096, ..ConnectionLimits::default() };
+    let router = crank_runtime::worker::worker_router(
+        vec![(None, health)],
+        access.as_ref(),
+        &metrics,
+        limits.max_in_flight_requests,
+        (),
+    );
+    let listener = tokio::net::TcpListener::bind(opts.get("listen")?).await?;
     let server = ServerHandle::spawn(listener, config, router, limits, metrics.connections(), Some(trust))?;
     println!("listening {}", server.addr());
     std::future::pending::<()>().await;

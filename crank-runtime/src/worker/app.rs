@@ -4,15 +4,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use crank_security_core::{
     CertFiles, CertificateBundle, CertificateEvent, CorrelationId, EventKind, EventSink, EventSinks, KeyType,
     PolicyEngine, SecurityConfig, SpiffeId, WorkerId,
 };
-use tower_http::timeout::TimeoutLayer;
 
 use super::bootstrap::{BootstrapOptions, RetryPolicy, bootstrap};
 use super::mtls::{MtlsClient, MtlsHttpClient};
@@ -434,23 +432,21 @@ impl WorkerApplication {
             .routes
             .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
             .route("/ready", get(move || ready(crl_status.clone())));
-        let mut router = access.protect(None, undeclared).merge(access.protect(
-            Some(METRICS_CAPABILITY),
-            Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()),
-        ));
-        for (capability, routes) in self.capabilities {
-            router = router.merge(access.protect(Some(&capability), routes));
-        }
-        let router = router
-            .layer(Extension(context.clone()))
-            .layer(DefaultBodyLimit::max(1024 * 1024))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
-            .layer(axum::middleware::from_fn_with_state(
-                (metrics.clone(), limits.max_in_flight_requests),
-                crate::metrics::shed,
-            ))
-            // Outermost, so requests that time out are counted (408).
-            .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track));
+        let mut groups = vec![
+            (None, undeclared),
+            (
+                Some(METRICS_CAPABILITY.to_owned()),
+                Router::new().route("/metrics", get(crate::metrics::handler)).with_state(metrics.clone()),
+            ),
+        ];
+        groups.extend(self.capabilities.into_iter().map(|(capability, routes)| (Some(capability), routes)));
+        let router = super::stack::worker_router(
+            groups,
+            Some(&access),
+            &metrics,
+            limits.max_in_flight_requests,
+            context.clone(),
+        );
         let addr = SocketAddr::new(host, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -17,6 +17,7 @@ mod crl_watch;
 mod mtls;
 mod rotation;
 mod settings;
+mod stack;
 
 pub use self::app::{METRICS_CAPABILITY, RunningWorker, WorkerApplication, WorkerContext};
 pub use self::bootstrap::{
@@ -26,3 +27,4 @@ pub use self::ca_client::{CaClient, error_chain};
 pub use self::crl::{CrlInfo, CrlStatus, DEFAULT_CRL_REFRESH, crl_der, keep_crl, load_crl, verify_crl};
 pub use self::mtls::{CALL_ATTEMPTS, CallError, MtlsClient, MtlsHttpClient};
 pub use self::rotation::{MAX_RETRY_DELAY, RotationConfig, Rotator};
+pub use self::stack::{MAX_REQUEST_BODY, REQUEST_TIMEOUT, worker_router};
