@@ -17,11 +17,14 @@ use crank_security_core::{
 };
 use tempfile::TempDir;
 
+#[path = "support/bench_opts.rs"]
+mod bench_opts;
 #[path = "support/ca_copy.rs"]
 mod ca_copy;
 pub mod upstream;
 #[path = "../crank-policy/tests/support/wasm_module.rs"]
 mod wasm_module;
+pub use bench_opts::BenchOpts;
 pub use ca_copy::copy_ca_dir;
 
 /// Collects events for assertions.

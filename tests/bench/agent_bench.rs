@@ -60,7 +60,7 @@ use crank_security_core::{
     CertFiles, CertMetadata, CertificateBundle, CertificateProvider, CorrelationId, IssueRequest, KeyType, WorkerId,
     build_csr, generate_key,
 };
-use crank_tests::{KillOnDrop, Platform, PlatformOptions, crank_command, free_addr};
+use crank_tests::{BenchOpts, KillOnDrop, Platform, PlatformOptions, crank_command, free_addr};
 use prost::Message;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -82,35 +82,9 @@ fn main() -> anyhow::Result<()> {
     if peer {
         args.next();
     }
-    let opts = Opts::parse(args)?;
+    let opts = BenchOpts::parse(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if peer { rt.block_on(serve_peer(&opts)) } else { rt.block_on(run(&opts)) }
-}
-
-/// `--name value` pairs.
-struct Opts(HashMap<String, String>);
-
-impl Opts {
-    fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
-        let mut map = HashMap::new();
-        while let Some(name) = args.next() {
-            let Some(name) = name.strip_prefix("--") else { bail!("expected --option, got {name:?}") };
-            let value = args.next().with_context(|| format!("--{name} takes a value"))?;
-            map.insert(name.to_owned(), value);
-        }
-        Ok(Self(map))
-    }
-
-    fn get(&self, name: &str) -> anyhow::Result<&str> {
-        self.0.get(name).map(String::as_str).with_context(|| format!("--{name} is required"))
-    }
-
-    fn num(&self, name: &str, default: usize) -> anyhow::Result<usize> {
-        match self.0.get(name) {
-            Some(v) => v.parse().with_context(|| format!("--{name} takes a whole number")),
-            None => Ok(default),
-        }
-    }
 }
 
 /// What the run measured, for the summary.
@@ -126,16 +100,16 @@ impl Summary {
     }
 }
 
-async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let streams = opts.num("streams", 1000)?;
-    let rotations = opts.num("rotations", 8)?;
-    let validity = opts.0.get("leaf-validity").cloned().unwrap_or_else(|| "10s".into());
-    let entries = opts.num("entries", 1000)?;
-    let samples = opts.num("samples", 2000)?;
-    let rounds = opts.num("latency-rounds", 10)?.max(1);
-    let issue_n = opts.num("issue-n", 2000)?;
-    let issue_pairs = opts.num("issue-pairs", 5)?;
-    let concurrency = opts.num("concurrency", 16)?;
+async fn run(opts: &BenchOpts) -> anyhow::Result<()> {
+    let streams = opts.num_or("streams", 1000)?;
+    let rotations = opts.num_or("rotations", 8)?;
+    let validity = opts.opt("leaf-validity").unwrap_or("10s").to_owned();
+    let entries = opts.num_or("entries", 1000)?;
+    let samples = opts.num_or("samples", 2000)?;
+    let rounds = opts.num_or("latency-rounds", 10)?.max(1);
+    let issue_n = opts.num_or("issue-n", 2000)?;
+    let issue_pairs = opts.num_or("issue-pairs", 5)?;
+    let concurrency = opts.num_or("concurrency", 16)?;
     let started = Instant::now();
     let mut summary = Summary::default();
 
@@ -693,7 +667,7 @@ impl SpiffeWorkloadAPI for FixedAnswer {
 
 /// `agent-bench peer --socket PATH --response FILE`: serves [`FixedAnswer`] with the
 /// encoded `X509SVIDResponse` in FILE until killed.
-async fn serve_peer(opts: &Opts) -> anyhow::Result<()> {
+async fn serve_peer(opts: &BenchOpts) -> anyhow::Result<()> {
     let response = X509SVIDResponse::decode(std::fs::read(opts.get("response")?)?.as_slice())?;
     let listener = tokio::net::UnixListener::bind(opts.get("socket")?)?;
     tonic::transport::Server::builder()

@@ -42,8 +42,7 @@
 //! `sign` and `handshakes` print one line of `key=value` pairs: `ok`, `errors`,
 //! `seconds`, `rate` (successful requests per second), `p50_ms`, `p99_ms`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -54,6 +53,7 @@ use crank_ca::TokenAuthority;
 use crank_runtime::tls::{Credentials, mtls_client_config};
 use crank_runtime::{AccessControl, ConnectionLimits, MtlsClient, ServerHandle};
 use crank_security_core::{CertFiles, CertificateBundle, WorkerId};
+use crank_tests::BenchOpts;
 use rustls::client::Resumption;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,7 +63,7 @@ use tokio_rustls::TlsConnector;
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().context("usage: bench-driver sign|renew|handshakes|hold --option value ...")?;
-    let opts = Opts::parse(args)?;
+    let opts = BenchOpts::parse(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match mode.as_str() {
@@ -75,33 +75,6 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown mode {other:?}: use sign, renew, handshakes, hold or serve"),
         }
     })
-}
-
-/// `--name value` pairs.
-struct Opts(HashMap<String, String>);
-
-impl Opts {
-    fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
-        let mut map = HashMap::new();
-        while let Some(name) = args.next() {
-            let Some(name) = name.strip_prefix("--") else { bail!("expected --option, got {name:?}") };
-            let value = args.next().with_context(|| format!("--{name} takes a value"))?;
-            map.insert(name.to_owned(), value);
-        }
-        Ok(Self(map))
-    }
-
-    fn get(&self, name: &str) -> anyhow::Result<&str> {
-        self.0.get(name).map(String::as_str).with_context(|| format!("--{name} is required"))
-    }
-
-    fn num(&self, name: &str) -> anyhow::Result<usize> {
-        self.get(name)?.parse().with_context(|| format!("--{name} takes a whole number"))
-    }
-
-    fn path(&self, name: &str) -> anyhow::Result<PathBuf> {
-        Ok(PathBuf::from(self.get(name)?))
-    }
 }
 
 fn client_bundle(dir: &Path) -> anyhow::Result<CertificateBundle> {
@@ -192,25 +165,25 @@ where
     Ok((tallies, start.elapsed()))
 }
 
-async fn sign(opts: &Opts) -> anyhow::Result<()> {
+async fn sign(opts: &BenchOpts) -> anyhow::Result<()> {
     let url = opts.get("url")?.to_owned();
     let csr = std::fs::read_to_string(opts.path("csr")?).context("reading --csr")?;
-    let field = opts.0.get("field").cloned().unwrap_or_else(|| "csr".into());
+    let field = opts.opt("field").unwrap_or("csr").to_owned();
     let concurrency = opts.num("concurrency")?;
     let seconds = opts.num("seconds")?;
     let bundle = client_bundle(&opts.path("client")?)?;
-    let new_connection = opts.0.get("new-connection").is_some_and(|v| v == "true");
+    let new_connection = opts.opt("new-connection").is_some_and(|v| v == "true");
     let client = MtlsClient::from_bundle(&bundle)?;
 
     // Fresh single-use tokens for the crank CA, made before the clock starts: enough for
     // `--max-rate` issuances per second (default 6,000) for the whole run.
-    let tokens = match opts.0.get("crank-ca") {
+    let tokens = match opts.opt("crank-ca") {
         Some(dir) => {
             let dir = CaDir::new(dir);
             let key = CaDir::read_key(&dir.token_key())?;
             let authority = TokenAuthority::new(&key, dir.trust_domain()?, dir.pinned_fingerprint()?)?;
             let worker = WorkerId::new("bench-signer")?;
-            let max_rate = opts.0.get("max-rate").map(|v| v.parse()).transpose()?.unwrap_or(6_000usize);
+            let max_rate = opts.num_or("max-rate", 6_000)?;
             let mut v = Vec::with_capacity(max_rate * seconds);
             for _ in 0..max_rate * seconds {
                 v.push(authority.create(&worker, Duration::from_secs(3600), vec![])?);
@@ -248,7 +221,7 @@ async fn sign(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn renew(opts: &Opts) -> anyhow::Result<()> {
+async fn renew(opts: &BenchOpts) -> anyhow::Result<()> {
     use crank_security_core::{CertificateProvider, CorrelationId, RenewRequest, build_csr, generate_key};
     let url: url::Url = opts.get("url")?.parse().context("--url")?;
     let concurrency = opts.num("concurrency")?;
@@ -324,7 +297,7 @@ fn split_url(url: &str) -> anyhow::Result<(String, String, String)> {
 
 /// A TLS connector presenting the client certificate of `--client`, with session
 /// resumption off.
-fn connector(opts: &Opts) -> anyhow::Result<TlsConnector> {
+fn connector(opts: &BenchOpts) -> anyhow::Result<TlsConnector> {
     let bundle = client_bundle(&opts.path("client")?)?;
     let mut cfg = mtls_client_config(bundle.ca(), Credentials::new(bundle.certified_key()?))?;
     cfg.resumption = Resumption::disabled();
@@ -332,7 +305,7 @@ fn connector(opts: &Opts) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
-async fn handshakes(opts: &Opts) -> anyhow::Result<()> {
+async fn handshakes(opts: &BenchOpts) -> anyhow::Result<()> {
     let (host, addr, path) = split_url(opts.get("url")?)?;
     let connector = connector(opts)?;
     let name = ServerName::try_from(host.clone())?;
@@ -362,7 +335,7 @@ async fn handshakes(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn hold(opts: &Opts) -> anyhow::Result<()> {
+async fn hold(opts: &BenchOpts) -> anyhow::Result<()> {
     let (host, addr, path) = split_url(opts.get("url")?)?;
     let connector = connector(opts)?;
     let name = ServerName::try_from(host.clone())?;
@@ -388,7 +361,7 @@ async fn hold(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(opts: &Opts) -> anyhow::Result<()> {
+async fn serve(opts: &BenchOpts) -> anyhow::Result<()> {
     use axum::Router;
     use axum::routing::get;
     use crank_policy::{PolicyEngine, PolicyGuard, RegoEngine};

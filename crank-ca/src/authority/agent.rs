@@ -129,26 +129,17 @@ impl LocalCa {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use crank_security_core::{
         CertMetadata, CertificateProvider, CorrelationId, IssueRequest, IssuedCertificate, KeyType, ProviderError,
-        RenewRequest, TrustDomain, WorkerId, build_csr, generate_key, parse_pem_certs,
+        RenewRequest, WorkerId, build_csr, generate_key, parse_pem_certs,
     };
 
     use super::AgentCaller;
     use crate::LocalCa;
-    use crate::files::{CaDir, InitOptions, init_ca};
+    use crate::authority::test_ca as ca;
     use crate::store::{CertKind, RevocationReason, RevokeTarget};
-
-    async fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CaDir::new(tmp.path().join("ca"));
-        init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
-        let ca = LocalCa::builder(dir).replica("test").build().await.unwrap();
-        (tmp, ca)
-    }
 
     fn csr(worker: &str) -> String {
         let key = generate_key(KeyType::EcdsaP256).unwrap();

@@ -103,22 +103,9 @@ impl LocalCa {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use crank_security_core::TrustDomain;
-
-    use crate::LocalCa;
+    use crate::authority::test_ca as ca;
     use crate::error::CaError;
-    use crate::files::{CaDir, InitOptions, init_ca};
-
-    /// A CA in a temporary directory, with the embedded store.
-    async fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CaDir::new(tmp.path().join("ca"));
-        init_ca(&dir, &InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false }).unwrap();
-        let ca = LocalCa::builder(dir).replica("test").build().await.unwrap();
-        (tmp, ca)
-    }
+    use crate::files::CaDir;
 
     fn sel(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()

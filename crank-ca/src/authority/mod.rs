@@ -248,3 +248,15 @@ impl LocalCa {
         &self.store
     }
 }
+
+/// A CA in a temporary directory, with the embedded store, for the tests of the
+/// authority's rooms.
+#[cfg(test)]
+pub(crate) async fn test_ca() -> (tempfile::TempDir, Arc<LocalCa>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CaDir::new(tmp.path().join("ca"));
+    let options = crate::files::InitOptions { trust_domain: TrustDomain::default(), extra_sans: vec![], force: false };
+    crate::files::init_ca(&dir, &options).unwrap();
+    let ca = LocalCa::builder(dir).replica("test").build().await.unwrap();
+    (tmp, ca)
+}
