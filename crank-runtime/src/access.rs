@@ -154,7 +154,9 @@ impl AccessControl {
 
     /// [`Self::protect`] inside `outer`, layers every route of the group has anyway: axum
     /// boxes each route once per layer call, so the check shares that one level with
-    /// them instead of adding its own.
+    /// them instead of adding its own. Unlike [`Self::protect`], the group's fallbacks
+    /// (a path it does not serve, a method a path does not allow, a fallback handler set
+    /// on it) are behind `outer` and the check too.
     pub(crate) fn protect_within<L>(self: &Arc<Self>, capability: Option<&str>, routes: Router, outer: L) -> Router
     where
         L: tower::Layer<Checked<axum::routing::Route>> + Clone + Send + Sync + 'static,
@@ -165,7 +167,7 @@ impl AccessControl {
             + 'static,
         <L::Service as tower::Service<Request>>::Future: Send + 'static,
     {
-        routes.with_state(()).route_layer(tower::layer::util::Stack::new(self.check_layer(capability), outer))
+        routes.with_state(()).layer(tower::layer::util::Stack::new(self.check_layer(capability), outer))
     }
 
     fn check_layer(self: &Arc<Self>, capability: Option<&str>) -> CheckLayer {

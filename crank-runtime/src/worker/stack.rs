@@ -1,10 +1,13 @@
 //! The HTTP stack a worker serves its routes with.
 //!
 //! ```text
-//!  request ─► track (metrics, in flight)               ─┐ around the whole router: 404
-//!          ─► routing                                   ─┘ and 405 answers are counted
+//!  request ─► track (metrics, in flight)    around the whole router: every answer counted
+//!          ─► routing
 //!          ─► per route, one level: shed (503 past the bound in flight) ─► timeout (408)
 //!             ─► body limit ─► the handler's extension ─► the access check ─► handler
+//!             (also for what routing answers itself, 404 and 405, and for a fallback
+//!             handler: checked with the group that names no capability, or with the
+//!             fallback's own group)
 //! ```
 //!
 //! axum boxes each route once per layer call (`Router::layer`, `Router::route_layer`),
@@ -51,14 +54,16 @@ where
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .layer(Extension(extension));
-    let mut router = Router::new();
-    for (capability, routes) in groups {
-        let group = match access {
-            Some(access) => access.protect_within(capability.as_deref(), routes, per_route.clone()),
-            None => routes.with_state(()).route_layer(per_route.clone()),
-        };
-        router = router.merge(group);
-    }
+    let layered = |(capability, routes): (Option<String>, Router)| match access {
+        Some(access) => access.protect_within(capability.as_deref(), routes, per_route.clone()),
+        None => routes.with_state(()).layer(per_route.clone()),
+    };
+    // Each group's fallbacks are layered with it, and axum keeps the last group's default
+    // fallback when it merges: the group that names no capability goes last, so that a
+    // path no route serves is checked as an undeclared route. A fallback handler set on
+    // a group (one at most) wins, behind its own group's check.
+    let (undeclared, declared): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(c, _)| c.is_none());
+    let router = declared.into_iter().chain(undeclared).map(layered).reduce(|a, b| a.merge(b)).unwrap_or_default();
     // Outermost, so requests that time out are counted (408), and so are answers routing
     // gives itself (404, 405).
     router.layer(axum::middleware::from_fn_with_state(metrics.clone(), metrics::track))
@@ -137,10 +142,89 @@ mod tests {
             assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(shed.headers()[axum::http::header::RETRY_AFTER], "1");
         }
-        // Within the bound, the check answers: no client certificate.
+        // Within the bound, the check answers: no client certificate. Also for what
+        // routing answers itself: no path or method is found out without passing it.
         let app = worker_router(vec![(Some("email.send".into()), routes())], Some(&access), &metrics, 16, "w");
-        assert_eq!(status(&app, get_req("/who")).await, StatusCode::UNAUTHORIZED);
-        // Routing's own answers are not the check's to give.
+        for req in [get_req("/who"), get_req("/nowhere"), Request::delete("/who").body(Body::empty()).unwrap()] {
+            assert_eq!(status(&app, req).await, StatusCode::UNAUTHORIZED);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fallback_set_on_a_group_is_behind_the_groups_layers_and_check() {
+        let metrics = Metrics::new();
+        let files = || {
+            Router::new()
+                .route("/files/index", get(|| async { "index" }))
+                .fallback(|Extension(who): Extension<&'static str>| async move { who })
+        };
+        let groups = || {
+            vec![
+                (None, routes()),
+                (Some("files.read".to_owned()), files()),
+                (Some("metrics.read".to_owned()), Router::new().route("/metrics", get(|| async { "m" }))),
+            ]
+        };
+        // Without the check: the fallback serves unknown paths, with the extension.
+        let app = worker_router(groups(), None, &metrics, 16, "the-worker");
+        let r = app.clone().oneshot(get_req("/anything")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(axum::body::to_bytes(r.into_body(), 64).await.unwrap(), "the-worker");
+        assert_eq!(status(&app, get_req("/files/index")).await, StatusCode::OK);
+        // With it: the fallback is checked like its group's routes.
+        let access = Arc::new(AccessControl::new(
+            crank_policy::PolicyGuard::new(crank_policy::builtin()),
+            "api",
+            "crank.local",
+            "test",
+            Arc::new(crank_security_core::NoEvents),
+        ));
+        let app = worker_router(groups(), Some(&access), &metrics, 16, "the-worker");
+        assert_eq!(status(&app, get_req("/anything")).await, StatusCode::UNAUTHORIZED);
+        // A worker of the trust domain granted nothing: the undeclared routes serve it,
+        // `/metrics` and the files (their fallback included) refuse it.
+        for (path, code) in
+            [("/who", StatusCode::OK), ("/metrics", StatusCode::FORBIDDEN), ("/anything", StatusCode::FORBIDDEN)]
+        {
+            assert_eq!(status(&app, as_caller(get_req(path))).await, code, "{path}");
+        }
+        // Groups with the default fallback merge, and a path none serves is a 404 from the
+        // last, undeclared, group's fallback.
+        let plain = || {
+            vec![
+                (None, routes()),
+                (Some("metrics.read".to_owned()), Router::new().route("/metrics", get(|| async { "m" }))),
+            ]
+        };
+        let app = worker_router(plain(), None, &metrics, 16, "w");
         assert_eq!(status(&app, get_req("/nowhere")).await, StatusCode::NOT_FOUND);
+        assert_eq!(status(&app, get_req("/metrics")).await, StatusCode::OK);
+        // With the check, that 404 is the undeclared group's to give: the caller granted
+        // nothing gets it, not the 403 of `/metrics`.
+        let app = worker_router(plain(), Some(&access), &metrics, 16, "w");
+        assert_eq!(status(&app, as_caller(get_req("/nowhere"))).await, StatusCode::NOT_FOUND);
+        assert_eq!(status(&app, as_caller(get_req("/metrics"))).await, StatusCode::FORBIDDEN);
+    }
+
+    /// `req` as sent on a connection of a worker of `crank.local` granted no capability.
+    fn as_caller(mut req: Request<Body>) -> Request<Body> {
+        let caller = crank_security_core::Caller {
+            spiffe_id: "spiffe://crank.local/worker/caller".into(),
+            worker_id: "caller".into(),
+            administrator: false,
+            trust_domain: "crank.local".into(),
+            serial: "01".into(),
+            not_after: i64::MAX,
+            capabilities: vec![],
+        };
+        let connection = crate::tls::Connection {
+            peer: None,
+            certificate: Some(rustls_pki_types::CertificateDer::from(vec![0u8])),
+            caller: Some(caller),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            allowed: std::sync::Mutex::new(None),
+        };
+        req.extensions_mut().insert(Arc::new(connection));
+        req
     }
 }
