@@ -33,6 +33,17 @@ fn copy_of(tmp: &tempfile::TempDir, dir: &CaDir, name: &str) -> CaDir {
     CaDir::new(to)
 }
 
+/// What a store writer can list for `key`: a certificate with the key purpose `oid`,
+/// issued by a CA of their own (PEM).
+fn certified_by_own_ca(key: &rcgen::KeyPair, oid: &[u64]) -> String {
+    let mut own_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    own_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let own_issuer = rcgen::Issuer::new(own_ca, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap());
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(oid.to_vec())];
+    forged.signed_by(key, &own_issuer).unwrap().pem()
+}
+
 fn url(addr: SocketAddr) -> url::Url {
     format!("https://{addr}").parse().unwrap()
 }
@@ -401,13 +412,7 @@ async fn the_token_key_rotates_by_age_and_every_replica_accepts_the_new_one() {
     // A store writer lists a key of their own, certified by a CA of their own.
     let evil = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let evil_kid = crank_ca::key_id(&rcgen::PublicKeyData::subject_public_key_info(&evil));
-    let mut own_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    own_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let own_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let own_issuer = rcgen::Issuer::new(own_ca, own_key);
-    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    forged.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(crank_ca::TOKEN_KEY_PURPOSE_OID.to_vec())];
-    let forged = forged.signed_by(&evil, &own_issuer).unwrap().pem();
+    let forged = certified_by_own_ca(&evil, &crank_ca::TOKEN_KEY_PURPOSE_OID);
     let store = PostgresStore::connect(&db).await.unwrap();
     store.publish_token_key(&evil_kid, &forged).await.unwrap();
     let minted = crank_ca::TokenAuthority::new(&evil, TrustDomain::default(), fp.clone())
@@ -451,13 +456,7 @@ async fn every_replica_serves_the_jwt_keys_any_replica_certified() {
     // key purpose, and this CA's join-token key certificate (the wrong purpose).
     let evil = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let evil_kid = crank_ca::key_id(&rcgen::PublicKeyData::subject_public_key_info(&evil));
-    let mut own_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    own_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let own_issuer = rcgen::Issuer::new(own_ca, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap());
-    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    forged.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::Other(crank_ca::jwt_svid::JWT_KEY_PURPOSE_OID.to_vec())];
-    let forged = forged.signed_by(&evil, &own_issuer).unwrap().pem();
+    let forged = certified_by_own_ca(&evil, &crank_ca::jwt_svid::JWT_KEY_PURPOSE_OID);
     let token_key = crank_ca::token_key::read(&dir1).unwrap();
     let store = PostgresStore::connect(&db).await.unwrap();
     store.publish_jwt_key(&evil_kid, &forged).await.unwrap();

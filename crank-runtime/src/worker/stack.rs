@@ -129,13 +129,7 @@ mod tests {
         let metrics = Metrics::new();
         // Every request is in flight itself: a bound of 0 sheds them all, with or without
         // the check, and before it (no client certificate here, which the check refuses).
-        let access = Arc::new(AccessControl::new(
-            crank_policy::PolicyGuard::new(crank_policy::builtin()),
-            "api",
-            "crank.local",
-            "test",
-            Arc::new(crank_security_core::NoEvents),
-        ));
+        let access = builtin_access();
         for access in [None, Some(&access)] {
             let app = worker_router(vec![(None, routes())], access, &metrics, 0, "w");
             let shed = app.clone().oneshot(get_req("/who")).await.unwrap();
@@ -172,13 +166,7 @@ mod tests {
         assert_eq!(axum::body::to_bytes(r.into_body(), 64).await.unwrap(), "the-worker");
         assert_eq!(status(&app, get_req("/files/index")).await, StatusCode::OK);
         // With it: the fallback is checked like its group's routes.
-        let access = Arc::new(AccessControl::new(
-            crank_policy::PolicyGuard::new(crank_policy::builtin()),
-            "api",
-            "crank.local",
-            "test",
-            Arc::new(crank_security_core::NoEvents),
-        ));
+        let access = builtin_access();
         let app = worker_router(groups(), Some(&access), &metrics, 16, "the-worker");
         assert_eq!(status(&app, get_req("/anything")).await, StatusCode::UNAUTHORIZED);
         // A worker of the trust domain granted nothing: the undeclared routes serve it,
@@ -204,6 +192,17 @@ mod tests {
         let app = worker_router(plain(), Some(&access), &metrics, 16, "w");
         assert_eq!(status(&app, as_caller(get_req("/nowhere"))).await, StatusCode::NOT_FOUND);
         assert_eq!(status(&app, as_caller(get_req("/metrics"))).await, StatusCode::FORBIDDEN);
+    }
+
+    /// The check with the built-in policy, for worker `api` of `crank.local`.
+    fn builtin_access() -> Arc<AccessControl> {
+        Arc::new(AccessControl::new(
+            crank_policy::PolicyGuard::new(crank_policy::builtin()),
+            "api",
+            "crank.local",
+            "test",
+            Arc::new(crank_security_core::NoEvents),
+        ))
     }
 
     /// `req` as sent on a connection of a worker of `crank.local` granted no capability.
