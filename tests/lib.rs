@@ -673,8 +673,31 @@ pub async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within
     tokio::time::timeout(within, drain).await.ok().map(|()| start.elapsed())
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1, for a server a test starts (which binds it a moment later).
+///
+/// Not a port the kernel picks (`bind` to port 0): those come from its ephemeral range,
+/// where every server started on port 0 and every outgoing connection also takes one, so
+/// between this check and the server's bind another test's process could take it, and
+/// the test would then talk to a stranger's server. These ports come from just below the
+/// ephemeral range, in turn (a counter per test process, starting where the process id
+/// says): two servers of concurrent tests never get the same one.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 8192;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(SPAN).max(1024);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(low + (start + n) % SPAN) else { continue };
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
@@ -1064,6 +1087,18 @@ impl Platform {
     /// What a worker has logged so far.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// [`wait_until`], but a timeout shows what `name` logged meanwhile.
+    pub async fn wait_logged(&self, name: &str, what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+        let seen = self.log(name).len();
+        let deadline = std::time::Instant::now() + within;
+        while !cond() {
+            if std::time::Instant::now() >= deadline {
+                panic!("timed out waiting for {what}; {name} logged meanwhile:\n{}", &self.log(name)[seen..]);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// An HTTPS client presenting `bundle` and trusting what it trusts.

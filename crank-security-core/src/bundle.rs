@@ -247,18 +247,20 @@ impl CertificateBundle {
     /// running user or root and be writable by their owner only. Each refusal names the
     /// command that fixes it.
     pub fn load(files: &CertFiles) -> Result<Self, Error> {
-        files.recover()?;
+        // Read while no writer is half-way: one whole bundle, old or new.
+        let (cert, key, ca) = files.locked(|| {
+            // Every file passes its ownership checks before any is parsed: a planted link
+            // or a key others may read is refused as such, whatever the other files hold.
+            Ok((
+                read_checked(&files.cert, Contents::Certificate)?,
+                read_checked(&files.key, Contents::PrivateKey)?,
+                read_checked(&files.ca, Contents::Certificate)?,
+            ))
+        })?;
         // A damaged file (truncated, garbage) is named, so the operator knows which.
         fn in_file(path: &Path) -> impl FnOnce(Error) -> Error + '_ {
             move |e| Error::InFile { path: path.to_owned(), source: Box::new(e) }
         }
-        // Every file passes its ownership checks before any is parsed: a planted link or a
-        // key others may read is refused as such, whatever the other files hold.
-        let (cert, key, ca) = (
-            read_checked(&files.cert, Contents::Certificate)?,
-            read_checked(&files.key, Contents::PrivateKey)?,
-            read_checked(&files.ca, Contents::Certificate)?,
-        );
         let chain = parse_chain(&cert).map_err(in_file(&files.cert))?;
         let key = parse_key(&key).map_err(in_file(&files.key))?;
         let ca = parse_pem_certs("CA certificate", &ca).map_err(in_file(&files.ca))?;

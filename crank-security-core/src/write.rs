@@ -7,6 +7,12 @@
 //! stale `.next` files are discarded on the next load); a crash after it is rolled
 //! forward on the next load. Readers never see a half-written file.
 //!
+//! Writers and loaders of one directory take turns: each holds an exclusive lock on the
+//! directory itself (`flock`, so a crashed process lets go) while it stages, commits,
+//! recovers or reads the files. Without it a loader's recovery would discard what another
+//! process or thread was staging (the writer then "commits" nothing, or half a bundle),
+//! and two writers would pair one's certificate with the other's key.
+//!
 //! Before every write (and every load) the directory is checked: it must belong to the
 //! running user and be writable by nobody else. Staging files are created exclusively and
 //! never through a link: a stale one from a crash (a regular file of this user) is
@@ -78,10 +84,22 @@ impl CertFiles {
     /// [checking the directory](Self::check_dir). A link or another user's file at a
     /// staging path is refused, never renamed into place or followed.
     pub fn recover(&self) -> Result<(), Error> {
+        self.locked(|| Ok(()))
+    }
+
+    /// Runs `read` with the directory locked against writers (see the module
+    /// documentation), after checking it and [recovering](Self::recover) an interrupted
+    /// write: what `read` reads is one whole bundle. A directory that does not exist is
+    /// not created; `read` runs without a lock.
+    pub fn locked<T>(&self, read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         self.check_dir()?;
-        if !self.dir.is_dir() {
-            return Ok(());
-        }
+        let Some(_lock) = DirLock::take(&self.dir)? else { return read() };
+        self.recover_locked()?;
+        read()
+    }
+
+    /// [`Self::recover`] with the lock already held.
+    fn recover_locked(&self) -> Result<(), Error> {
         let marker = self.dir.join(MARKER);
         let committed = is_own_file(&marker)?;
         for (path, _) in self.entries() {
@@ -113,40 +131,84 @@ impl BundleWriter {
 
     /// Writes and syncs the new files beside the live ones without touching them.
     /// Nothing changes for readers until [`StagedBundle::commit`].
+    /// The directory stays locked against other writers and loaders until the staged
+    /// bundle is committed or dropped.
     pub fn stage(files: &CertFiles, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<StagedBundle, Error> {
         create_dir(&files.dir)?;
-        files.recover()?;
+        files.check_dir()?;
+        let lock = DirLock::take(&files.dir)?
+            .ok_or_else(|| Error::io("locking", &files.dir, std::io::ErrorKind::NotFound.into()))?;
+        files.recover_locked()?;
+        let staged = StagedBundle { files: files.clone(), committed: false, _lock: lock };
         for ((path, mode), content) in files.entries().into_iter().zip([key_pem, cert_pem, ca_pem]) {
             write_synced(&next_path(path), content, mode)?;
         }
         sync_dir(&files.dir)?;
-        Ok(StagedBundle { files: files.clone() })
+        Ok(staged)
     }
 }
 
-/// A bundle written beside the live files, not yet visible. Dropping it without
-/// committing discards the staged files.
+/// A bundle written beside the live files, not yet visible; it holds the directory's
+/// lock. Dropping it without committing discards the staged files.
 #[derive(Debug)]
 #[must_use = "a staged bundle does nothing until committed"]
 pub struct StagedBundle {
     files: CertFiles,
+    committed: bool,
+    // Dropped after `drop` below has cleaned up.
+    _lock: DirLock,
 }
 
 impl StagedBundle {
     /// Makes the staged files live: one durable marker, then renames.
-    pub fn commit(self) -> Result<(), Error> {
-        let files = self.files.clone();
-        std::mem::forget(self);
-        write_synced(&files.dir.join(MARKER), b"", CERT_MODE)?;
-        sync_dir(&files.dir)?;
-        files.recover()
+    pub fn commit(mut self) -> Result<(), Error> {
+        self.committed = true;
+        write_synced(&self.files.dir.join(MARKER), b"", CERT_MODE)?;
+        sync_dir(&self.files.dir)?;
+        self.files.recover_locked()
+    }
+
+    /// What a crash leaves: the staged files stay, the lock is let go.
+    #[cfg(test)]
+    fn crash(mut self) {
+        self.committed = true;
     }
 }
 
 impl Drop for StagedBundle {
     fn drop(&mut self) {
-        // Best effort: an uncommitted stage is also discarded by the next load.
-        let _ = self.files.recover();
+        // Best effort: an uncommitted stage is also discarded by the next load. After a
+        // commit that failed half-way, the same call rolls it forward if it can.
+        if !self.committed {
+            let _ = self.files.recover_locked();
+        }
+    }
+}
+
+/// An exclusive `flock` on a directory, let go when dropped (or when the process ends).
+#[derive(Debug)]
+struct DirLock {
+    _dir: rustix::fd::OwnedFd,
+}
+
+impl DirLock {
+    /// Waits for and takes the lock of `dir` (opened without following a link); `None`
+    /// if `dir` does not exist.
+    fn take(dir: &Path) -> Result<Option<Self>, Error> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(Error::io("opening", dir, e.into())),
+        };
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::io("locking", dir, e.into())),
+                Ok(()) => return Ok(Some(Self { _dir: fd })),
+            }
+        }
     }
 }
 
@@ -224,16 +286,17 @@ impl FileChange {
 
     /// Stages, commits and applies the change.
     pub fn commit(self) -> Result<(), Error> {
-        let journal = self.stage()?;
+        let (journal, _lock) = self.stage()?;
         write_synced(&self.dir.join(CHANGE_JOURNAL), journal.as_bytes(), CERT_MODE)?;
         sync_dir(&self.dir)?;
-        Self::recover(&self.dir)
+        Self::recover_locked(&self.dir)
     }
 
     /// Writes, syncs (and gives to the owner) every new file under its staging name and
-    /// returns the journal that commits them. On failure the files staged so far are
-    /// removed again: nothing is left half-written, and the live files are untouched.
-    fn stage(&self) -> Result<String, Error> {
+    /// returns the journal that commits them, with the directory's lock, held until the
+    /// change is applied. On failure the files staged so far are removed again: nothing
+    /// is left half-written, and the live files are untouched.
+    fn stage(&self) -> Result<(String, DirLock), Error> {
         if let Some(owner) = self.owner {
             owner.check(&self.dir)?;
             if !self.dir.is_dir() {
@@ -246,7 +309,10 @@ impl FileChange {
         } else {
             create_dir(&self.dir)?;
         }
-        Self::recover(&self.dir)?;
+        check_private_dir(&self.dir)?;
+        let lock = DirLock::take(&self.dir)?
+            .ok_or_else(|| Error::io("locking", &self.dir, std::io::ErrorKind::NotFound.into()))?;
+        Self::recover_locked(&self.dir)?;
         let mut journal = String::new();
         if let Some(owner) = self.owner {
             journal.push_str(&format!("owner {}\n", owner.journal_value()));
@@ -271,7 +337,7 @@ impl FileChange {
         for name in &self.removes {
             journal.push_str(&format!("del {name}\n"));
         }
-        Ok(journal)
+        Ok((journal, lock))
     }
 
     /// Finishes a committed change of `dir` that was interrupted (after checking the
@@ -280,6 +346,14 @@ impl FileChange {
     /// that names an owner gives each staged file to it (again) before renaming it.
     pub fn recover(dir: &Path) -> Result<(), Error> {
         check_private_dir(dir)?;
+        match DirLock::take(dir)? {
+            Some(_lock) => Self::recover_locked(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::recover`] with the directory checked and its lock held.
+    fn recover_locked(dir: &Path) -> Result<(), Error> {
         let journal_path = dir.join(CHANGE_JOURNAL);
         if !is_own_file(&journal_path)? {
             return Ok(());
@@ -558,7 +632,8 @@ mod tests {
         };
 
         // Staged, not yet committed: the staging files already have owner and mode.
-        let journal = change().stage().unwrap();
+        // (The lock is let go at the end of the statement, as after a crash.)
+        let journal = change().stage().unwrap().0;
         assert_eq!(journal, "owner 1000:1000\nput client.key\nput client.crt\n");
         assert_eq!(owner_and_mode(&next_path(&key)), (WORKLOAD, WORKLOAD, 0o600));
         assert_eq!(owner_and_mode(&next_path(&cert)), (WORKLOAD, WORKLOAD, 0o644));
@@ -745,7 +820,7 @@ mod tests {
         BundleWriter::write(&f, b"old-cert", b"old-key", b"old-ca").unwrap();
         let staged = BundleWriter::stage(&f, b"new-cert", b"new-key", b"new-ca").unwrap();
         // A crash: the process dies with the staged files on disk and no cleanup.
-        std::mem::forget(staged);
+        staged.crash();
         assert!(next_path(&f.cert).exists());
         f.recover().unwrap();
         assert_eq!(read(&f.cert), b"old-cert");
@@ -754,11 +829,69 @@ mod tests {
     }
 
     #[test]
+    fn a_load_while_a_write_is_staged_neither_discards_nor_splits_it() {
+        // Another process or thread loading the directory (a worker's rotator, `crank
+        // cert inspect`) while a bundle is written: the write lands whole, every time.
+        let (_t, f) = files();
+        BundleWriter::write(&f, b"cert-0", b"key-0", b"ca-0").unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let loader = s.spawn(|| {
+                let mut loads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.recover().unwrap();
+                    let (cert, key, ca) = f.locked(|| Ok((read(&f.cert), read(&f.key), read(&f.ca)))).unwrap();
+                    let n = |b: &[u8], prefix: &str| String::from_utf8_lossy(b).strip_prefix(prefix).map(str::to_owned);
+                    assert_eq!(n(&cert, "cert-"), n(&key, "key-"), "a load saw one write's certificate, another's key");
+                    assert_eq!(n(&cert, "cert-"), n(&ca, "ca-"));
+                    loads += 1;
+                }
+                loads
+            });
+            let writer = s.spawn(|| {
+                for n in 1..=60 {
+                    let (c, k, a) = (format!("cert-{n}"), format!("key-{n}"), format!("ca-{n}"));
+                    BundleWriter::write(&f, c.as_bytes(), k.as_bytes(), a.as_bytes()).unwrap();
+                    assert_eq!((read(&f.cert), read(&f.key)), (c.into_bytes(), k.into_bytes()), "write {n} was lost");
+                }
+            });
+            let written = writer.join();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let loaded = loader.join();
+            written.unwrap();
+            assert!(loaded.unwrap() > 0);
+        });
+    }
+
+    #[test]
+    fn two_writers_at_once_each_land_whole() {
+        let (_t, f) = files();
+        std::thread::scope(|s| {
+            for w in ["a", "b"] {
+                let f = &f;
+                s.spawn(move || {
+                    for i in 0..30 {
+                        let n = format!("{w}{i}");
+                        let (c, k, a) = (format!("cert-{n}"), format!("key-{n}"), format!("ca-{n}"));
+                        BundleWriter::write(f, c.as_bytes(), k.as_bytes(), a.as_bytes()).unwrap();
+                        let (cert, key, ca) = f.locked(|| Ok((read(&f.cert), read(&f.key), read(&f.ca)))).unwrap();
+                        let tail = |b: Vec<u8>| String::from_utf8(b).unwrap().split_once('-').unwrap().1.to_owned();
+                        let (nc, nk, na) = (tail(cert), tail(key), tail(ca));
+                        assert!(nc == nk && nk == na, "a bundle mixed from two writes: {nc} {nk} {na}");
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = fs::read_dir(&f.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "something staged was left behind: {left:?}");
+    }
+
+    #[test]
     fn crash_after_marker_rolls_forward() {
         let (_t, f) = files();
         BundleWriter::write(&f, b"old-cert", b"old-key", b"old-ca").unwrap();
         let staged = BundleWriter::stage(&f, b"new-cert", b"new-key", b"new-ca").unwrap();
-        std::mem::forget(staged);
+        staged.crash();
         // The marker was written and one rename happened before the crash.
         write_synced(&f.dir.join(MARKER), b"", CERT_MODE).unwrap();
         rename(&next_path(&f.key), &f.key).unwrap();

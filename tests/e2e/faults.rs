@@ -71,11 +71,20 @@ async fn damaged_certificate_files_at_start_are_named_and_a_new_join_token_recov
     let mut c = hello_world_at(&p);
     let token = p.token("hello-world");
     c.env("CRANK_JOIN_TOKEN", &token);
+    let seen = p.log("hello-world").len();
     let mut child = crank_tests::KillOnDrop(c.spawn().unwrap());
-    wait_until("a good bundle after recovery", Duration::from_secs(20), || {
-        load(&certs).is_ok_and(|b| b.metadata().serial != good.metadata().serial)
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !load(&certs).is_ok_and(|b| b.metadata().serial != good.metadata().serial) {
+        let exited = child.0.try_wait().unwrap();
+        assert!(
+            exited.is_none() && std::time::Instant::now() < deadline,
+            "no good bundle after recovery ({:?}; the worker {}): {}",
+            load(&certs).map(|b| b.metadata().serial.clone()),
+            exited.map_or("still runs".into(), |s| format!("exited, {s}")),
+            &p.log("hello-world")[seen..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(child.0.try_wait().unwrap().is_none(), "the recovered worker keeps running");
 }
 
@@ -438,7 +447,7 @@ async fn ten_minutes_of_clock_skew_either_way_is_ridden_out_and_more_is_named() 
         let health = format!("https://127.0.0.1:{}/health", addr.port());
         let status = Platform::client(&ops).get(&health).send().await.unwrap().status();
         assert_eq!(status, 200, "CA clock {skew}: a peer is served");
-        wait_until(&format!("a renewal with the CA's clock {skew}"), Duration::from_secs(45), || {
+        p.wait_logged("hello-world", &format!("a renewal with the CA's clock {skew}"), Duration::from_secs(45), || {
             load(&certs).is_ok_and(|b| b.metadata().serial != first)
         })
         .await;
