@@ -106,6 +106,49 @@ pub(crate) fn create_exclusive(path: &Path, mode: u32) -> Result<File, Error> {
     })
 }
 
+/// Opens (creating it, mode 0600, if missing) the lock file at `path`, never through a
+/// link. It must be a regular file of the running user that group and others cannot open:
+/// a lock another user could open, they could hold, and stop every write. `None` where
+/// it cannot be created because the file system is read-only (nothing writes there).
+pub(crate) fn open_lock_file(path: &Path) -> Result<Option<File>, Error> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(insecure(
+                "file",
+                path,
+                "is a symbolic link, which crank never leaves there: someone else has written into this directory"
+                    .into(),
+                "find out who could write to the directory, make it writable by this user only, remove the link, and try again".into(),
+            ));
+        }
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io("inspecting", path, e))?;
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() || meta.uid() != euid() || mode & 0o077 != 0 {
+        return Err(insecure(
+            "file",
+            path,
+            format!(
+                "is not a regular file of uid {} closed to group and others (uid {}, mode {mode:04o}), so another user could hold the lock",
+                euid(),
+                meta.uid()
+            ),
+            "remove it; crank makes it again".into(),
+        ));
+    }
+    Ok(Some(file))
+}
+
 /// What a file read by [`read_checked`] holds, which decides who may own it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Contents {

@@ -7,9 +7,9 @@
 //! stale `.next` files are discarded on the next load); a crash after it is rolled
 //! forward on the next load. Readers never see a half-written file.
 //!
-//! Writers and loaders of one directory take turns: each holds an exclusive lock on the
-//! directory itself (`flock`, so a crashed process lets go) while it stages, commits,
-//! recovers or reads the files. Without it a loader's recovery would discard what another
+//! Writers and loaders of one directory take turns: each holds an exclusive `flock` on
+//! the directory's `.lock` file (0600: no other user can open it to hold the lock; a
+//! crashed process lets go) while it stages, commits, recovers or reads the files. Without it a loader's recovery would discard what another
 //! process or thread was staging (the writer then "commits" nothing, or half a bundle),
 //! and two writers would pair one's certificate with the other's key.
 //!
@@ -24,7 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
-use crate::ownership::{check_private_dir, create_exclusive, is_own_file};
+use crate::ownership::{check_private_dir, create_exclusive, is_own_file, open_lock_file};
 
 /// Mode of private key files.
 const KEY_MODE: u32 = 0o600;
@@ -185,28 +185,31 @@ impl Drop for StagedBundle {
     }
 }
 
-/// An exclusive `flock` on a directory, let go when dropped (or when the process ends).
+/// A directory's lock file.
+const LOCK: &str = ".lock";
+
+/// An exclusive `flock` on a directory's `.lock` file (0600, so no other user can open
+/// it, and hold the lock to stop every write), let go when dropped or when the process
+/// ends.
 #[derive(Debug)]
 struct DirLock {
-    _dir: rustix::fd::OwnedFd,
+    _file: File,
 }
 
 impl DirLock {
-    /// Waits for and takes the lock of `dir` (opened without following a link); `None`
-    /// if `dir` does not exist.
+    /// Waits for and takes the lock of `dir`. `None` if `dir` does not exist, or is on
+    /// a read-only file system (where nothing writes).
     fn take(dir: &Path) -> Result<Option<Self>, Error> {
-        use rustix::fs::{FlockOperation, Mode, OFlags};
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(Error::io("opening", dir, e.into())),
-        };
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let path = dir.join(LOCK);
+        let Some(file) = open_lock_file(&path)? else { return Ok(None) };
         loop {
-            match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
                 Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::io("locking", dir, e.into())),
-                Ok(()) => return Ok(Some(Self { _dir: fd })),
+                Err(e) => return Err(Error::io("locking", &path, e.into())),
+                Ok(()) => return Ok(Some(Self { _file: file })),
             }
         }
     }
@@ -737,7 +740,7 @@ mod tests {
         assert_eq!((read(&key), read(&cert)), (b"old-key".to_vec(), b"old-cert".to_vec()));
         let mut left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         left.sort();
-        assert_eq!(left, ["client.crt", "client.key"], "something half-written was left behind");
+        assert_eq!(left, [".lock", "client.crt", "client.key"], "something half-written was left behind");
         let (uid, _, mode) = owner_and_mode(&key);
         assert_eq!((uid, mode), (me, 0o600));
     }
@@ -864,6 +867,30 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_file_is_private_and_one_others_could_open_is_refused() {
+        let (t, f) = files();
+        BundleWriter::write(&f, b"cert", b"key", b"ca").unwrap();
+        let lock = f.dir.join(LOCK);
+        assert_eq!(fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
+        // Opened by group or others, it could be held by them: every write would wait.
+        set_mode(&lock, 0o644);
+        let e = f.recover().unwrap_err().to_string();
+        assert!(e.contains(".lock") && e.contains("another user could hold the lock"), "{e}");
+        assert!(BundleWriter::write(&f, b"c", b"k", b"a").is_err());
+        // A link is not followed.
+        fs::remove_file(&lock).unwrap();
+        let target = t.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let e = f.recover().unwrap_err().to_string();
+        assert!(e.contains(".lock is a symbolic link"), "{e}");
+        assert!(!target.exists());
+        // Removed, it is made again.
+        fs::remove_file(&lock).unwrap();
+        BundleWriter::write(&f, b"cert-2", b"key-2", b"ca-2").unwrap();
+        assert_eq!(read(&f.cert), b"cert-2");
+    }
+
+    #[test]
     fn two_writers_at_once_each_land_whole() {
         let (_t, f) = files();
         std::thread::scope(|s| {
@@ -883,7 +910,7 @@ mod tests {
             }
         });
         let left: Vec<_> = fs::read_dir(&f.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left.len(), 3, "something staged was left behind: {left:?}");
+        assert_eq!(left.len(), 4, "something staged was left behind: {left:?}");
     }
 
     #[test]
