@@ -258,10 +258,22 @@ impl PolicyEngine for AllowAll {
 }
 
 /// Waits until `cond` holds, polling every 100 ms; panics with `what` after `within`.
-pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    wait_or_explain(what, within, cond, String::new).await;
+}
+
+/// [`wait_until`], adding what `explain` says to the panic after a timeout.
+async fn wait_or_explain(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = std::time::Instant::now() + within;
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}{}", explain());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1090,15 +1102,10 @@ impl Platform {
     }
 
     /// [`wait_until`], but a timeout shows what `name` logged meanwhile.
-    pub async fn wait_logged(&self, name: &str, what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    pub async fn wait_logged(&self, name: &str, what: &str, within: Duration, cond: impl FnMut() -> bool) {
         let seen = self.log(name).len();
-        let deadline = std::time::Instant::now() + within;
-        while !cond() {
-            if std::time::Instant::now() >= deadline {
-                panic!("timed out waiting for {what}; {name} logged meanwhile:\n{}", &self.log(name)[seen..]);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let explain = || format!("; {name} logged meanwhile:\n{}", &self.log(name)[seen..]);
+        wait_or_explain(what, within, cond, explain).await;
     }
 
     /// An HTTPS client presenting `bundle` and trusting what it trusts.

@@ -70,22 +70,25 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), Error> {
 /// running user (a staging file left by a crash). Anything else there (a link, another
 /// user's file) was put there by someone else, and is an error.
 pub(crate) fn is_own_file(path: &Path) -> Result<bool, Error> {
-    let tampered = |problem: String| {
-        insecure(
-            "file",
-            path,
-            format!("{problem}, which crank never leaves there: someone else has written into this directory"),
-            "find out who could write to the directory, make it writable by this user only, remove the file, and try again".into(),
-        )
-    };
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io("inspecting", path, e)),
-        Ok(m) if m.file_type().is_symlink() => Err(tampered("is a symbolic link".into())),
-        Ok(m) if !m.is_file() => Err(tampered("is not a regular file".into())),
-        Ok(m) if m.uid() != euid() => Err(tampered(format!("is owned by uid {}", m.uid()))),
+        Ok(m) if m.file_type().is_symlink() => Err(tampered(path, "is a symbolic link")),
+        Ok(m) if !m.is_file() => Err(tampered(path, "is not a regular file")),
+        Ok(m) if m.uid() != euid() => Err(tampered(path, &format!("is owned by uid {}", m.uid()))),
         Ok(_) => Ok(true),
     }
+}
+
+/// Something at `path` that crank never leaves there: someone else wrote it.
+fn tampered(path: &Path, problem: &str) -> Error {
+    insecure(
+        "file",
+        path,
+        format!("{problem}, which crank never leaves there: someone else has written into this directory"),
+        "find out who could write to the directory, make it writable by this user only, remove the file, and try again"
+            .into(),
+    )
 }
 
 /// Creates `path` (mode `mode`, less the umask) for writing, only if nothing is there,
@@ -111,27 +114,15 @@ pub(crate) fn create_exclusive(path: &Path, mode: u32) -> Result<File, Error> {
 /// a lock another user could open, they could hold, and stop every write. `None` where
 /// it cannot be created because the file system is read-only (nothing writes there).
 pub(crate) fn open_lock_file(path: &Path) -> Result<Option<File>, Error> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .custom_flags(O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Err(insecure(
-                "file",
-                path,
-                "is a symbolic link, which crank never leaves there: someone else has written into this directory"
-                    .into(),
-                "find out who could write to the directory, make it writable by this user only, remove the link, and try again".into(),
-            ));
-        }
-        Err(e) => return Err(Error::io("opening", path, e)),
-    };
+    let file =
+        match OpenOptions::new().read(true).write(true).create(true).custom_flags(O_NOFOLLOW).mode(0o600).open(path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(tampered(path, "is a symbolic link"));
+            }
+            Err(e) => return Err(Error::io("opening", path, e)),
+        };
     let meta = file.metadata().map_err(|e| Error::io("inspecting", path, e))?;
     let mode = meta.mode() & 0o7777;
     if !meta.is_file() || meta.uid() != euid() || mode & 0o077 != 0 {

@@ -9,9 +9,10 @@
 //!
 //! Writers and loaders of one directory take turns: each holds an exclusive `flock` on
 //! the directory's `.lock` file (0600: no other user can open it to hold the lock; a
-//! crashed process lets go) while it stages, commits, recovers or reads the files. Without it a loader's recovery would discard what another
-//! process or thread was staging (the writer then "commits" nothing, or half a bundle),
-//! and two writers would pair one's certificate with the other's key.
+//! crashed process lets go) while it stages, commits, recovers or reads the files.
+//! Without it a loader's recovery would discard what another process or thread was
+//! staging (the writer then "commits" nothing, or half a bundle), and two writers would
+//! pair one's certificate with the other's key.
 //!
 //! Before every write (and every load) the directory is checked: it must belong to the
 //! running user and be writable by nobody else. Staging files are created exclusively and
@@ -135,9 +136,7 @@ impl BundleWriter {
     /// bundle is committed or dropped.
     pub fn stage(files: &CertFiles, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<StagedBundle, Error> {
         create_dir(&files.dir)?;
-        files.check_dir()?;
-        let lock = DirLock::take(&files.dir)?
-            .ok_or_else(|| Error::io("locking", &files.dir, std::io::ErrorKind::NotFound.into()))?;
+        let lock = DirLock::take_for_write(&files.dir)?;
         files.recover_locked()?;
         let staged = StagedBundle { files: files.clone(), committed: false, _lock: lock };
         for ((path, mode), content) in files.entries().into_iter().zip([key_pem, cert_pem, ca_pem]) {
@@ -212,6 +211,17 @@ impl DirLock {
                 Ok(()) => return Ok(Some(Self { _file: file })),
             }
         }
+    }
+
+    /// [Checks](check_private_dir) `dir`, which the writer has just created, and takes its
+    /// lock: a directory on a read-only file system, or gone again, is an error saying so.
+    fn take_for_write(dir: &Path) -> Result<Self, Error> {
+        check_private_dir(dir)?;
+        Self::take(dir)?.ok_or_else(|| {
+            use std::io::ErrorKind;
+            let kind = if dir.is_dir() { ErrorKind::ReadOnlyFilesystem } else { ErrorKind::NotFound };
+            Error::io("locking", dir, kind.into())
+        })
     }
 }
 
@@ -312,9 +322,7 @@ impl FileChange {
         } else {
             create_dir(&self.dir)?;
         }
-        check_private_dir(&self.dir)?;
-        let lock = DirLock::take(&self.dir)?
-            .ok_or_else(|| Error::io("locking", &self.dir, std::io::ErrorKind::NotFound.into()))?;
+        let lock = DirLock::take_for_write(&self.dir)?;
         Self::recover_locked(&self.dir)?;
         let mut journal = String::new();
         if let Some(owner) = self.owner {

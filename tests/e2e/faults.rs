@@ -71,20 +71,11 @@ async fn damaged_certificate_files_at_start_are_named_and_a_new_join_token_recov
     let mut c = hello_world_at(&p);
     let token = p.token("hello-world");
     c.env("CRANK_JOIN_TOKEN", &token);
-    let seen = p.log("hello-world").len();
     let mut child = crank_tests::KillOnDrop(c.spawn().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !load(&certs).is_ok_and(|b| b.metadata().serial != good.metadata().serial) {
-        let exited = child.0.try_wait().unwrap();
-        assert!(
-            exited.is_none() && std::time::Instant::now() < deadline,
-            "no good bundle after recovery ({:?}; the worker {}): {}",
-            load(&certs).map(|b| b.metadata().serial.clone()),
-            exited.map_or("still runs".into(), |s| format!("exited, {s}")),
-            &p.log("hello-world")[seen..]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    p.wait_logged("hello-world", "a good bundle after recovery", Duration::from_secs(20), || {
+        load(&certs).is_ok_and(|b| b.metadata().serial != good.metadata().serial)
+    })
+    .await;
     assert!(child.0.try_wait().unwrap().is_none(), "the recovered worker keeps running");
 }
 
