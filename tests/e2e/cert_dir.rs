@@ -129,3 +129,50 @@ async fn links_an_attacker_planted_in_a_cert_dir_are_not_followed_by_crank_cert_
     assert_eq!((key.uid(), key.mode() & 0o777), (0, 0o600));
     CertificateBundle::load(&CertFiles::in_dir(&dir)).unwrap();
 }
+
+#[tokio::test]
+async fn another_user_cannot_hold_a_cert_dirs_lock_to_stop_its_writes() {
+    if !root_or_skip("another_user_cannot_hold_a_cert_dirs_lock_to_stop_its_writes") {
+        return;
+    }
+    let (tmp, _shared) = shared_space();
+    let (_ca, url, token) = ca_process(tmp.path()).await;
+    // A cert directory others may read, as the agent makes one for a workload (0755).
+    let dir = tmp.path().join("workload");
+    fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o755);
+    cert_init("victim", &token("victim"), &url, &dir).unwrap();
+    let first = CertificateBundle::load(&CertFiles::in_dir(&dir)).unwrap().metadata().serial.clone();
+
+    // The attacker holds every lock it can open there: the directory's own...
+    let mut hold = std::process::Command::new("runuser");
+    hold.args(["-u", ATTACKER, "--", "flock", "--exclusive", path_str(&dir), "sleep", "60"]);
+    let _holder = crank_tests::KillOnDrop(hold.spawn().unwrap());
+    let held = || {
+        let probe = std::process::Command::new("flock").args(["--nonblock", path_str(&dir), "true"]).status();
+        !probe.unwrap().success()
+    };
+    crank_tests::wait_until("the attacker to hold the directory's flock", std::time::Duration::from_secs(5), held)
+        .await;
+    // ...but not the lock file crank writes under, which it cannot open.
+    let lock = dir.join(".lock");
+    let out = std::process::Command::new("runuser")
+        .args(["-u", ATTACKER, "--", "flock", "--nonblock", path_str(&lock), "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{ATTACKER} opened {}", lock.display());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+
+    // So the next certificate is written as if nobody were there.
+    let victim_token = token("victim");
+    let args = ["cert", "init", "--worker-id", "victim", "--token", &victim_token, "--ca-url", &url];
+    let mut write = crank_tests::KillOnDrop(
+        crank_tests::crank_command(&[&args[..], &["--cert-dir", path_str(&dir)]].concat()).spawn().unwrap(),
+    );
+    let done = || !matches!(write.0.try_wait(), Ok(None));
+    let what = "crank cert init to write while another user holds the directory's flock";
+    crank_tests::wait_until(what, std::time::Duration::from_secs(20), done).await;
+    assert!(write.0.wait().unwrap().success());
+    let second = CertificateBundle::load(&CertFiles::in_dir(&dir)).unwrap().metadata().serial.clone();
+    assert_ne!(first, second, "a new certificate was written");
+}
